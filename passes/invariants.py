@@ -1,0 +1,87 @@
+"""The executable graph invariants of a rewritten model, run by tests and by pass ensures().
+
+1. Every ai.stamp node has a function (domain, name, overload) in the model, and the domain
+   has an opset import.
+2. Every ai.stamp node carries provenance: which pass inserted it, for which layer.
+3. A TokenQDQ output feeds only the activation input of MatMul/Gemm nodes.
+4. A forward SequenceTransform feeds only TokenQDQ nodes, and a layer with a forward
+   transform has an inverse of the same transform and levels on its output.
+5. Inside every function body, each QuantizeLinear feeds only DequantizeLinear nodes that use
+   the same scale and zero point, with per-token (axis 0, one value per row) parameters.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY
+from stamp_onnx import ops
+from stamp_onnx.errors import RewriteError
+
+
+def find_violations(model: ir.Model) -> list[str]:
+    problems: list[str] = []
+    uses_domain = False
+    for node in model.graph:
+        if node.domain != ops.DOMAIN:
+            continue
+        uses_domain = True
+        label = f"node {node.name!r} ({node.op_type})"
+        if (node.domain, node.op_type, node.overload) not in model.functions:
+            problems.append(f"{label}: no function {node.op_type}/{node.overload!r} in the model")
+        if PASS_KEY not in node.metadata_props or LAYER_KEY not in node.metadata_props:
+            problems.append(f"{label}: missing provenance metadata ({PASS_KEY}, {LAYER_KEY})")
+        spec = ops.spec_from_node(node)
+        consumers = [(user, index) for user, index in node.outputs[0].uses()]
+        if isinstance(spec, ops.TokenQDQSpec):
+            for user, index in consumers:
+                if user.op_type not in LINEAR_OPS or index != 0:
+                    problems.append(f"{label}: feeds {user.op_type} {user.name!r} input {index}, not a linear layer's activation")
+        elif isinstance(spec, ops.SequenceTransformSpec) and not spec.inverse:
+            for user, _ in consumers:
+                if user.op_type != ops.TOKEN_QDQ:
+                    problems.append(f"{label}: forward transform feeds {user.op_type} {user.name!r}, expected TokenQDQ")
+                    continue
+                problems.extend(_check_inverse(label, spec, user))
+    if uses_domain and ops.DOMAIN not in model.opset_imports:
+        problems.append(f"the model uses {ops.DOMAIN} ops but has no opset import for it")
+    for function in model.functions.values():
+        problems.extend(_check_function(function))
+    return problems
+
+
+def assert_invariants(model: ir.Model) -> None:
+    problems = find_violations(model)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RewriteError(f"rewritten graph breaks an invariant: {problems[0]}{more}")
+
+
+def _check_inverse(label: str, spec: ops.SequenceTransformSpec, qdq: ir.Node) -> list[str]:
+    problems = []
+    for linear, _ in qdq.outputs[0].uses():
+        inverses = [
+            user for user, _ in linear.outputs[0].uses()
+            if (s := ops.spec_from_node(user)) is not None
+            and isinstance(s, ops.SequenceTransformSpec)
+            and s.inverse and s.transform == spec.transform and s.levels == spec.levels
+        ]
+        if len(inverses) != 1 or len(linear.outputs[0].uses()) != 1:
+            problems.append(f"{label}: layer {linear.name!r} output must feed exactly one matching inverse transform")
+    return problems
+
+
+def _check_function(function: ir.Function) -> list[str]:
+    problems = []
+    where = f"function {function.name}/{function.overload!r}"
+    for node in function:
+        if node.op_type != "QuantizeLinear":
+            continue
+        axis = node.attributes.get("axis")
+        if axis is None or axis.as_int() != 0 or node.attributes.get("block_size") is not None:
+            problems.append(f"{where}: QuantizeLinear {node.name!r} is not per-token (axis 0, no blocks)")
+        for user, _ in node.outputs[0].uses():
+            same_params = list(user.inputs[1:3]) == list(node.inputs[1:3])
+            if user.op_type != "DequantizeLinear" or not same_params:
+                problems.append(f"{where}: QuantizeLinear {node.name!r} feeds {user.op_type} {user.name!r}, not its own DequantizeLinear")
+    return problems

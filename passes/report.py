@@ -1,0 +1,55 @@
+"""What the passes did, per layer: filled by the passes, printed by the CLI, never by print()."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class LayerRecord:
+    """One rewritten linear layer."""
+
+    name: str
+    node: str
+    op_type: str
+    in_features: int
+    out_features: int
+    transform: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedLayer:
+    """A MatMul/Gemm left alone, and why."""
+
+    name: str
+    node: str
+    reason: str
+
+
+@dataclasses.dataclass
+class RewriteReport:
+    rewritten: list[LayerRecord] = dataclasses.field(default_factory=list)
+    skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
+    opset_from: int | None = None
+    opset_to: int | None = None
+
+    def layer(self, name: str) -> LayerRecord:
+        for record in self.rewritten:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+    def skip_summary(self) -> str:
+        """'3 weight is not a constant; 1 matches exclude ...' (most frequent first)."""
+        counts: dict[str, int] = {}
+        for item in self.skipped:
+            counts[item.reason] = counts.get(item.reason, 0) + 1
+        return "; ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rewritten": [dataclasses.asdict(r) for r in self.rewritten],
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "opset_from": self.opset_from,
+            "opset_to": self.opset_to,
+        }

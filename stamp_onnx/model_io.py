@@ -1,0 +1,85 @@
+"""Reading and writing ONNX files safely: clear errors, atomic writes, external data when large.
+
+The input file is only ever read. Output is written to a temporary name in the destination
+folder, checked with onnx.checker (full_check), then renamed into place, so a failed run
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError
+
+logger = logging.getLogger(__name__)
+
+# Protobuf cannot hold more than 2 GiB; stay clear of it.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | Path) -> ir.Model:
+    """Load an ONNX file (external data stays on disk until a pass reads it)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file; pass the path of an .onnx model")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory; pass the path of an .onnx model file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path} is empty; pass a valid .onnx model")
+    try:
+        model = ir.load(path)
+    except Exception as err:  # protobuf and onnx raise many kinds
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({reason})") from err
+    if model.graph.num_nodes() == 0:
+        raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
+    return model
+
+
+def check_output_path(in_path: str | Path, out_path: str | Path) -> Path:
+    """Refuse to overwrite the input or to write into a folder that does not exist."""
+    out = Path(out_path)
+    if out.exists() and Path(in_path).exists() and out.resolve() == Path(in_path).resolve():
+        raise ConfigError(f"output {out} is the input file; choose a different -o path")
+    if not out.parent.exists():
+        raise ConfigError(f"output folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise ConfigError(f"output {out} is a directory; give a file name ending in .onnx")
+    return out
+
+
+def save_model(model: ir.Model, out_path: str | Path) -> Path:
+    """Check and write ``model`` atomically; tensors go to ``<name>.data`` when over ~1.8 GB."""
+    out = Path(out_path)
+    external = _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    data_name = f"{out.name}.data" if external else None
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        tmp_model = Path(tmp) / out.name
+        ir.save(model, tmp_model, external_data=data_name)
+        try:
+            onnx.checker.check_model(str(tmp_model), full_check=True)
+        except onnx.checker.ValidationError as err:
+            first = str(err).strip().splitlines()[0]
+            raise RewriteError(f"the rewritten model fails onnx.checker: {first}") from err
+        if data_name is not None:
+            os.replace(Path(tmp) / data_name, out.parent / data_name)
+        os.replace(tmp_model, out)
+    logger.info("wrote %s%s", out, f" (+ {data_name})" if data_name else "")
+    return out
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    total = 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None:
+            with contextlib.suppress(Exception):
+                total += tensor.nbytes
+    return total

@@ -1,0 +1,67 @@
+"""The rewrite pipeline: one function listing its passes, plus a file-to-file wrapper."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+import stamp_onnx
+from passes.convert_opset import ConvertOpsetPass
+from passes.insert_sequence_transform import InsertSequenceTransformPass
+from passes.insert_token_qdq import InsertTokenQDQPass
+from passes.record_config import RecordConfigPass
+from passes.report import RewriteReport
+from stamp_onnx import ops
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import RewriteError, StampError
+from stamp_onnx.model_io import check_output_path, load_model, save_model
+
+logger = logging.getLogger(__name__)
+
+
+def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model") -> RewriteReport:
+    """Rewrite every selected linear layer of ``model`` in place; return what was done."""
+    for node in model.graph:
+        if node.domain == ops.DOMAIN:
+            raise RewriteError(f"{source} was already rewritten by stamp-onnx; quantize the float model instead")
+    report = RewriteReport()
+    _infer_shapes(model)
+    manager = ir.passes.PassManager(
+        [
+            ConvertOpsetPass(ops.MIN_OPSET, report),
+            InsertTokenQDQPass(config, report),
+            InsertSequenceTransformPass(config, report),
+            RecordConfigPass(config, stamp_onnx.__version__),
+        ]
+    )
+    try:
+        manager(model)
+    except ir.passes.PassError as err:
+        cause = err.__cause__ if isinstance(err.__cause__, StampError) else None
+        if cause is not None:
+            raise cause from err
+        raise RewriteError(f"rewriting {source} failed: {err}") from err
+    if not report.rewritten:
+        detail = report.skip_summary() or "the graph has no MatMul or Gemm"
+        raise RewriteError(f"no linear layer to rewrite in {source} ({detail}); check --include/--exclude")
+    model.ir_version = max(model.ir_version, 10)  # function overloads need IR >= 10
+    return report
+
+
+def quantize_file(in_path: str | Path, out_path: str | Path, config: StampConfig) -> RewriteReport:
+    """Read ``in_path``, rewrite it with ``config``, write ``out_path`` (the input is never touched)."""
+    out = check_output_path(in_path, out_path)
+    model = load_model(in_path)
+    report = rewrite(model, config, source=str(in_path))
+    save_model(model, out)
+    return report
+
+
+def _infer_shapes(model: ir.Model) -> None:
+    try:
+        common_passes.ShapeInferencePass()(model)
+    except Exception as err:  # shapes are a help, not a requirement
+        logger.warning("shape inference failed (%s); layers with unknown activation rank are skipped", err)
