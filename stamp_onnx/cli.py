@@ -1,0 +1,192 @@
+"""Command line: export, quantize, inspect, validate, demo.
+
+Every user error (StampError) becomes one line on stderr and a non-zero exit (2 for usage and
+config errors, 1 otherwise); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from stamp_onnx.config import ALLOWED_BITS, TRANSFORMS, StampConfig
+from stamp_onnx.errors import ConfigError, StampError
+
+logger = logging.getLogger("stamp_onnx")
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="stamp-onnx", description="STaMP activation quantization for ONNX models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("export", help="export a PyTorch model to ONNX (dynamo exporter)")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or transformers dir (default {DEFAULT_MODEL})")
+    p.add_argument("-o", "--output", required=True, type=Path)
+
+    p = sub.add_parser("quantize", help="rewrite every linear layer of an ONNX model with STaMP")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    _add_config_flags(p)
+    p.add_argument("--json", action="store_true", help="print the rewrite report as JSON")
+
+    p = sub.add_parser("inspect", help="show what a rewritten model holds, per layer")
+    p.add_argument("model", type=Path)
+    p.add_argument("--seq-len", type=int, default=512, help="sequence length for average bits (default 512)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("validate", help="compare a rewritten model against PyTorch (float and STaMP reference)")
+    p.add_argument("model", help="built-in name or transformers dir the ONNX file was exported from")
+    p.add_argument("rewritten", type=Path)
+    p.add_argument("--float-onnx", type=Path, help="the float export (exported afresh if omitted)")
+    _add_eval_flags(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help=f"export {DEFAULT_MODEL}, rewrite it (STaMP and the per-token baseline), validate")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--out-dir", type=Path, default=Path("out"))
+    _add_eval_flags(p)
+    return parser
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    d = StampConfig()
+    p.add_argument("--transform", help=f"{'|'.join(TRANSFORMS)} (default {d.transform})")
+    p.add_argument("--levels", type=int, help=f"Haar levels (default {d.levels})")
+    p.add_argument("--hp-tokens", type=int, help=f"transformed tokens at high precision (default {d.hp_tokens})")
+    bits = ",".join(map(str, ALLOWED_BITS))
+    p.add_argument("--hp-bits", type=int, help=f"bits of the first K tokens: {bits} (default {d.hp_bits})")
+    p.add_argument("--lp-bits", type=int, help=f"bits of the other tokens: {bits} (default {d.lp_bits})")
+    p.add_argument("--include", help="regex: rewrite only layers whose name matches")
+    p.add_argument("--exclude", help="regex: leave layers whose name matches")
+    p.add_argument("--config", type=Path, help="JSON file with any of the keys above (flags win)")
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per evaluation window (default 256)")
+    p.add_argument("--windows", type=int, default=4, help="number of text windows (default 4)")
+
+
+def config_from_args(args: argparse.Namespace) -> StampConfig:
+    base = StampConfig.from_file(args.config) if args.config else StampConfig()
+    changes = {
+        key: getattr(args, key)
+        for key in ("transform", "levels", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude")
+        if getattr(args, key) is not None
+    }
+    return base.replace(**changes)
+
+
+def _check_eval_flags(args: argparse.Namespace) -> None:
+    if args.seq_len < 1 or args.windows < 1:
+        raise ConfigError(f"--seq-len ({args.seq_len}) and --windows ({args.windows}) must be positive")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from stamp_onnx.export import export_onnx
+    from stamp_onnx.models import load_model
+
+    path = export_onnx(load_model(args.model), args.output)
+    print(f"exported {args.model} to {path}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from stamp_onnx.pipeline import quantize_file
+
+    config = config_from_args(args)
+    report = quantize_file(args.input, args.output, config)
+    if args.json:
+        print(json.dumps({"config": json.loads(config.to_json()), **report.to_dict()}, indent=2))
+        return 0
+    print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}")
+    print(f"  transform={config.transform} levels={config.levels} K={config.hp_tokens} "
+          f"bits={config.hp_bits}/{config.lp_bits}")
+    if report.opset_from != report.opset_to:
+        print(f"  opset converted {report.opset_from} -> {report.opset_to}")
+    if report.skipped:
+        print(f"  skipped {len(report.skipped)}: {report.skip_summary()}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from stamp_onnx.inspection import summarize
+    from stamp_onnx.model_io import load_model
+
+    if args.seq_len < 1:
+        raise ConfigError(f"--seq-len must be positive, got {args.seq_len}")
+    summary = summarize(load_model(args.model), seq_len=args.seq_len)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.to_text())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from stamp_onnx.validate import validate
+
+    _check_eval_flags(args)
+    report = validate(
+        args.model, args.rewritten, float_onnx_path=args.float_onnx, seq_len=args.seq_len, n_windows=args.windows
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stamp_onnx.demo import run_demo
+
+    _check_eval_flags(args)
+    print(run_demo(args.model, args.out_dir, seq_len=args.seq_len, n_windows=args.windows))
+    return 0
+
+
+COMMANDS = {
+    "export": cmd_export,
+    "quantize": cmd_quantize,
+    "inspect": cmd_inspect,
+    "validate": cmd_validate,
+    "demo": cmd_demo,
+}
+
+
+def _configure_logging(*, quiet: bool, debug: bool) -> None:
+    """Our own loggers at INFO (progress), everything else (onnx-ir, torch) at WARNING."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s" if debug else "%(message)s",
+    )
+    for name in ("stamp_onnx", "passes"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(quiet=args.quiet, debug=args.debug)
+    try:
+        return COMMANDS[args.command](args)
+    except StampError as err:
+        if args.debug:
+            raise
+        print(f"stamp-onnx: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("stamp-onnx: interrupted", file=sys.stderr)
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

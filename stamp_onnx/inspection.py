@@ -1,0 +1,104 @@
+"""What a rewritten model holds, per layer: transform, levels, bits per token group, average bits.
+
+Everything is read back from the graph itself (node attributes and provenance metadata), not
+from the recorded config, so ``inspect`` also tells the truth about hand-edited models.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import onnx_ir as ir
+
+from passes.linear_layers import LAYER_KEY
+from passes.record_config import recorded_config
+from stamp_onnx import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    transform: str
+    levels: int
+    hp_tokens: int
+    hp_bits: int
+    lp_bits: int
+    average_bits: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    layers: list[LayerSummary]
+    op_counts: dict[str, int]
+    functions: list[str]
+    config: dict[str, Any] | None
+    seq_len: int
+    opset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_text(self) -> str:
+        lines = [f"opset {self.opset}; {len(self.layers)} rewritten linear layers"]
+        if self.config is not None:
+            lines.append("recorded config: " + ", ".join(f"{k}={v}" for k, v in sorted(self.config.items())))
+        if self.layers:
+            width = max(len(layer.name) for layer in self.layers)
+            lines.append(f"{'layer':<{width}}  transform  levels  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}")
+            for layer in self.layers:
+                levels = str(layer.levels) if layer.transform == "haar" else "-"
+                lines.append(
+                    f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.hp_tokens:>9}  "
+                    f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}"
+                )
+        lines.append("op counts: " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
+        if self.functions:
+            lines.append("model-local functions: " + ", ".join(self.functions))
+        return "\n".join(lines)
+
+
+def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, seq_len: int) -> float:
+    """(k*hp + (s-k)*lp) / s with k = min(hp_tokens, s)."""
+    k = min(hp_tokens, seq_len)
+    return (k * hp_bits + (seq_len - k) * lp_bits) / seq_len
+
+
+def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
+    qdq: dict[str, ops.TokenQDQSpec] = {}
+    transform: dict[str, ops.SequenceTransformSpec] = {}
+    counts: collections.Counter[str] = collections.Counter()
+    for node in model.graph:
+        counts[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
+        spec = ops.spec_from_node(node)
+        layer = node.metadata_props.get(LAYER_KEY)
+        if spec is None or layer is None:
+            continue
+        if isinstance(spec, ops.TokenQDQSpec):
+            qdq[layer] = spec
+        elif not spec.inverse:
+            transform[layer] = spec
+    layers = []
+    for name, q in qdq.items():
+        t = transform.get(name)
+        layers.append(
+            LayerSummary(
+                name=name,
+                transform=t.transform if t else "none",
+                levels=t.levels if t else 0,
+                hp_tokens=q.hp_tokens,
+                hp_bits=q.hp_bits,
+                lp_bits=q.lp_bits,
+                average_bits=average_bits(q.hp_tokens, q.hp_bits, q.lp_bits, seq_len),
+            )
+        )
+    config = recorded_config(model)
+    return ModelSummary(
+        layers=layers,
+        op_counts=dict(counts.most_common()),
+        functions=sorted(f"{d}::{n}[{o}]" for d, n, o in model.functions),
+        config=dataclasses.asdict(config) if config else None,
+        seq_len=seq_len,
+        opset=model.opset_imports.get("", 0),
+    )

