@@ -172,7 +172,10 @@ def _configure_logging(*, quiet: bool, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # usage errors (2) and --help (0)
+        return int(stop.code or 0)
     _configure_logging(quiet=args.quiet, debug=args.debug)
     try:
         return COMMANDS[args.command](args)

@@ -1,0 +1,108 @@
+"""The command line: happy paths, and bad input giving one line, the right exit code, no damage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from stamp_onnx.cli import main
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_quantize_then_inspect(mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "q.onnx"
+    before = digest(mlp_path)
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(out), "--transform", "dct", "--hp-tokens", "4"]) == 0
+    assert digest(mlp_path) == before
+    assert "rewrote 2 linear layers" in capsys.readouterr().out
+    assert main(["inspect", str(out), "--json", "--seq-len", "16"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [layer["name"] for layer in summary["layers"]] == ["fc1", "fc2"]
+    assert summary["layers"][0]["transform"] == "dct"
+    assert summary["layers"][0]["average_bits"] == pytest.approx((4 * 8 + 12 * 4) / 16)
+    assert summary["op_counts"]["ai.stamp::TokenQDQ"] == 2
+    assert summary["config"]["transform"] == "dct"
+    assert main(["inspect", str(out)]) == 0
+    assert "fc1" in capsys.readouterr().out
+
+
+def test_config_file_and_flags(mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"transform": "wht", "hp_tokens": 2, "lp_bits": 3}))
+    out = tmp_path / "q.onnx"
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(out), "--config", str(config), "--lp-bits", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"] == {
+        "transform": "wht", "levels": 3, "hp_tokens": 2, "hp_bits": 8, "lp_bits": 2, "include": None, "exclude": None
+    }
+
+
+BAD_FLAGS = [
+    (["--hp-bits", "17"], "hp_bits=17"),
+    (["--lp-bits", "0"], "lp_bits=0"),
+    (["--hp-tokens", "-1"], "hp_tokens=-1"),
+    (["--levels", "-2"], "levels=-2"),
+    (["--transform", "fft"], "transform='fft'"),
+    (["--include", "("], "not a valid regular expression"),
+    (["--levels", "three"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_FLAGS)
+def test_bad_flags_exit_2_with_one_line(
+    flags: list[str], message: str, mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "q.onnx"
+    before = digest(mlp_path)
+    assert main(["quantize", str(mlp_path), "-o", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert digest(mlp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("setup", "message", "code"),
+    [
+        (lambda d: d / "missing.onnx", "no such file", 1),
+        (lambda d: d, "is a directory", 1),
+        (lambda d: _write(d / "empty.onnx", b""), "is empty", 1),
+        (lambda d: _write(d / "junk.onnx", bytes(range(256)) * 4), "not a readable ONNX model", 1),
+    ],
+)
+def test_bad_inputs_exit_1_with_one_line(setup, message: str, code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    src = setup(tmp_path)
+    assert main(["quantize", str(src), "-o", str(tmp_path / "out.onnx")]) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_output_equal_to_input_is_refused(mlp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = digest(mlp_path)
+    assert main(["quantize", str(mlp_path), "-o", str(mlp_path)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert digest(mlp_path) == before
+
+
+def test_missing_output_folder(mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", str(mlp_path), "-o", str(tmp_path / "nope" / "q.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_nothing_to_rewrite(mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", str(mlp_path), "-o", str(tmp_path / "q.onnx"), "--include", "^zzz$"]) == 1
+    err = capsys.readouterr().err
+    assert "no linear layer to rewrite" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
