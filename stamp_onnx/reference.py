@@ -1,0 +1,80 @@
+"""The PyTorch STaMP reference: forward pre-hooks that fake-quantize linear-layer inputs.
+
+For each selected ``nn.Linear`` the input x (..., s, d) is replaced by
+
+    x' = L^-1 Q(L x)        (transforms.inverse(quant.token_qdq(transforms.forward(x))))
+
+so the layer computes x' W^T + b = L^-1 (Q(L x) W^T) + b: in exact arithmetic the same as the
+rewritten ONNX graph (L^-1 commutes with the feature-axis matmul). The math is
+:mod:`stamp_onnx.transforms` and :mod:`stamp_onnx.quant` themselves, torch branch, float32,
+so this reference and the ONNX function bodies are held to one oracle.
+
+Example::
+
+    with stamp_reference(model, StampConfig()) as layers:
+        logits = model(input_ids=ids).logits     # STaMP-quantized activations
+    # hooks are gone here; ``layers`` lists the hooked module names
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Collection, Iterator
+from typing import Any
+
+import torch
+
+from stamp_onnx import quant, transforms
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import ValidationError
+
+logger = logging.getLogger(__name__)
+
+
+def stamp_activation(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
+    """L^-1 Q(L x) on the token axis (-2) of ``x`` (..., s, d), as the rewritten graph does."""
+    y = transforms.forward(x, config.transform, config.levels)
+    y = quant.token_qdq(y, config.hp_tokens, config.hp_bits, config.lp_bits)
+    return transforms.inverse(y, config.transform, config.levels)
+
+
+@contextlib.contextmanager
+def stamp_reference(
+    module: torch.nn.Module,
+    config: StampConfig,
+    *,
+    layers: Collection[str] | None = None,
+) -> Iterator[list[str]]:
+    """Hook every nn.Linear selected by ``config.selects(name)``; yields the hooked names.
+
+    ``layers``: hook exactly these module names instead (e.g. the layers a rewritten ONNX
+    model records); a name that is not an nn.Linear of ``module`` raises ValidationError.
+    The hooks are removed on exit, also when the body raises.
+    """
+    linears = {name: sub for name, sub in module.named_modules() if isinstance(sub, torch.nn.Linear)}
+    if layers is None:
+        names = [name for name in linears if config.selects(name) is None]
+    else:
+        unknown = sorted(set(layers) - set(linears))
+        if unknown:
+            raise ValidationError(
+                f"{len(unknown)} layer(s) are not nn.Linear modules of the PyTorch model "
+                f"(e.g. {unknown[0]!r}); was the ONNX model exported from a different model?"
+            )
+        names = [name for name in linears if name in set(layers)]
+    if not names:
+        logger.warning("no linear layer selected: the STaMP reference equals the float model")
+
+    def hook(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        if x.dim() < 2:
+            return args
+        return (stamp_activation(x, config), *args[1:])
+
+    handles = [linears[name].register_forward_pre_hook(hook) for name in names]
+    try:
+        yield names
+    finally:
+        for handle in handles:
+            handle.remove()
