@@ -8,6 +8,7 @@ activations (attention scores, attention x values) are reported as skipped, with
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import onnx_ir as ir
 
@@ -84,12 +85,13 @@ def _check(node: ir.Node) -> tuple[str | None, tuple[int, int] | None]:
             return f"Gemm with a bias and beta={beta} is not supported", None
         if attrs.get("transB") is not None and attrs["transB"].as_int() != 0:
             dims.reverse()
-    if not all(isinstance(d, int) for d in dims):
+    d_in, d_out = dims
+    if not isinstance(d_in, int) or not isinstance(d_out, int):
         return "weight shape is not static", None
-    return None, (int(dims[0]), int(dims[1]))
+    return None, (d_in, d_out)
 
 
-def unique_namer(graph: ir.Graph):  # type: ignore[no-untyped-def]
+def unique_namer(graph: ir.Graph) -> Callable[[str], str]:
     """A function giving value names not yet used in ``graph`` (base, base_1, ...)."""
     used = {v.name for v in graph.inputs} | set(graph.initializers)
     for node in graph:

@@ -94,18 +94,19 @@ def _load_minilm() -> LoadedModel:
 def _load_tiny_llama() -> LoadedModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        use_cache=False,
-        attn_implementation="eager",
-    )
+    settings: dict[str, Any] = {
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,  # as in SmolLM2: lm_head shares the embedding
+        "use_cache": False,
+        "attn_implementation": "eager",
+    }
+    config = LlamaConfig(**settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_LLAMA_SEED)
         module = LlamaForCausalLM(config)
@@ -219,6 +220,7 @@ def _from_pretrained(
                 kind = _kind_of(config)
             tokenizer = AutoTokenizer.from_pretrained(directory, **common)
             cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+            module: Any
             extra: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager"}
             if kind == "encoder":
                 module = _load_encoder(cls, directory, {**common, **extra})

@@ -1,6 +1,6 @@
 """Per-token asymmetric min-max quantization with mixed precision (numpy and torch).
 
-The formula is ONNX DynamicQuantizeLinear generalised to b bits (see docs/conventions.md):
+The formula is ONNX DynamicQuantizeLinear generalised to b bits (see docs/design.md):
 
     rmin = min(0, min_j x_j)   rmax = max(0, max_j x_j)
     scale = (rmax - rmin) / (2^b - 1)      (1 where rmax == rmin)
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from stamp_onnx.transforms import Array, _cat, _is_torch
+from stamp_onnx.transforms import _cat, _is_torch
 
 
-def qparams(x: Array, bits: int) -> tuple[Array, Array]:
+def qparams(x: Any, bits: int) -> tuple[Any, Any]:
     """Per-token (scale, zero_point) of shape (..., s, 1), both in x's float dtype."""
     qmax = float(2**bits - 1)
     if _is_torch(x):
@@ -44,7 +44,7 @@ def qparams(x: Array, bits: int) -> tuple[Array, Array]:
     return scale, zp
 
 
-def qdq(x: Array, bits: int) -> Array:
+def qdq(x: Any, bits: int) -> Any:
     """Fake-quantize every token of ``x`` (..., s, d) with ``bits`` bits."""
     if x.shape[-2] == 0:
         return x
@@ -54,12 +54,12 @@ def qdq(x: Array, bits: int) -> Array:
         import torch
 
         q = torch.clamp(torch.round(x / scale) + zp, 0, qmax)
-    else:
-        q = np.clip(np.round(x / scale) + zp, 0, qmax)
-    return ((q - zp) * scale).astype(x.dtype) if not _is_torch(x) else (q - zp) * scale
+        return (q - zp) * scale
+    q = np.clip(np.round(x / scale) + zp, 0, qmax)
+    return ((q - zp) * scale).astype(x.dtype)
 
 
-def token_qdq(x: Array, hp_tokens: int, hp_bits: int, lp_bits: int) -> Array:
+def token_qdq(x: Any, hp_tokens: int, hp_bits: int, lp_bits: int) -> Any:
     """Mixed precision: tokens [0, hp_tokens) at hp_bits, the rest at lp_bits."""
     k = min(hp_tokens, int(x.shape[-2]))
     return _cat([qdq(x[..., :k, :], hp_bits), qdq(x[..., k:, :], lp_bits)])

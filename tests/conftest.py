@@ -1,13 +1,11 @@
+"""Shared fixtures: the small ONNX models of tests/models.py saved to a temporary folder."""
+
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import models
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import models  # noqa: E402
 
 
 @pytest.fixture

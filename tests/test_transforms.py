@@ -57,7 +57,9 @@ def test_forward_matches_matrix_roundtrips_and_preserves_energy(
     m = transforms.matrix(s, transform, levels)
     np.testing.assert_allclose(y, m @ x, rtol=0, atol=1e-12)
     np.testing.assert_allclose(transforms.inverse(y, transform, levels), x, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(transforms.inverse(x, transform, levels), m.T @ x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        transforms.inverse(x, transform, levels), m.T @ x, rtol=0, atol=1e-12
+    )
     np.testing.assert_allclose(np.sum(y * y), np.sum(x * x), rtol=1e-12)
 
 
@@ -113,7 +115,13 @@ def test_haar_two_levels_by_hand() -> None:
     v = [3.0, -1.0, 4.0, 1.5, -9.0, 2.0, 0.5, 7.0]
     lo = [(v[0] + v[1]) / R2, (v[2] + v[3]) / R2, (v[4] + v[5]) / R2, (v[6] + v[7]) / R2]
     hi = [(v[0] - v[1]) / R2, (v[2] - v[3]) / R2, (v[4] - v[5]) / R2, (v[6] - v[7]) / R2]
-    want = [(lo[0] + lo[1]) / R2, (lo[2] + lo[3]) / R2, (lo[0] - lo[1]) / R2, (lo[2] - lo[3]) / R2, *hi]
+    want = [
+        (lo[0] + lo[1]) / R2,
+        (lo[2] + lo[3]) / R2,
+        (lo[0] - lo[1]) / R2,
+        (lo[2] - lo[3]) / R2,
+        *hi,
+    ]
     got = transforms.forward(np.array(v)[:, None], "haar", 2)[:, 0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
 
@@ -153,7 +161,7 @@ def test_haar_matches_recursive_reference(s: int, levels: int) -> None:
 def test_haar_full_depth_matches_wavedec_order(s: int) -> None:
     x = _data((s, 2), seed=s)
     try:
-        import pywt  # type: ignore[import-not-found]
+        import pywt
 
         bands = [pywt.wavedec(col, "haar", mode="periodization") for col in x.T]
         want = np.array([np.concatenate(b) for b in bands]).T

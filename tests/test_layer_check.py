@@ -1,0 +1,35 @@
+"""The per-layer check finds every rewritten layer and catches a wrong op."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from torch_models import tiny_llama, tiny_llama_onnx
+
+from stamp_onnx.config import StampConfig
+from stamp_onnx.layer_check import find_taps, per_layer_diffs
+from stamp_onnx.models import linear_layer_names, sample_inputs
+from stamp_onnx.pipeline import quantize_file
+
+
+@pytest.mark.parametrize("transform", ["haar", "none"])
+def test_every_layer_is_found_and_matches(transform: str, tmp_path: Path) -> None:
+    config = StampConfig(transform=transform, hp_tokens=8)
+    out = tmp_path / "q.onnx"
+    quantize_file(tiny_llama_onnx(), out, config)
+    taps = find_taps(onnx.load(str(out), load_external_data=False).graph)
+    assert sorted(t.module for t in taps) == sorted(linear_layer_names(tiny_llama().module))
+    feeds = sample_inputs(tiny_llama(), 2, 37, seed=7)
+    diffs = per_layer_diffs(out, tiny_llama().module, config, feeds)
+    assert len(diffs) == 15 and min(d.sqnr_db for d in diffs) > 100
+
+
+def test_wrong_bits_are_caught(tmp_path: Path) -> None:
+    """The graph quantizes at 4 bits, the reference is told 8: every layer must disagree."""
+    out = tmp_path / "q.onnx"
+    quantize_file(tiny_llama_onnx(), out, StampConfig(hp_tokens=4, hp_bits=4, lp_bits=4))
+    feeds = sample_inputs(tiny_llama(), 1, 32, seed=8)
+    diffs = per_layer_diffs(out, tiny_llama().module, StampConfig(hp_tokens=4, hp_bits=8, lp_bits=4), feeds)
+    assert max(d.sqnr_db for d in diffs) < 60

@@ -1,0 +1,22 @@
+"""The tiny random Llama and its ONNX export, built once per test session (no conftest needed)."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+from stamp_onnx.export import export_onnx
+from stamp_onnx.models import LoadedModel, load_model
+
+_TMP = tempfile.TemporaryDirectory(prefix="stamp-onnx-tests-")  # removed at interpreter exit
+
+
+@functools.cache
+def tiny_llama() -> LoadedModel:
+    return load_model("tiny-llama")
+
+
+@functools.cache
+def tiny_llama_onnx() -> Path:
+    return export_onnx(tiny_llama(), Path(_TMP.name) / "tiny-llama.onnx")
