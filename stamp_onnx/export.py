@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,9 @@ def export_onnx(
     dynamic_shapes = {k: {0: batch, 1: sequence} for k in kwargs}
     start = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Inputs sharing one Dim make the exporter warn that it keeps the name: harmless.
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             program = torch.onnx.export(
                 loaded.module,
                 (),

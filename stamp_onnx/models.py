@@ -172,7 +172,10 @@ def sample_inputs(loaded: LoadedModel, batch: int, seq_len: int, seed: int) -> d
     else:
         from stamp_onnx.data import text_windows
 
-        ids = text_windows(loaded.tokenizer, batch, seq_len, seed=seed)
+        try:
+            ids = text_windows(loaded.tokenizer, batch, seq_len, seed=seed)
+        except ValueError as err:
+            raise ConfigError(f"cannot cut {batch} windows of {seq_len} tokens for {loaded.name}: {err}") from err
     return with_attention_mask(loaded, ids)
 
 
@@ -218,7 +221,7 @@ def _from_pretrained(
             config = AutoConfig.from_pretrained(directory, **common)
             if kind is None:
                 kind = _kind_of(config)
-            tokenizer = AutoTokenizer.from_pretrained(directory, **common)
+            tokenizer = _optional_tokenizer(AutoTokenizer, directory, common)
             cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
             module: Any
             extra: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager"}
@@ -242,6 +245,15 @@ def _from_pretrained(
         input_names=("input_ids",) if kind == "causal-lm" else ("input_ids", "attention_mask"),
         description=description,
     )
+
+
+def _optional_tokenizer(auto: Any, directory: Path, kwargs: dict[str, Any]) -> Any | None:
+    """The folder's tokenizer; without one the model is fed random ids (like tiny-llama)."""
+    try:
+        return auto.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        logger.warning("no usable tokenizer in %s (%s): inputs will be random token ids", directory, err)
+        return None
 
 
 def _load_encoder(cls: Any, directory: Path, kwargs: dict[str, Any]) -> torch.nn.Module:

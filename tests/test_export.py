@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx.errors import ExportError
+from stamp_onnx.errors import ConfigError, ExportError
 from stamp_onnx.export import SOURCE_KEY, TRACE_SEQ_LEN, export_onnx, matmul_layer_names
 from stamp_onnx.models import BUILTIN_MODELS, linear_layer_names, load_model, sample_inputs
 from stamp_onnx.naming import layer_name_from_metadata
@@ -87,3 +87,29 @@ def test_smollm2_export_names_and_numerics(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = loaded.module(input_ids=torch.from_numpy(feeds["input_ids"])).logits.numpy()
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_sample_inputs_shapes_and_limits() -> None:
+    feeds = sample_inputs(tiny_llama(), 3, 20, seed=1)
+    assert list(feeds) == ["input_ids"] and feeds["input_ids"].shape == (3, 20)
+    assert feeds["input_ids"].dtype == np.int64 and feeds["input_ids"].max() < 256
+    assert not np.array_equal(feeds["input_ids"], sample_inputs(tiny_llama(), 3, 20, seed=2)["input_ids"])
+    with pytest.raises(ConfigError, match="seq_len=513"):
+        sample_inputs(tiny_llama(), 1, 513, seed=0)
+
+
+def test_local_folders_load_as_causal_lm_or_encoder(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    tiny_llama().module.save_pretrained(tmp_path / "llama")
+    loaded = load_model(tmp_path / "llama")
+    assert loaded.kind == "causal-lm" and loaded.tokenizer is None and loaded.input_names == ("input_ids",)
+    feeds = sample_inputs(loaded, 1, 12, seed=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(input_ids=torch.from_numpy(feeds["input_ids"])).logits,
+                                   torch.from_numpy(torch_logits(feeds)))
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    encoder = load_model(tmp_path / "bert")
+    assert encoder.kind == "encoder" and encoder.input_names == ("input_ids", "attention_mask")
+    assert "pooler" not in dict(encoder.module.named_modules())

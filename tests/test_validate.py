@@ -12,8 +12,9 @@ from torch_models import tiny_llama, tiny_llama_onnx
 from stamp_onnx import quant
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
+from stamp_onnx.metrics import RunningDiff, leak_free_mask
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import _Diff, leak_free_mask, read_stamp_metadata, validate
+from stamp_onnx.validate import read_stamp_metadata, validate
 
 
 @pytest.mark.parametrize("transform", ["haar", "none"])
@@ -65,7 +66,7 @@ def test_accumulated_sqnr_equals_sqnr_db_of_everything() -> None:
     rng = np.random.default_rng(0)
     refs = [rng.standard_normal((2, 5, 7)).astype(np.float32) for _ in range(3)]
     approx = [r + 0.01 * rng.standard_normal(r.shape).astype(np.float32) for r in refs]
-    diff = _Diff()
+    diff = RunningDiff()
     for r, a in zip(refs, approx, strict=True):
         diff.update(r, a)
     expected = quant.sqnr_db(np.concatenate(refs), np.concatenate(approx))

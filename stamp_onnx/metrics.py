@@ -1,0 +1,75 @@
+"""Running metrics for validation: output differences, SQNR and causal-aware perplexity.
+
+Everything accumulates batch by batch, so no model output has to be held in memory whole
+(SmolLM2 logits are 25 MB per 128-token window). :class:`RunningDiff` sums the energies of
+:func:`stamp_onnx.quant.sqnr_db`'s formula, in float64, over all batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from stamp_onnx import transforms
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import ValidationError
+
+
+def leak_free_mask(seq_len: int, config: StampConfig) -> np.ndarray:
+    """bool (seq_len,): True where no output at positions <= t depends on tokens after t.
+
+    x_hat = L^T Q(L x) makes x_hat[u] depend on x[j] when some transformed token i has
+    L[i, u] != 0 and L[i, j] != 0; position t is leak-free when every u <= t depends on
+    nothing after t. Haar with L levels: the ends of aligned 2^L-token blocks.
+    """
+    if config.transform == "none" or seq_len < 2:
+        return np.ones(seq_len, dtype=bool)
+    support = (np.abs(transforms.matrix(seq_len, config.transform, config.levels)) > 1e-12).astype(np.float32)
+    depends = (support.T @ support) > 0  # depends[u, j]
+    last = np.where(depends, np.arange(seq_len)[None, :], -1).max(axis=1)
+    return np.maximum.accumulate(last) <= np.arange(seq_len)
+
+
+class RunningDiff:
+    """Running max |ref - x|, max |ref| and the energies behind quant.sqnr_db (float64)."""
+
+    def __init__(self) -> None:
+        self.max_abs = self.ref_max = self.signal = self.noise = 0.0
+
+    def update(self, reference: np.ndarray, approx: np.ndarray) -> None:
+        if reference.shape != approx.shape:
+            raise ValidationError(f"output shapes differ: {reference.shape} vs {approx.shape}")
+        ref = reference.astype(np.float64)
+        err = ref - approx.astype(np.float64)
+        self.max_abs = max(self.max_abs, float(np.abs(err).max(initial=0.0)))
+        self.ref_max = max(self.ref_max, float(np.abs(ref).max(initial=0.0)))
+        self.signal += float(np.sum(ref * ref))
+        self.noise += float(np.sum(err * err))
+
+    def sqnr_db(self) -> float:
+        return math.inf if self.noise == 0.0 else 10.0 * math.log10(self.signal / self.noise)
+
+
+
+class RunningNLL:
+    """Summed next-token negative log-likelihood, over all targets and leak-free ones."""
+
+    def __init__(self) -> None:
+        self.sum_all = self.sum_leak_free = 0.0
+        self.count_all = self.count_leak_free = 0
+
+    def update(self, logits: np.ndarray, input_ids: np.ndarray, mask: np.ndarray) -> None:
+        logp = torch.log_softmax(torch.from_numpy(logits[:, :-1]).double(), dim=-1)
+        targets = torch.from_numpy(input_ids[:, 1:]).unsqueeze(-1)
+        nll = -logp.gather(-1, targets).squeeze(-1).numpy()  # (b, s-1): position t predicts t+1
+        keep = mask[:-1]
+        self.sum_all += float(nll.sum())
+        self.count_all += nll.size
+        self.sum_leak_free += float(nll[:, keep].sum())
+        self.count_leak_free += int(keep.sum()) * nll.shape[0]
+
+    def perplexity(self, *, leak_free: bool) -> float:
+        total, count = (self.sum_leak_free, self.count_leak_free) if leak_free else (self.sum_all, self.count_all)
+        return math.exp(total / count) if count else math.nan
