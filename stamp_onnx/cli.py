@@ -141,6 +141,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         args.model, args.rewritten, float_onnx_path=args.float_onnx, seq_len=args.seq_len, n_windows=args.windows
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
+    report.check()
     return 0
 
 
