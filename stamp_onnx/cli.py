@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from stamp_onnx.config import ALLOWED_BITS, TRANSFORMS, StampConfig
 from stamp_onnx.errors import ConfigError, StampError
