@@ -8,6 +8,7 @@ is cached in the output folder; the rewrites are redone each run (they take seco
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from stamp_onnx.config import StampConfig
@@ -23,6 +24,14 @@ DEMO_CONFIGS = (StampConfig(), StampConfig(transform="none"))
 
 def run_demo(model: str, out_dir: Path, *, seq_len: int, n_windows: int) -> str:
     """Run the whole product path on ``model``; return the summary and the full reports."""
+    reports = evaluate_configs(model, out_dir, DEMO_CONFIGS, seq_len=seq_len, n_windows=n_windows)
+    return "\n\n".join([summary_table(reports), *(r.to_table() for r in reports)])
+
+
+def evaluate_configs(
+    model: str, out_dir: Path, configs: Sequence[StampConfig], *, seq_len: int, n_windows: int
+) -> list[ValidationReport]:
+    """Export ``model`` once (cached in ``out_dir``), rewrite it with each config, validate each."""
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(model)
     float_path = out_dir / f"{loaded.name}.onnx"
@@ -32,14 +41,12 @@ def run_demo(model: str, out_dir: Path, *, seq_len: int, n_windows: int) -> str:
         logger.info("exporting %s to %s", loaded.name, float_path)
         export_onnx(loaded, float_path)
     reports = []
-    for config in DEMO_CONFIGS:
-        path = out_dir / f"{loaded.name}.{config.transform}.onnx"
+    for i, config in enumerate(configs):
+        path = out_dir / f"{loaded.name}.{i}.{config.transform}.onnx"
         report = quantize_file(float_path, path, config)
         logger.info("%s: rewrote %d linear layers", path, len(report.rewritten))
-        reports.append(
-            validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows)
-        )
-    return "\n\n".join([summary_table(reports), *(r.to_table() for r in reports)])
+        reports.append(validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows))
+    return reports
 
 
 def summary_table(reports: list[ValidationReport]) -> str:
