@@ -99,8 +99,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stamp_onnx.export import export_onnx
     from stamp_onnx.models import load_model
 
-    path = export_onnx(load_model(args.model), args.output)
-    print(f"exported {args.model} to {path}")
+    export_onnx(load_model(args.model), args.output)  # logs the path and time
     return 0
 
 

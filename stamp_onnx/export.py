@@ -56,11 +56,15 @@ def export_onnx(
     batch = torch.export.Dim("batch", min=1, max=4096)
     sequence = torch.export.Dim("sequence", min=1, max=loaded.max_length)
     dynamic_shapes = {k: {0: batch, 1: sequence} for k in kwargs}
+    # The exporter warns once per torchvision op that torchvision is absent: not needed here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     start = time.perf_counter()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # Inputs sharing one Dim make the exporter warn that it keeps the name: harmless.
             warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+            # torch's pytree deprecation noise, raised inside the exporter, not by our code.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             program = torch.onnx.export(
                 loaded.module,
                 (),
