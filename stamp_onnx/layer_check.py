@@ -3,14 +3,17 @@
 End to end, the rewritten ONNX model and the PyTorch reference cannot agree bit for bit at
 low precision: the float graphs differ by ~1e-7 relative (kernel summation order), which moves
 a few values across a rounding boundary of the first quantizer; one 4-bit step is a large
-change, and 30 layers amplify it. So the op-level agreement is checked per layer instead:
-every rewritten layer's input x is read from the ONNX run itself, and
+change, and 30 layers amplify it. So the op-level agreement is checked per layer instead, one
+stage at a time, each stage fed with the ONNX run's own input to that stage:
 
-    ONNX:   y = L^-1 (Q(L x) W)       (the inverse SequenceTransform's output; Gemm C included)
-    torch:  y = linear(stamp_activation(x), W)
+    transform   ONNX t = L x                vs  transforms.forward(x)             float rounding
+    QDQ         ONNX q = Q(t)               vs  quant.token_qdq(t)                bit for bit
+    W, L^-1     ONNX y = L^-1 (q W) (+ C)   vs  transforms.inverse(q W^T) (+ b)   float rounding
 
-are compared on identical x. Layers are found by their provenance metadata (LAYER_KEY on the
-TokenQDQ node and on the MatMul/Gemm it feeds), not by value names.
+plus the whole layer, y vs linear(stamp_activation(x), W), as an SQNR (here a transform that
+differs from the reference by one float ulp may flip a rounding, so it is reported, not judged).
+Layers are found by their provenance metadata (LAYER_KEY on the TokenQDQ node and on the
+MatMul/Gemm it feeds), not by value names.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import onnxruntime as ort
 import torch
 
 from passes.linear_layers import LAYER_KEY
-from stamp_onnx import ops, quant
+from stamp_onnx import ops, quant, transforms
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.reference import stamp_activation
@@ -42,16 +45,22 @@ class LayerTap:
 
     layer: str
     module: str
-    x: str
-    y: str
+    x: str  # the layer's input
+    t: str  # the TokenQDQ input (L x; equals x without a transform)
+    q: str  # the TokenQDQ output
+    y: str  # the layer's output (after the inverse transform)
     has_bias: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerDiff:
+    """One layer's stages, ONNX vs torch; ``*_rel`` are max |diff| / max |reference|."""
+
     layer: str
-    max_abs: float
-    ref_max: float
+    transform_rel: float
+    qdq_mismatches: int
+    qdq_elements: int
+    output_rel: float
     sqnr_db: float
 
 
@@ -67,7 +76,7 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
         layer = _layer(node)
         if node.domain != ops.DOMAIN or node.op_type != ops.TOKEN_QDQ or layer is None:
             continue
-        x = node.input[0]
+        x = t = node.input[0]
         before = producer.get(x)
         if before is not None and _is_transform(before, inverse=False) and _layer(before) == layer:
             x = before.input[0]
@@ -79,7 +88,7 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
         after = [n for n in consumers.get(y, []) if _is_transform(n, inverse=True) and _layer(n) == layer]
         if after:
             y = after[0].output[0]
-        taps.append(LayerTap(layer, re.sub(r"#\d+$", "", layer), x, y, has_bias))
+        taps.append(LayerTap(layer, re.sub(r"#\d+$", "", layer), x, t, node.output[0], y, has_bias))
     return taps
 
 
@@ -95,7 +104,7 @@ def per_layer_diffs(
     if not taps:
         return []
     existing = {o.name for o in proto.graph.output}
-    for name in dict.fromkeys(n for tap in taps for n in (tap.x, tap.y)):
+    for name in dict.fromkeys(n for tap in taps for n in (tap.x, tap.t, tap.q, tap.y)):
         if name not in existing:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     if proto.ByteSize() > _PROTOBUF_LIMIT:
@@ -111,16 +120,38 @@ def per_layer_diffs(
             linear = modules.get(tap.module)
             if not isinstance(linear, torch.nn.Linear):
                 raise ValidationError(f"layer {tap.layer!r} of {onnx_path} is not an nn.Linear of the PyTorch model")
-            x = torch.from_numpy(values[tap.x])
-            bias = linear.bias if tap.has_bias else None
-            ref = torch.nn.functional.linear(stamp_activation(x, config), linear.weight, bias).numpy()
-            got = values[tap.y]
-            if got.shape != ref.shape:
-                raise ValidationError(f"layer {tap.layer!r}: ONNX output {got.shape} vs PyTorch {ref.shape}")
-            err = float(np.abs(ref.astype(np.float64) - got).max(initial=0.0))
-            diffs.append(LayerDiff(tap.layer, err, float(np.abs(ref).max(initial=0.0)), quant.sqnr_db(ref, got)))
+            diffs.append(_compare_layer(tap, values, linear, config))
     logger.info("compared %d rewritten layers one by one", len(diffs))
     return diffs
+
+
+def _compare_layer(
+    tap: LayerTap, values: dict[str, np.ndarray], linear: torch.nn.Linear, config: StampConfig
+) -> LayerDiff:
+    x, t, q, y = (torch.from_numpy(values[name]) for name in (tap.x, tap.t, tap.q, tap.y))
+    bias = linear.bias if tap.has_bias else None
+    whole = torch.nn.functional.linear(stamp_activation(x, config), linear.weight, bias)
+    if whole.shape != y.shape:
+        raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")
+    t_ref = transforms.forward(x, config.transform, config.levels)
+    q_ref = quant.token_qdq(t, config.hp_tokens, config.hp_bits, config.lp_bits)
+    y_ref = transforms.inverse(torch.nn.functional.linear(q, linear.weight), config.transform, config.levels)
+    if bias is not None:
+        y_ref = y_ref + bias
+    return LayerDiff(
+        layer=tap.layer,
+        transform_rel=_rel(t_ref, t),
+        qdq_mismatches=int((q_ref != q).sum()),
+        qdq_elements=q.numel(),
+        output_rel=_rel(y_ref, y),
+        sqnr_db=quant.sqnr_db(whole.numpy(), y.numpy()),
+    )
+
+
+def _rel(ref: torch.Tensor, got: torch.Tensor) -> float:
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    err = float((ref.double() - got.double()).abs().max()) if ref.numel() else 0.0
+    return err / scale if scale else err
 
 
 def _layer(node: onnx.NodeProto) -> str | None:

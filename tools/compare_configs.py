@@ -20,7 +20,7 @@ from pathlib import Path
 
 from stamp_onnx.config import TRANSFORMS, StampConfig
 from stamp_onnx.demo import evaluate_configs
-from stamp_onnx.validate import ValidationReport
+from stamp_onnx.validate import ValidationReport, layer_check_summary
 
 
 def markdown(reports: list[ValidationReport], seconds: float) -> str:
@@ -29,7 +29,7 @@ def markdown(reports: list[ValidationReport], seconds: float) -> str:
     lines = [
         f"{first.model}: {first.description}; {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
         "",
-        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX | worst layer ONNX vs torch (dB) |",
+        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX | per-layer check ONNX vs torch |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     if ppl:
@@ -41,7 +41,6 @@ def markdown(reports: list[ValidationReport], seconds: float) -> str:
         rows = {row.name: row for row in r.rows}
         p = {x.variant: x for x in r.perplexities}
         name = c.transform + (f" L={c.levels}" if c.transform == "haar" else "") + f", K={c.hp_tokens}, {c.hp_bits}/{c.lp_bits}"
-        layer = rows.get("STaMP ONNX vs STaMP torch, per layer")
         cells = [
             name,
             f"{c.average_bits(r.seq_len):.2f}",
@@ -53,7 +52,7 @@ def markdown(reports: list[ValidationReport], seconds: float) -> str:
             cells += [f"{t.all_positions:.2f}", f"{o.all_positions:.2f}", f"{_f(t.leak_free)} / {_f(o.leak_free)}"]
         else:
             cells += ["", "", ""]
-        cells.append("" if layer is None else f"{layer.sqnr_db:.1f}")
+        cells.append(layer_check_summary(r))
         lines.append("| " + " | ".join(cells) + " |")
     if ppl:
         lines.append("")
