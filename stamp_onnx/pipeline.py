@@ -54,8 +54,10 @@ def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model") 
 def quantize_file(in_path: str | Path, out_path: str | Path, config: StampConfig) -> RewriteReport:
     """Read ``in_path``, rewrite it with ``config``, write ``out_path`` (the input is never touched)."""
     out = check_output_path(in_path, out_path)
+    logger.info("loading %s", in_path)
     model = load_model(in_path)
     report = rewrite(model, config, source=str(in_path))
+    logger.info("rewrote %d linear layers; checking (onnx.checker, full) and writing %s", len(report.rewritten), out)
     save_model(model, out)
     return report
 
