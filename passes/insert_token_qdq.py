@@ -46,7 +46,7 @@ class InsertTokenQDQPass(ir.passes.InPlacePass):
         fresh = unique_namer(model.graph)
         for layer in layers:
             node = layer.node
-            reason = self.config.selects(layer.name)
+            reason = self.config.selects(layer.name, node.name or "")
             if reason is not None:
                 self.report.skipped.append(SkippedLayer(layer.name, node.name or "", reason))
                 continue

@@ -63,11 +63,14 @@ class StampConfig:
             except re.error as err:
                 raise ConfigError(f"{name}={pattern!r} is not a valid regular expression: {err}") from err
 
-    def selects(self, layer_name: str) -> str | None:
-        """Return None if the layer is selected, else the reason it is not."""
-        if self.include is not None and not re.search(self.include, layer_name):
+    def selects(self, *names: str) -> str | None:
+        """Return None if a layer known by ``names`` (layer name, node name) is selected, else why not.
+
+        ``include`` must match one of the names; ``exclude`` must match none of them.
+        """
+        if self.include is not None and not any(re.search(self.include, n) for n in names):
             return f"does not match include {self.include!r}"
-        if self.exclude is not None and re.search(self.exclude, layer_name):
+        if self.exclude is not None and any(re.search(self.exclude, n) for n in names):
             return f"matches exclude {self.exclude!r}"
         return None
 

@@ -101,6 +101,16 @@ def test_include_exclude_select_layers() -> None:
         rewrite(ir_model(models.mlp_model()), StampConfig(include="^nothing$"))
 
 
+def test_selection_also_matches_node_names() -> None:
+    """Exported models name layers after modules; the ONNX node name is matched as well."""
+    model = ir_model(models.mlp_model())
+    for node in model.graph:
+        if node.name == "fc2":
+            node.metadata_props["pkg.torch.onnx.name_scopes"] = "['', 'head', 'linear']"
+    report = rewrite(model, StampConfig(include="^fc2$"))
+    assert [(r.name, r.node) for r in report.rewritten] == [("head", "fc2")]
+
+
 def test_rewriting_twice_is_refused(mlp_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     quantize_file(mlp_path, out, StampConfig())
@@ -199,3 +209,18 @@ def test_corrupt_input_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError):
         quantize_file(bad, tmp_path / "out.onnx", StampConfig())
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_large_models_are_written_with_external_data(
+    mlp_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the threshold (2 GB in practice; lowered here) tensors go to OUT.onnx.data."""
+    import stamp_onnx.model_io as model_io
+
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "q.onnx"
+    quantize_file(mlp_path, out, StampConfig(hp_tokens=4))
+    assert (tmp_path / "q.onnx.data").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx", "q.onnx", "q.onnx.data"]
+    x = np.random.default_rng(9).standard_normal((1, 6, models.D_IN)).astype(np.float32)
+    assert quant.sqnr_db(reference_mlp(x, StampConfig(hp_tokens=4)), run(out, x)[0]) > 60
