@@ -30,8 +30,9 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.config.transform == "none":
             return ir.passes.PassResult(model, modified=False)
-        forward = ops.SequenceTransformSpec(self.config.transform, self.config.levels, inverse=False)
-        inverse = ops.SequenceTransformSpec(self.config.transform, self.config.levels, inverse=True)
+        c = self.config
+        forward = ops.SequenceTransformSpec(c.transform, c.levels, inverse=False, prefix_tokens=c.prefix_tokens)
+        inverse = ops.SequenceTransformSpec(c.transform, c.levels, inverse=True, prefix_tokens=c.prefix_tokens)
         graph = model.graph
         fresh = unique_namer(graph)
         count = 0

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx_ir as ir
 
 from passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY
@@ -59,13 +61,9 @@ def assert_invariants(model: ir.Model) -> None:
 
 def _check_inverse(label: str, spec: ops.SequenceTransformSpec, qdq: ir.Node) -> list[str]:
     problems = []
+    wanted = dataclasses.replace(spec, inverse=True)
     for linear, _ in qdq.outputs[0].uses():
-        inverses = [
-            user for user, _ in linear.outputs[0].uses()
-            if (s := ops.spec_from_node(user)) is not None
-            and isinstance(s, ops.SequenceTransformSpec)
-            and s.inverse and s.transform == spec.transform and s.levels == spec.levels
-        ]
+        inverses = [user for user, _ in linear.outputs[0].uses() if ops.spec_from_node(user) == wanted]
         if len(inverses) != 1 or len(linear.outputs[0].uses()) != 1:
             problems.append(f"{label}: layer {linear.name!r} output must feed exactly one matching inverse transform")
     return problems

@@ -66,6 +66,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     d = StampConfig()
     p.add_argument("--transform", help=f"{'|'.join(TRANSFORMS)} (default {d.transform})")
     p.add_argument("--levels", type=int, help=f"Haar levels (default {d.levels})")
+    p.add_argument("--prefix-tokens", type=int, help=f"first tokens kept out of the transform, at hp bits (default {d.prefix_tokens})")
     p.add_argument("--hp-tokens", type=int, help=f"transformed tokens at high precision (default {d.hp_tokens})")
     bits = ",".join(map(str, ALLOWED_BITS))
     p.add_argument("--hp-bits", type=int, help=f"bits of the first K tokens: {bits} (default {d.hp_bits})")
@@ -84,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
     base = StampConfig.from_file(args.config) if args.config else StampConfig()
     changes = {
         key: getattr(args, key)
-        for key in ("transform", "levels", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude")
+        for key in ("transform", "levels", "prefix_tokens", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude")
         if getattr(args, key) is not None
     }
     return base.replace(**changes)
@@ -112,7 +113,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(json.dumps({"config": json.loads(config.to_json()), **report.to_dict()}, indent=2))
         return 0
     print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}")
-    print(f"  transform={config.transform} levels={config.levels} K={config.hp_tokens} "
+    print(f"  transform={config.transform} levels={config.levels} prefix={config.prefix_tokens} K={config.hp_tokens} "
           f"bits={config.hp_bits}/{config.lp_bits}")
     if report.opset_from != report.opset_to:
         print(f"  opset converted {report.opset_from} -> {report.opset_to}")

@@ -26,6 +26,8 @@ class StampConfig:
 
     transform: sequence transform along the token axis (``none`` keeps token order).
     levels: Haar DWT levels (ignored by the other transforms).
+    prefix_tokens: the first tokens kept out of the transform, in front and at hp_bits (an
+        LLM's attention sink, a ViT's CLS token); they count toward ``hp_tokens``.
     hp_tokens: the first ``hp_tokens`` transformed tokens are quantized with ``hp_bits``,
         the rest with ``lp_bits``.
     include / exclude: regular expressions searched in layer names; a layer is rewritten
@@ -34,6 +36,7 @@ class StampConfig:
 
     transform: str = "haar"
     levels: int = 3
+    prefix_tokens: int = 0
     hp_tokens: int = 64
     hp_bits: int = 8
     lp_bits: int = 4
@@ -47,6 +50,12 @@ class StampConfig:
             )
         _check_int("levels", self.levels, low=0, high=16)
         _check_int("hp_tokens", self.hp_tokens, low=0, high=1 << 30)
+        _check_int("prefix_tokens", self.prefix_tokens, low=0, high=1 << 30)
+        if self.prefix_tokens > self.hp_tokens:
+            raise ConfigError(
+                f"prefix_tokens={self.prefix_tokens} exceeds hp_tokens={self.hp_tokens}: the kept tokens "
+                "are quantized at hp_bits and count toward hp_tokens; raise hp_tokens or lower prefix_tokens"
+            )
         for name in ("hp_bits", "lp_bits"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value not in ALLOWED_BITS:

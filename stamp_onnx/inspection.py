@@ -22,6 +22,7 @@ class LayerSummary:
     name: str
     transform: str
     levels: int
+    prefix_tokens: int
     hp_tokens: int
     hp_bits: int
     lp_bits: int
@@ -46,11 +47,11 @@ class ModelSummary:
             lines.append("recorded config: " + ", ".join(f"{k}={v}" for k, v in sorted(self.config.items())))
         if self.layers:
             width = max(len(layer.name) for layer in self.layers)
-            lines.append(f"{'layer':<{width}}  transform  levels  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}")
+            lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}")
             for layer in self.layers:
                 levels = str(layer.levels) if layer.transform == "haar" else "-"
                 lines.append(
-                    f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.hp_tokens:>9}  "
+                    f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
                     f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}"
                 )
         lines.append("op counts: " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
@@ -87,6 +88,7 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
                 name=name,
                 transform=t.transform if t else "none",
                 levels=t.levels if t else 0,
+                prefix_tokens=t.prefix_tokens if t else 0,
                 hp_tokens=q.hp_tokens,
                 hp_bits=q.hp_bits,
                 lp_bits=q.lp_bits,

@@ -133,9 +133,11 @@ def _compare_layer(
     whole = torch.nn.functional.linear(stamp_activation(x, config), linear.weight, bias)
     if whole.shape != y.shape:
         raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")
-    t_ref = transforms.forward(x, config.transform, config.levels)
+    t_ref = transforms.forward(x, config.transform, config.levels, config.prefix_tokens)
     q_ref = quant.token_qdq(t, config.hp_tokens, config.hp_bits, config.lp_bits)
-    y_ref = transforms.inverse(torch.nn.functional.linear(q, linear.weight), config.transform, config.levels)
+    y_ref = transforms.inverse(
+        torch.nn.functional.linear(q, linear.weight), config.transform, config.levels, config.prefix_tokens
+    )
     if bias is not None:
         y_ref = y_ref + bias
     return LayerDiff(

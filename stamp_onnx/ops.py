@@ -3,7 +3,8 @@
 Domain ``ai.stamp`` (version 1). Two ops, both shape-preserving on (..., s, d), float32:
 
 ``SequenceTransform(X) -> Y``
-    attributes: transform ("haar" | "dct" | "wht"), levels (int, Haar only), inverse (0 | 1).
+    attributes: transform ("haar" | "dct" | "wht"), levels (int, Haar only), inverse (0 | 1),
+    prefix_tokens (int: the first tokens pass through untransformed).
     Reference: :func:`stamp_onnx.transforms.forward` / :func:`~stamp_onnx.transforms.inverse`.
 
 ``TokenQDQ(X) -> Y``
@@ -51,6 +52,7 @@ class SequenceTransformSpec:
     transform: str
     levels: int = 0
     inverse: bool = False
+    prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.transform not in ("haar", "dct", "wht"):
@@ -61,6 +63,8 @@ class SequenceTransformSpec:
     @property
     def overload(self) -> str:
         name = f"haar{self.levels}" if self.transform == "haar" else self.transform
+        if self.prefix_tokens:
+            name += f"_p{self.prefix_tokens}"
         return name + ("_inverse" if self.inverse else "")
 
     def attributes(self) -> list[ir.Attr]:
@@ -68,15 +72,20 @@ class SequenceTransformSpec:
             ir.AttrString("transform", self.transform),
             ir.AttrInt64("levels", self.levels),
             ir.AttrInt64("inverse", int(self.inverse)),
+            ir.AttrInt64("prefix_tokens", self.prefix_tokens),
         ]
 
     def reference(self, x: Any) -> Any:
         fn = transforms.inverse if self.inverse else transforms.forward
-        return fn(x, self.transform, self.levels)
+        return fn(x, self.transform, self.levels, self.prefix_tokens)
 
     def function(self, opset: int) -> ir.Function:
         body = _Body(f"{SEQUENCE_TRANSFORM}_{self.overload}")
-        x = body.input("X")
+        x = head = body.input("X")
+        if self.prefix_tokens:
+            split, end = _i64(body, self.prefix_tokens), _i64(body, _INT64_MAX)
+            head = _tokens_slice(body, x, _i64(body, 0), split)
+            x = _tokens_slice(body, x, split, end)
         if self.transform == "haar":
             y = (_haar_inverse if self.inverse else _haar_forward)(body, x, self.levels)
         else:
@@ -84,6 +93,8 @@ class SequenceTransformSpec:
             if self.inverse:
                 m = body.op("Transpose", [m], perm=[1, 0])
             y = body.op("MatMul", [m, x])
+        if self.prefix_tokens:
+            y = body.op("Concat", [head, y], axis=-2)
         return body.function(SEQUENCE_TRANSFORM, self.overload, [y], self.attributes(), opset)
 
 
@@ -126,7 +137,9 @@ def spec_from_node(node: ir.Node) -> SequenceTransformSpec | TokenQDQSpec | None
         return None
     attrs = {name: attr.value for name, attr in node.attributes.items()}
     if node.op_type == SEQUENCE_TRANSFORM:
-        return SequenceTransformSpec(attrs["transform"], int(attrs.get("levels", 0)), bool(attrs.get("inverse", 0)))
+        return SequenceTransformSpec(
+            attrs["transform"], int(attrs.get("levels", 0)), bool(attrs.get("inverse", 0)), int(attrs.get("prefix_tokens", 0))
+        )
     if node.op_type == TOKEN_QDQ:
         return TokenQDQSpec(int(attrs["hp_tokens"]), int(attrs["hp_bits"]), int(attrs["lp_bits"]))
     return None
@@ -272,7 +285,9 @@ def _dct_matrix(body: _Body, x: ir.Value) -> ir.Value:
     rows = body.op("Unsqueeze", [k, _i64(body, 1)])
     cols = body.op("Unsqueeze", [k, _i64(body, 0)])
     odd = body.op("Add", [body.op("Mul", [cols, _i64s(body, 2)]), _i64s(body, 1)])
-    idx = body.op("Mod", [body.op("Mul", [rows, odd]), body.op("Mul", [s, _i64s(body, 4)])])
+    # Max(s, 1): with a prefix the transformed part may be empty, and Mod checks its divisor.
+    period = body.op("Mul", [body.op("Max", [s, _i64s(body, 1)]), _i64s(body, 4)])
+    idx = body.op("Mod", [body.op("Mul", [rows, odd]), period])
     s64 = body.op("Cast", [s], to=ir.DataType.DOUBLE)
     step = body.op("Div", [body.const(np.array(math.pi / 2, np.float64)), s64])
     cos = body.op("Cos", [body.op("Mul", [body.op("Cast", [idx], to=ir.DataType.DOUBLE), step])])

@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 
 def stamp_activation(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
     """L^-1 Q(L x) on the token axis (-2) of ``x`` (..., s, d), as the rewritten graph does."""
-    y = transforms.forward(x, config.transform, config.levels)
+    y = transforms.forward(x, config.transform, config.levels, config.prefix_tokens)
     y = quant.token_qdq(y, config.hp_tokens, config.hp_bits, config.lp_bits)
-    return transforms.inverse(y, config.transform, config.levels)
+    return transforms.inverse(y, config.transform, config.levels, config.prefix_tokens)
 
 
 @contextlib.contextmanager

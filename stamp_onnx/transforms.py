@@ -16,6 +16,9 @@ undoes it exactly (up to float rounding). Every s >= 1 is defined:
   stays orthonormal and s = 2^m is the special case of one block.
 - ``none``: identity.
 
+With ``prefix=p`` the first p tokens are kept out of the transform (identity on them) and the
+remaining s - p tokens are transformed as above; s <= p is the identity.
+
 Example::
 
     >>> x = np.random.default_rng(0).standard_normal((2, 10, 4)).astype(np.float32)
@@ -36,30 +39,41 @@ Array = TypeVar("Array", bound=Any)  # np.ndarray or torch.Tensor
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
-def forward(x: Array, transform: str, levels: int = 3) -> Array:
-    """Apply the sequence transform L to the token axis (-2) of ``x``."""
-    if transform == "none":
+def forward(x: Array, transform: str, levels: int = 3, prefix: int = 0) -> Array:
+    """Apply the sequence transform L to the token axis (-2) of ``x``.
+
+    ``prefix``: the first ``prefix`` tokens are left out of the transform and stay in front
+    (an attention sink, a CLS token); the rest is transformed as a sequence of its own.
+    """
+    if transform == "none" or _tokens(x) <= prefix:
         return x
+    if prefix:
+        return _cat([x[..., :prefix, :], forward(x[..., prefix:, :], transform, levels)])
     if transform == "haar":
         return _haar_forward(x, levels)
     return _apply_matrix(matrix(_tokens(x), transform, levels), x)
 
 
-def inverse(x: Array, transform: str, levels: int = 3) -> Array:
-    """Apply L^-1 = L^T to the token axis (-2) of ``x``."""
-    if transform == "none":
+def inverse(x: Array, transform: str, levels: int = 3, prefix: int = 0) -> Array:
+    """Apply L^-1 = L^T to the token axis (-2) of ``x`` (``prefix`` as in :func:`forward`)."""
+    if transform == "none" or _tokens(x) <= prefix:
         return x
+    if prefix:
+        return _cat([x[..., :prefix, :], inverse(x[..., prefix:, :], transform, levels)])
     if transform == "haar":
         return _haar_inverse(x, levels)
     return _apply_matrix(matrix(_tokens(x), transform, levels).T, x)
 
 
 @functools.lru_cache(maxsize=64)
-def matrix(s: int, transform: str, levels: int = 3) -> np.ndarray:
-    """The s x s float64 matrix M with forward(x) == M @ x (read-only, cached)."""
+def matrix(s: int, transform: str, levels: int = 3, prefix: int = 0) -> np.ndarray:
+    """The s x s float64 matrix M with forward(x, ..., prefix) == M @ x (read-only, cached)."""
     if s < 1:
         raise ValueError(f"sequence length must be >= 1, got {s}")
-    if transform == "none":
+    if 0 < prefix < s:
+        m = np.eye(s)
+        m[prefix:, prefix:] = matrix(s - prefix, transform, levels)
+    elif prefix >= s or transform == "none":
         m = np.eye(s)
     elif transform == "haar":
         m = _haar_forward(np.eye(s), levels)

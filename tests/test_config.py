@@ -31,6 +31,8 @@ def test_every_allowed_width(bits: int) -> None:
         ({"levels": -1}, "levels=-1 is not allowed"),
         ({"levels": True}, "levels=True is not allowed"),
         ({"include": "[a-"}, "include='[a-' is not a valid regular expression"),
+        ({"prefix_tokens": 65}, "prefix_tokens=65 exceeds hp_tokens=64"),
+        ({"prefix_tokens": -1}, "prefix_tokens=-1 is not allowed"),
     ],
 )
 def test_bad_values_name_the_field(changes: dict[str, object], message: str) -> None:

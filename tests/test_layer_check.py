@@ -35,3 +35,17 @@ def test_wrong_bits_are_caught(tmp_path: Path) -> None:
     feeds = sample_inputs(tiny_llama(), 1, 32, seed=8)
     diffs = per_layer_diffs(out, tiny_llama().module, StampConfig(hp_tokens=4, hp_bits=8, lp_bits=4), feeds)
     assert all(d.qdq_mismatches > 0 for d in diffs)
+
+
+@pytest.mark.parametrize("transform", ["haar", "dct"])
+def test_prefix_tokens_match_per_layer(transform: str, tmp_path: Path) -> None:
+    """The attention-sink option: the ONNX body and the torch reference keep the same prefix."""
+    config = StampConfig(transform=transform, hp_tokens=8, prefix_tokens=1)
+    out = tmp_path / "q.onnx"
+    quantize_file(tiny_llama_onnx(), out, config)
+    diffs = per_layer_diffs(out, tiny_llama().module, config, sample_inputs(tiny_llama(), 1, 29, seed=3))
+    assert all(d.qdq_mismatches == 0 for d in diffs)
+    assert max(d.transform_rel for d in diffs) < 1e-5
+    # A reference that forgets the prefix must disagree.
+    wrong = per_layer_diffs(out, tiny_llama().module, config.replace(prefix_tokens=0), sample_inputs(tiny_llama(), 1, 29, seed=3))
+    assert max(d.transform_rel for d in wrong) > 1e-3

@@ -29,9 +29,10 @@ def session(spec: ops.SequenceTransformSpec | ops.TokenQDQSpec, rank: int = 3) -
 
 
 TRANSFORM_SPECS = [
-    ops.SequenceTransformSpec(t, levels, inverse)
+    ops.SequenceTransformSpec(t, levels, inverse, prefix)
     for t, levels in (("haar", 1), ("haar", 3), ("haar", 7), ("dct", 0), ("wht", 0))
     for inverse in (False, True)
+    for prefix in (0, 1, 5)
 ]
 
 

@@ -39,9 +39,9 @@ def reference_mlp(x: np.ndarray, config: StampConfig) -> np.ndarray:
     w = models.mlp_weights()
 
     def linear(a: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        t, lv = config.transform, config.levels
-        q = quant.token_qdq(transforms.forward(a, t, lv), config.hp_tokens, config.hp_bits, config.lp_bits)
-        return transforms.inverse(q @ weight, t, lv)
+        t, lv, p = config.transform, config.levels, config.prefix_tokens
+        q = quant.token_qdq(transforms.forward(a, t, lv, p), config.hp_tokens, config.hp_bits, config.lp_bits)
+        return transforms.inverse(q @ weight, t, lv, p)
 
     h = np.maximum(linear(x, w["w1"]) + w["b1"], 0)
     return linear(h, w["w2"])
@@ -118,9 +118,10 @@ def test_rewriting_twice_is_refused(mlp_path: Path, tmp_path: Path) -> None:
         quantize_file(out, tmp_path / "qq.onnx", StampConfig())
 
 
+@pytest.mark.parametrize("prefix", [0, 2])
 @pytest.mark.parametrize("transform", ["haar", "dct", "wht", "none"])
-def test_rewritten_model_matches_math_module(transform: str, mlp_path: Path, tmp_path: Path) -> None:
-    config = StampConfig(transform=transform, hp_tokens=5)
+def test_rewritten_model_matches_math_module(transform: str, prefix: int, mlp_path: Path, tmp_path: Path) -> None:
+    config = StampConfig(transform=transform, hp_tokens=5, prefix_tokens=prefix)
     out = tmp_path / "q.onnx"
     quantize_file(mlp_path, out, config)
     onnx.checker.check_model(str(out), full_check=True)
