@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_flags(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("eval", help="rewrite a model with several configs, validate each, tabulate")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or transformers dir (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--configs", nargs="+", default=["haar", "none"], metavar="SPEC",
+        help="transform[,key=value...], e.g. haar,prefix_tokens=1 or none,hp_tokens=0 (default: haar none)",
+    )
+    p.add_argument("--out-dir", type=Path, default=Path("out"), help="cache of the float export and rewrites")
+    p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
+    _add_eval_flags(p)
+
     p = sub.add_parser("demo", help=f"export {DEFAULT_MODEL}, rewrite it (STaMP and the per-token baseline), validate")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out-dir", type=Path, default=Path("out"))
@@ -145,6 +155,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from stamp_onnx.evaluate import evaluate_configs, markdown_table, parse_config_spec, text_table
+
+    _check_eval_flags(args)
+    configs = [parse_config_spec(spec) for spec in args.configs]
+    if args.markdown is not None and not args.markdown.parent.is_dir():
+        raise ConfigError(f"folder of --markdown {args.markdown} does not exist; create it first")
+    start = time.perf_counter()
+    reports = evaluate_configs(args.model, args.out_dir, configs, seq_len=args.seq_len, n_windows=args.windows)
+    print(text_table(reports))
+    if args.markdown is not None:
+        args.markdown.write_text(markdown_table(reports, time.perf_counter() - start) + "\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stamp_onnx.demo import run_demo
 
@@ -158,6 +185,7 @@ COMMANDS = {
     "quantize": cmd_quantize,
     "inspect": cmd_inspect,
     "validate": cmd_validate,
+    "eval": cmd_eval,
     "demo": cmd_demo,
 }
 

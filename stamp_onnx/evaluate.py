@@ -1,0 +1,144 @@
+"""Evaluate several configs on one model through the product path, and tabulate them.
+
+For each config: export once (cached in ``out_dir``), rewrite, run in onnxruntime on real text
+and compare with PyTorch (:func:`stamp_onnx.validate.validate`). Configs are written as compact
+specs, a transform followed by overrides of :class:`StampConfig` fields::
+
+    haar                          the defaults (3 levels, K=64 at 8 bits, rest 4)
+    haar,prefix_tokens=1          keep the first token (attention sink) out of the transform
+    none,hp_tokens=0              every token at 4 bits, no transform (plain per-token A4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import ConfigError
+from stamp_onnx.export import export_onnx
+from stamp_onnx.models import load_model
+from stamp_onnx.pipeline import quantize_file
+from stamp_onnx.validate import ValidationReport, layer_check_summary, validate
+
+logger = logging.getLogger(__name__)
+
+_FIELDS = {f.name: f for f in dataclasses.fields(StampConfig)}
+
+
+def parse_config_spec(spec: str) -> StampConfig:
+    """'haar,prefix_tokens=1' -> StampConfig(transform='haar', prefix_tokens=1)."""
+    head, *overrides = [part.strip() for part in spec.split(",")]
+    changes: dict[str, object] = {"transform": head}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in _FIELDS:
+            raise ConfigError(
+                f"config spec {spec!r}: {item!r} is not key=value with a key among {', '.join(sorted(_FIELDS))}"
+            )
+        changes[key] = value if key in ("include", "exclude", "transform") else _int(spec, key, value)
+    return StampConfig().replace(**changes)
+
+
+def config_label(config: StampConfig) -> str:
+    """A short row label: 'haar L=3, P=1, K=64, 8/4'."""
+    parts = [config.transform + (f" L={config.levels}" if config.transform == "haar" else "")]
+    if config.prefix_tokens:
+        parts.append(f"P={config.prefix_tokens}")
+    parts += [f"K={config.hp_tokens}", f"{config.hp_bits}/{config.lp_bits}"]
+    return ", ".join(parts)
+
+
+def evaluate_configs(
+    model: str, out_dir: Path, configs: Sequence[StampConfig], *, seq_len: int, n_windows: int
+) -> list[ValidationReport]:
+    """Export ``model`` once (cached in ``out_dir``), rewrite it with each config, validate each."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(model)
+    float_path = out_dir / f"{loaded.name}.onnx"
+    if float_path.exists():
+        logger.info("reusing the float export %s (delete it to export again)", float_path)
+    else:
+        logger.info("exporting %s to %s", loaded.name, float_path)
+        export_onnx(loaded, float_path)
+    reports = []
+    for i, config in enumerate(configs):
+        path = out_dir / f"{loaded.name}.{i}.{config.transform}.onnx"
+        quantize_file(float_path, path, config)
+        reports.append(validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows))
+    return reports
+
+
+def text_table(reports: list[ValidationReport]) -> str:
+    """One row per config: bits, SQNR vs float (torch and ONNX), perplexity, the layer check."""
+    first = reports[0]
+    lines = [
+        f"{first.model}: {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
+        f"{'variant':<34} {'avg bits':>8} {'SQNR torch':>10} {'SQNR ONNX':>9} {'ppl torch':>9} {'ppl ONNX':>9}  layer check",
+    ]
+    ppl = {p.variant: p.all_positions for p in first.perplexities}
+    if ppl:
+        lines.append(f"{'float (torch / ONNX)':<34} {32:>8} {'':>10} {'':>9} {ppl['float torch']:>9.2f} {ppl['float ONNX']:>9.2f}")
+    for r in reports:
+        rows = {row.name: row for row in r.rows}
+        p = {x.variant: x.all_positions for x in r.perplexities}
+        lines.append(
+            f"{config_label(r.config):<34} {r.config.average_bits(r.seq_len):>8.2f} "
+            f"{rows['STaMP torch reference vs float torch'].sqnr_db:>10.2f} "
+            f"{rows['STaMP ONNX vs float torch'].sqnr_db:>9.2f} "
+            f"{p.get('STaMP torch reference', math.nan):>9.2f} {p.get('STaMP ONNX', math.nan):>9.2f}"
+            f"  {layer_check_summary(r)}"
+        )
+    lines.append("SQNR: dB of the final output vs float PyTorch; layer check: every rewritten layer, ONNX vs "
+                 "PyTorch reference stage by stage on the same inputs (quantized codes bit for bit)")
+    return "\n".join(lines)
+
+
+def markdown_table(reports: list[ValidationReport], seconds: float) -> str:
+    """The same comparison as Markdown, with leak-free perplexities and the wall time."""
+    first = reports[0]
+    ppl = {p.variant: p for p in first.perplexities}
+    lines = [
+        f"{first.model}: {first.description}; {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
+        "",
+        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX (targets) | per-layer check ONNX vs torch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    if ppl:
+        f, o = ppl["float torch"], ppl["float ONNX"]
+        lines.append(f"| float | 32 | | | {f.all_positions:.2f} | {o.all_positions:.2f} | "
+                     f"{_f(f.leak_free)} / {_f(o.leak_free)} | |")
+    for r in reports:
+        rows = {row.name: row for row in r.rows}
+        p = {x.variant: x for x in r.perplexities}
+        cells = [
+            config_label(r.config),
+            f"{r.config.average_bits(r.seq_len):.2f}",
+            f"{rows['STaMP torch reference vs float torch'].sqnr_db:.2f}",
+            f"{rows['STaMP ONNX vs float torch'].sqnr_db:.2f}",
+        ]
+        if p:
+            t, o = p["STaMP torch reference"], p["STaMP ONNX"]
+            cells += [f"{t.all_positions:.2f}", f"{o.all_positions:.2f}",
+                      f"{_f(t.leak_free)} / {_f(o.leak_free)} ({r.targets_leak_free})"]
+        else:
+            cells += ["", "", ""]
+        cells.append(layer_check_summary(r))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"wall time: {seconds:.0f} s"]
+    return "\n".join(lines)
+
+
+def _f(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+def _int(spec: str, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ConfigError(f"config spec {spec!r}: {key}={value!r} is not an integer") from err
