@@ -41,7 +41,7 @@ def test_quick_start_has_exactly_the_two_make_commands() -> None:
 def test_usage_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     commands = usage_commands()
-    assert [c[0] for c in commands] == ["export", "quantize", "quantize", "inspect", "validate"]
+    assert [c[0] for c in commands] == ["export", "quantize", "quantize", "inspect", "validate", "eval"]
     for argv in commands:
         argv = ["tiny-llama" if a == "smollm2-135m" else a for a in argv]
         assert main(["-q", *argv]) == 0, argv
@@ -51,4 +51,4 @@ def test_usage_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_demo_runs_on_the_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-q", "demo", "--model", "tiny-llama", "--out-dir", str(tmp_path), "--seq-len", "32", "--windows", "2"]) == 0
     out = capsys.readouterr().out
-    assert "haar L=3, K=64 8/4 bits" in out and "none, K=64 8/4 bits" in out
+    assert "haar L=3, K=64, 8/4" in out and "none, K=64, 8/4" in out
