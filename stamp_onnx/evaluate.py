@@ -22,7 +22,7 @@ from stamp_onnx.errors import ConfigError
 from stamp_onnx.export import export_onnx
 from stamp_onnx.models import load_model
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import ValidationReport, layer_check_summary, validate
+from stamp_onnx.validate import ValidationReport, layer_check_summary, mean_layer_sqnr, validate
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def text_table(reports: list[ValidationReport]) -> str:
     first = reports[0]
     lines = [
         f"{first.model}: {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
-        f"{'variant':<34} {'avg bits':>8} {'SQNR torch':>10} {'SQNR ONNX':>9} {'ppl torch':>9} {'ppl ONNX':>9}  layer check",
+        f"{'variant':<34} {'avg bits':>8} {'SQNR torch':>10} {'SQNR ONNX':>9} {'ppl torch':>9} {'ppl ONNX':>9} {'layer dB':>9}  layer check",
     ]
     ppl = {p.variant: p.all_positions for p in first.perplexities}
     if ppl:
@@ -90,11 +90,12 @@ def text_table(reports: list[ValidationReport]) -> str:
             f"{config_label(r.config):<34} {r.config.average_bits(r.seq_len):>8.2f} "
             f"{rows['STaMP torch reference vs float torch'].sqnr_db:>10.2f} "
             f"{rows['STaMP ONNX vs float torch'].sqnr_db:>9.2f} "
-            f"{p.get('STaMP torch reference', math.nan):>9.2f} {p.get('STaMP ONNX', math.nan):>9.2f}"
-            f"  {layer_check_summary(r)}"
+            f"{p.get('STaMP torch reference', math.nan):>9.2f} {p.get('STaMP ONNX', math.nan):>9.2f} "
+            f"{mean_layer_sqnr(r.layer_diffs):>9.2f}  {layer_check_summary(r)}"
         )
-    lines.append("SQNR: dB of the final output vs float PyTorch; layer check: every rewritten layer, ONNX vs "
-                 "PyTorch reference stage by stage on the same inputs (quantized codes bit for bit)")
+    lines.append("SQNR: dB of the final output vs float PyTorch; layer dB: mean over rewritten layers of each "
+                 "layer's SQNR vs its float output on the same input (batch 1); layer check: every rewritten layer, "
+                 "ONNX vs PyTorch reference stage by stage on the same inputs (quantized codes bit for bit)")
     return "\n".join(lines)
 
 
@@ -105,13 +106,13 @@ def markdown_table(reports: list[ValidationReport], seconds: float) -> str:
     lines = [
         f"{first.model}: {first.description}; {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
         "",
-        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX (targets) | per-layer check ONNX vs torch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX (targets) | mean layer SQNR (dB) | per-layer check ONNX vs torch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     if ppl:
         f, o = ppl["float torch"], ppl["float ONNX"]
         lines.append(f"| float | 32 | | | {f.all_positions:.2f} | {o.all_positions:.2f} | "
-                     f"{_f(f.leak_free)} / {_f(o.leak_free)} | |")
+                     f"{_f(f.leak_free)} / {_f(o.leak_free)} | | |")
     for r in reports:
         rows = {row.name: row for row in r.rows}
         p = {x.variant: x for x in r.perplexities}
@@ -127,7 +128,7 @@ def markdown_table(reports: list[ValidationReport], seconds: float) -> str:
                       f"{_f(t.leak_free)} / {_f(o.leak_free)} ({r.targets_leak_free})"]
         else:
             cells += ["", "", ""]
-        cells.append(layer_check_summary(r))
+        cells += [_f(mean_layer_sqnr(r.layer_diffs)), layer_check_summary(r)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"wall time: {seconds:.0f} s"]
     return "\n".join(lines)

@@ -11,7 +11,8 @@ stage at a time, each stage fed with the ONNX run's own input to that stage:
     W, L^-1     ONNX y = L^-1 (q W) (+ C)   vs  transforms.inverse(q W^T) (+ b)   float rounding
 
 plus the whole layer, y vs linear(stamp_activation(x), W), as an SQNR (here a transform that
-differs from the reference by one float ulp may flip a rounding, so it is reported, not judged).
+differs from the reference by one float ulp may flip a rounding, so it is reported, not judged),
+and the quantization error where it arises: y vs the float layer linear(x, W) on the same x.
 Layers are found by their provenance metadata (LAYER_KEY on the TokenQDQ node and on the
 MatMul/Gemm it feeds), not by value names.
 """
@@ -61,7 +62,8 @@ class LayerDiff:
     qdq_mismatches: int
     qdq_elements: int
     output_rel: float
-    sqnr_db: float
+    sqnr_db: float  # whole layer, ONNX vs the STaMP reference
+    float_sqnr_db: float  # whole layer, ONNX vs the float layer on the same input
 
 
 def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
@@ -147,6 +149,7 @@ def _compare_layer(
         qdq_elements=q.numel(),
         output_rel=_rel(y_ref, y),
         sqnr_db=quant.sqnr_db(whole.numpy(), y.numpy()),
+        float_sqnr_db=quant.sqnr_db(torch.nn.functional.linear(x, linear.weight, bias).numpy(), y.numpy()),
     )
 
 

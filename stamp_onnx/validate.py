@@ -369,7 +369,13 @@ def _layer_rows(diffs: list[LayerDiff]) -> list[Comparison]:
         Comparison("per layer: TokenQDQ codes differing", mismatches, nan, nan, "bit-exact", mismatches == 0),
         Comparison("per layer: W and inverse L^-1", nan, y_rel, nan, rtol, y_rel <= LAYER_RTOL),
         Comparison("per layer: whole layer (lowest)", nan, nan, min(d.sqnr_db for d in diffs)),
+        Comparison("per layer: STaMP ONNX vs float layer (mean)", nan, nan, mean_layer_sqnr(diffs)),
     ]
+
+
+def mean_layer_sqnr(diffs: list[LayerDiff]) -> float:
+    """Mean over layers of the SQNR (dB) of each layer's output vs its float output, same input."""
+    return float(np.mean([d.float_sqnr_db for d in diffs])) if diffs else math.nan
 
 
 def _cell(value: float, spec: str) -> str:

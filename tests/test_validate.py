@@ -28,10 +28,10 @@ def test_validate_tiny_llama(transform: str, tmp_path: Path) -> None:
     assert report.ok, report.to_table()
     report.check()
     assert report.layers_rewritten == report.layers_hooked == 15
-    float_row, t_row, qdq_row, w_row, layer_row, end_row, torch_row, onnx_row = report.rows
+    float_row, t_row, qdq_row, w_row, layer_row, float_layer_row, end_row, torch_row, onnx_row = report.rows
     assert float_row.rel < 1e-5 and end_row.sqnr_db > 60
     assert qdq_row.max_abs == 0 and qdq_row.passed and t_row.rel < 1e-5 and w_row.rel < 1e-5
-    assert layer_row.sqnr_db > 100
+    assert layer_row.sqnr_db > 100 and 10 < float_layer_row.sqnr_db < 80
     assert 10 < torch_row.sqnr_db < 80 and abs(torch_row.sqnr_db - onnx_row.sqnr_db) < 1
     assert len(report.layer_diffs) == 15
     assert report.targets_all == 3 * 63
