@@ -225,3 +225,11 @@ def test_large_models_are_written_with_external_data(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx", "q.onnx", "q.onnx.data"]
     x = np.random.default_rng(9).standard_normal((1, 6, models.D_IN)).astype(np.float32)
     assert quant.sqnr_db(reference_mlp(x, StampConfig(hp_tokens=4)), run(out, x)[0]) > 60
+
+
+def test_output_is_byte_identical_across_runs(mlp_path: Path, tmp_path: Path) -> None:
+    config = StampConfig(transform="dct", prefix_tokens=1, hp_tokens=4)
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize_file(mlp_path, first, config)
+    quantize_file(mlp_path, second, config)
+    assert first.read_bytes() == second.read_bytes()
