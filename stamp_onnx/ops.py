@@ -190,6 +190,13 @@ class _Body:
         self.nodes.append(node)
         return node.outputs[0]
 
+    def op_multi(self, op_type: str, inputs: list[ir.Value], count: int, **attributes: Any) -> list[ir.Value]:
+        node = ir.Node("", op_type, inputs, attributes=_attrs(attributes), num_outputs=count, name=f"n{len(self.nodes)}")
+        for value in node.outputs:
+            value.name = self._name()
+        self.nodes.append(node)
+        return list(node.outputs)
+
     def const(self, array: np.ndarray) -> ir.Value:
         return self.op("Constant", [], value=ir.tensor(array))
 
@@ -333,7 +340,16 @@ def _wht_matrix(body: _Body, x: ir.Value) -> ir.Value:
     row_scale = body.op("Reciprocal", [body.op("Sqrt", [body.op("Cast", [size], to=ir.DataType.FLOAT)])])
     values = body.op("Mul", [sign, body.op("Unsqueeze", [row_scale, _i64(body, 1)])])
     same_block = body.op("Equal", [body.op("Unsqueeze", [h, _i64(body, 1)]), body.op("Unsqueeze", [h, _i64(body, 0)])])
-    return body.op("Where", [same_block, values, body.const(np.array(0.0, np.float32))])
+    blocks = body.op("Where", [same_block, values, body.const(np.array(0.0, np.float32))])
+    # Merge the blocks' rows by normalised sequency local / 2^h, ties larger block first:
+    # key = (local << (31 - h)) * 64 + (31 - h), sorted ascending.
+    shift_h = body.op("Sub", [_i64s(body, _WHT_BITS), h])
+    key = body.op(
+        "Add", [body.op("Mul", [body.op("Mul", [local, body.op("Gather", [pow2, shift_h])]), _i64s(body, 64)]), shift_h]
+    )
+    count = body.op("Shape", [key])
+    _, order = body.op_multi("TopK", [key, count], 2, largest=0, sorted=1)
+    return body.op("Gather", [blocks, order], axis=0)
 
 
 def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:

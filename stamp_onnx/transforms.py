@@ -12,8 +12,10 @@ undoes it exactly (up to float rounding). Every s >= 1 is defined:
 - ``dct``: orthonormal DCT-II, coefficient 0 first (scipy.fft.dct(norm="ortho")).
 - ``wht``: Walsh-Hadamard in sequency order. For s a power of two this is the usual WHT. For
   other s, the tokens are split into blocks along the binary expansion of s, largest first
-  (s = 6 -> blocks of 4 and 2), and each block gets its own sequency-ordered WHT; the result
-  stays orthonormal and s = 2^m is the special case of one block.
+  (s = 6 -> blocks of 4 and 2), and each block gets its own sequency-ordered WHT; the
+  coefficients of all blocks are then merged by normalised sequency k / size (ties: larger
+  block first), so every block's low-sequency coefficients come first, where the high-precision
+  tokens are. The result stays orthonormal; s = 2^m is the special case of one block.
 - ``none``: identity.
 
 With ``prefix=p`` the first p tokens are kept out of the transform (identity on them) and the
@@ -149,11 +151,14 @@ def _sequency_hadamard(p: int) -> np.ndarray:
 
 def _wht_matrix(s: int) -> np.ndarray:
     m = np.zeros((s, s))
+    keys: list[tuple[float, int]] = []
     start = 0
-    for size in wht_blocks(s):
+    for block, size in enumerate(wht_blocks(s)):
         m[start : start + size, start : start + size] = _sequency_hadamard(size)
+        keys += [(k / size, block) for k in range(size)]
         start += size
-    return m
+    order = sorted(range(s), key=keys.__getitem__)  # merge blocks by normalised sequency
+    return m[order]
 
 
 # --- numpy / torch glue -------------------------------------------------------------------

@@ -227,13 +227,16 @@ def test_wht_power_of_two_is_sequency_ordered_hadamard(p: int) -> None:
 
 
 @pytest.mark.parametrize("s", LENGTHS)
-def test_wht_is_block_diagonal_over_binary_expansion(s: int) -> None:
+def test_wht_merges_blocks_of_the_binary_expansion(s: int) -> None:
     bits = format(s, "b")
     sizes = [2 ** (len(bits) - 1 - i) for i, bit in enumerate(bits) if bit == "1"]
     assert sizes == sorted(sizes, reverse=True) and sum(sizes) == s
     assert transforms.wht_blocks(s) == sizes
     want = scipy.linalg.block_diag(*[_sequency_hadamard_reference(p) for p in sizes])
-    np.testing.assert_allclose(transforms.matrix(s, "wht"), want, rtol=0, atol=1e-15)
+    # Rows merged across blocks by normalised sequency k / size, ties: larger block first.
+    keys = [(k / p, b) for b, p in enumerate(sizes) for k in range(p)]
+    order = sorted(range(s), key=lambda i: keys[i])
+    np.testing.assert_allclose(transforms.matrix(s, "wht"), want[order], rtol=0, atol=1e-15)
 
 
 def test_wht_blocks_examples() -> None:
