@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -156,8 +157,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import time
-
     from stamp_onnx.evaluate import evaluate_configs, markdown_table, parse_config_spec, text_table
 
     _check_eval_flags(args)

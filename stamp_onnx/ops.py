@@ -185,10 +185,7 @@ class _Body:
         return value
 
     def op(self, op_type: str, inputs: list[ir.Value], **attributes: Any) -> ir.Value:
-        node = ir.Node("", op_type, inputs, attributes=_attrs(attributes), num_outputs=1, name=f"n{len(self.nodes)}")
-        node.outputs[0].name = self._name()
-        self.nodes.append(node)
-        return node.outputs[0]
+        return self.op_multi(op_type, inputs, 1, **attributes)[0]
 
     def op_multi(self, op_type: str, inputs: list[ir.Value], count: int, **attributes: Any) -> list[ir.Value]:
         node = ir.Node("", op_type, inputs, attributes=_attrs(attributes), num_outputs=count, name=f"n{len(self.nodes)}")
