@@ -22,7 +22,13 @@ from stamp_onnx.errors import ConfigError
 from stamp_onnx.export import export_onnx
 from stamp_onnx.models import load_model
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import ValidationReport, layer_check_summary, mean_layer_sqnr, validate
+from stamp_onnx.validate import (
+    ValidationReport,
+    layer_check_summary,
+    mean_hp_energy,
+    mean_layer_sqnr,
+    validate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +112,13 @@ def markdown_table(reports: list[ValidationReport], seconds: float) -> str:
     lines = [
         f"{first.model}: {first.description}; {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
         "",
-        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX (targets) | mean layer SQNR (dB) | per-layer check ONNX vs torch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX (targets) | mean layer SQNR (dB) | energy in first K | per-layer check ONNX vs torch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     if ppl:
         f, o = ppl["float torch"], ppl["float ONNX"]
         lines.append(f"| float | 32 | | | {f.all_positions:.2f} | {o.all_positions:.2f} | "
-                     f"{_f(f.leak_free)} / {_f(o.leak_free)} | | |")
+                     f"{_f(f.leak_free)} / {_f(o.leak_free)} | | | |")
     for r in reports:
         rows = {row.name: row for row in r.rows}
         p = {x.variant: x for x in r.perplexities}
@@ -128,7 +134,9 @@ def markdown_table(reports: list[ValidationReport], seconds: float) -> str:
                       f"{_f(t.leak_free)} / {_f(o.leak_free)} ({r.targets_leak_free})"]
         else:
             cells += ["", "", ""]
-        cells += [_f(mean_layer_sqnr(r.layer_diffs)), layer_check_summary(r)]
+        share = mean_hp_energy(r.layer_diffs)
+        cells += [_f(mean_layer_sqnr(r.layer_diffs)), "" if math.isnan(share) else f"{100 * share:.1f}%",
+                  layer_check_summary(r)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"wall time: {seconds:.0f} s"]
     return "\n".join(lines)

@@ -64,6 +64,7 @@ class LayerDiff:
     output_rel: float
     sqnr_db: float  # whole layer, ONNX vs the STaMP reference
     float_sqnr_db: float  # whole layer, ONNX vs the float layer on the same input
+    hp_energy: float  # share of the energy of L x in the first hp_tokens tokens (0..1)
 
 
 def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
@@ -150,7 +151,15 @@ def _compare_layer(
         output_rel=_rel(y_ref, y),
         sqnr_db=quant.sqnr_db(whole.numpy(), y.numpy()),
         float_sqnr_db=quant.sqnr_db(torch.nn.functional.linear(x, linear.weight, bias).numpy(), y.numpy()),
+        hp_energy=_energy_share(t, config.hp_tokens),
     )
+
+
+def _energy_share(t: torch.Tensor, k: int) -> float:
+    """sum of t^2 over tokens [0, k) / sum over all tokens: how much the high-precision tokens hold."""
+    energy = t.double().pow(2).sum(dim=-1)  # (..., s)
+    total = float(energy.sum())
+    return float(energy[..., :k].sum()) / total if total else 0.0
 
 
 def _rel(ref: torch.Tensor, got: torch.Tensor) -> float:

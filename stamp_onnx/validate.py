@@ -373,6 +373,11 @@ def _layer_rows(diffs: list[LayerDiff]) -> list[Comparison]:
     ]
 
 
+def mean_hp_energy(diffs: list[LayerDiff]) -> float:
+    """Mean over layers of the share of L x's energy held by the first hp_tokens tokens."""
+    return float(np.mean([d.hp_energy for d in diffs])) if diffs else math.nan
+
+
 def mean_layer_sqnr(diffs: list[LayerDiff]) -> float:
     """Mean over layers of the SQNR (dB) of each layer's output vs its float output, same input."""
     return float(np.mean([d.float_sqnr_db for d in diffs])) if diffs else math.nan

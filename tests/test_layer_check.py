@@ -49,3 +49,15 @@ def test_prefix_tokens_match_per_layer(transform: str, tmp_path: Path) -> None:
     # A reference that forgets the prefix must disagree.
     wrong = per_layer_diffs(out, tiny_llama().module, config.replace(prefix_tokens=0), sample_inputs(tiny_llama(), 1, 29, seed=3))
     assert max(d.transform_rel for d in wrong) > 1e-3
+
+
+def test_energy_share_of_the_first_tokens(tmp_path: Path) -> None:
+    """hp_energy is the share of L x's energy in the first K tokens: 1 when K covers all."""
+    feeds = sample_inputs(tiny_llama(), 1, 24, seed=5)
+    shares = {}
+    for k in (4, 24):
+        config = StampConfig(hp_tokens=k)
+        out = tmp_path / f"q{k}.onnx"
+        quantize_file(tiny_llama_onnx(), out, config)
+        shares[k] = [d.hp_energy for d in per_layer_diffs(out, tiny_llama().module, config, feeds)]
+    assert all(0 < s < 1 for s in shares[4]) and all(abs(s - 1) < 1e-12 for s in shares[24])
