@@ -13,7 +13,7 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from passes.report import SkippedLayer
-from stamp_onnx.naming import layer_name_from_metadata
+from stamp_onnx.naming import layer_name_from_metadata, numbered_layer_name
 
 LINEAR_OPS = ("MatMul", "Gemm")
 LAYER_KEY = "stamp_onnx.layer"
@@ -52,7 +52,7 @@ def find_linear_layers(graph: ir.Graph) -> tuple[list[LinearLayer], list[Skipped
             continue
         base = layer_name_from_metadata(node.metadata_props, node.name or node.outputs[0].name or "")
         seen[base] = seen.get(base, 0) + 1
-        name = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        name = numbered_layer_name(base, seen[base])
         reason, shape = _check(node)
         if reason is not None:
             skipped.append(SkippedLayer(name, node.name or "", reason))

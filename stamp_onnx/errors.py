@@ -6,6 +6,12 @@ The CLI prints ``str(error)`` as one line and exits non-zero; a traceback only w
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name: for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class StampError(Exception):
     """Base class of every error the user can cause (bad model, bad flag, bad config)."""
 

@@ -23,7 +23,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 import torch
 
-from stamp_onnx.errors import ExportError
+from stamp_onnx.errors import ExportError, first_line
 from stamp_onnx.models import LoadedModel, linear_layer_names, with_attention_mask
 from stamp_onnx.naming import layer_name_from_metadata
 
@@ -86,8 +86,7 @@ def export_onnx(
     except ExportError:
         raise
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"exporting {loaded.name} to ONNX failed: {first}") from err
+        raise ExportError(f"exporting {loaded.name} to ONNX failed: {first_line(err)}") from err
     logger.info("exported %s to %s in %.1f s", loaded.name, out, time.perf_counter() - start)
     return out
 

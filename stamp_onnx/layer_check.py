@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from passes.linear_layers import LAYER_KEY
 from stamp_onnx import ops, quant, transforms
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
+from stamp_onnx.naming import module_of_layer
 from stamp_onnx.reference import stamp_activation
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
         after = [n for n in consumers.get(y, []) if _is_transform(n, inverse=True) and _layer(n) == layer]
         if after:
             y = after[0].output[0]
-        taps.append(LayerTap(layer, re.sub(r"#\d+$", "", layer), x, t, node.output[0], y, has_bias))
+        taps.append(LayerTap(layer, module_of_layer(layer), x, t, node.output[0], y, has_bias))
     return taps
 
 

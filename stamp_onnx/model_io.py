@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError
+from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,7 @@ def load_model(path: str | Path) -> ir.Model:
     try:
         model = ir.load(path)
     except Exception as err:  # protobuf and onnx raise many kinds
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ModelLoadError(f"{path} is not a readable ONNX model ({reason})") from err
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({first_line(err)})") from err
     if model.graph.num_nodes() == 0:
         raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
     return model
@@ -66,8 +65,7 @@ def save_model(model: ir.Model, out_path: str | Path) -> Path:
         try:
             onnx.checker.check_model(str(tmp_model), full_check=True)
         except onnx.checker.ValidationError as err:
-            first = str(err).strip().splitlines()[0]
-            raise RewriteError(f"the rewritten model fails onnx.checker: {first}") from err
+            raise RewriteError(f"the rewritten model fails onnx.checker: {first_line(err)}") from err
         if data_name is not None:
             os.replace(Path(tmp) / data_name, out.parent / data_name)
         os.replace(tmp_model, out)

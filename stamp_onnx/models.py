@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from stamp_onnx.errors import ConfigError, ExportError
+from stamp_onnx.errors import ConfigError, ExportError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,7 @@ def _from_pretrained(
     except ExportError:
         raise
     except Exception as err:  # transformers raises many kinds
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"cannot load model {name!r} from {directory}: {first}") from err
+        raise ExportError(f"cannot load model {name!r} from {directory}: {first_line(err)}") from err
     module.config.use_cache = False
     return LoadedModel(
         name=name,

@@ -9,9 +9,21 @@ Any other model falls back to the node name.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Mapping
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+_CALL_SUFFIX = re.compile(r"#\d+$")
+
+
+def numbered_layer_name(base: str, call: int) -> str:
+    """The name of the ``call``-th (1-based) MatMul of one module: 'fc', 'fc#2', 'fc#3', ..."""
+    return base if call == 1 else f"{base}#{call}"
+
+
+def module_of_layer(layer: str) -> str:
+    """The module a layer name belongs to: the inverse of :func:`numbered_layer_name`."""
+    return _CALL_SUFFIX.sub("", layer)
 
 
 def layer_name_from_metadata(metadata_props: Mapping[str, str], fallback: str) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -48,10 +47,11 @@ from passes.linear_layers import LAYER_KEY
 from passes.record_config import CONFIG_KEY
 from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import ConfigError, ValidationError
+from stamp_onnx.errors import ConfigError, ValidationError, first_line
 from stamp_onnx.layer_check import LayerDiff, per_layer_diffs
 from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask
 from stamp_onnx.models import LoadedModel, load_model, sample_inputs, with_attention_mask
+from stamp_onnx.naming import module_of_layer
 from stamp_onnx.reference import stamp_reference
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def _read_metadata(path: str | Path) -> tuple[StampConfig | None, list[str]]:
         if node.domain == ops.DOMAIN and node.op_type == ops.TOKEN_QDQ:
             name = {p.key: p.value for p in node.metadata_props}.get(LAYER_KEY)
             if name is not None:
-                layers.add(re.sub(r"#\d+$", "", name))  # a module called twice: one hook
+                layers.add(module_of_layer(name))  # a module called twice: one hook
     return config, sorted(layers)
 
 
@@ -259,8 +259,7 @@ def _session(path: str | Path) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValidationError(f"onnxruntime cannot load {path}: {first}") from err
+        raise ValidationError(f"onnxruntime cannot load {path}: {first_line(err)}") from err
 
 
 def _windows(loaded: LoadedModel, n: int, seq_len: int, seed: int) -> tuple[np.ndarray, str]:
