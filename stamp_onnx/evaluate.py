@@ -23,6 +23,7 @@ from stamp_onnx.export import export_onnx
 from stamp_onnx.models import load_model
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.validate import (
+    Perplexity,
     ValidationReport,
     layer_check_summary,
     mean_hp_energy,
@@ -79,6 +80,37 @@ def evaluate_configs(
     return reports
 
 
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """What both tables show of one report."""
+
+    label: str
+    average_bits: float
+    sqnr_torch: float
+    sqnr_onnx: float
+    ppl_torch: Perplexity | None
+    ppl_onnx: Perplexity | None
+    layer_db: float
+    energy: float
+    check: str
+
+
+def _row(report: ValidationReport) -> _Row:
+    rows = {row.name: row for row in report.rows}
+    ppl = {p.variant: p for p in report.perplexities}
+    return _Row(
+        label=config_label(report.config),
+        average_bits=report.config.average_bits(report.seq_len),
+        sqnr_torch=rows["STaMP torch reference vs float torch"].sqnr_db,
+        sqnr_onnx=rows["STaMP ONNX vs float torch"].sqnr_db,
+        ppl_torch=ppl.get("STaMP torch reference"),
+        ppl_onnx=ppl.get("STaMP ONNX"),
+        layer_db=mean_layer_sqnr(report.layer_diffs),
+        energy=mean_hp_energy(report.layer_diffs),
+        check=layer_check_summary(report),
+    )
+
+
 def text_table(reports: list[ValidationReport]) -> str:
     """One row per config: bits, SQNR vs float (torch and ONNX), perplexity, the layer check."""
     first = reports[0]
@@ -89,15 +121,10 @@ def text_table(reports: list[ValidationReport]) -> str:
     ppl = {p.variant: p.all_positions for p in first.perplexities}
     if ppl:
         lines.append(f"{'float (torch / ONNX)':<34} {32:>8} {'':>10} {'':>9} {ppl['float torch']:>9.2f} {ppl['float ONNX']:>9.2f}")
-    for r in reports:
-        rows = {row.name: row for row in r.rows}
-        p = {x.variant: x.all_positions for x in r.perplexities}
+    for row in map(_row, reports):
         lines.append(
-            f"{config_label(r.config):<34} {r.config.average_bits(r.seq_len):>8.2f} "
-            f"{rows['STaMP torch reference vs float torch'].sqnr_db:>10.2f} "
-            f"{rows['STaMP ONNX vs float torch'].sqnr_db:>9.2f} "
-            f"{p.get('STaMP torch reference', math.nan):>9.2f} {p.get('STaMP ONNX', math.nan):>9.2f} "
-            f"{mean_layer_sqnr(r.layer_diffs):>9.2f}  {layer_check_summary(r)}"
+            f"{row.label:<34} {row.average_bits:>8.2f} {row.sqnr_torch:>10.2f} {row.sqnr_onnx:>9.2f} "
+            f"{_all(row.ppl_torch):>9.2f} {_all(row.ppl_onnx):>9.2f} {row.layer_db:>9.2f}  {row.check}"
         )
     lines.append("SQNR: dB of the final output vs float PyTorch; layer dB: mean over rewritten layers of each "
                  "layer's SQNR vs its float output on the same input (batch 1); layer check: every rewritten layer, "
@@ -119,27 +146,23 @@ def markdown_table(reports: list[ValidationReport], seconds: float) -> str:
         f, o = ppl["float torch"], ppl["float ONNX"]
         lines.append(f"| float | 32 | | | {f.all_positions:.2f} | {o.all_positions:.2f} | "
                      f"{_f(f.leak_free)} / {_f(o.leak_free)} | | | |")
-    for r in reports:
-        rows = {row.name: row for row in r.rows}
-        p = {x.variant: x for x in r.perplexities}
-        cells = [
-            config_label(r.config),
-            f"{r.config.average_bits(r.seq_len):.2f}",
-            f"{rows['STaMP torch reference vs float torch'].sqnr_db:.2f}",
-            f"{rows['STaMP ONNX vs float torch'].sqnr_db:.2f}",
-        ]
-        if p:
-            t, o = p["STaMP torch reference"], p["STaMP ONNX"]
+    for report in reports:
+        row = _row(report)
+        cells = [row.label, f"{row.average_bits:.2f}", f"{row.sqnr_torch:.2f}", f"{row.sqnr_onnx:.2f}"]
+        if row.ppl_torch is not None and row.ppl_onnx is not None:
+            t, o = row.ppl_torch, row.ppl_onnx
             cells += [f"{t.all_positions:.2f}", f"{o.all_positions:.2f}",
-                      f"{_f(t.leak_free)} / {_f(o.leak_free)} ({r.targets_leak_free})"]
+                      f"{_f(t.leak_free)} / {_f(o.leak_free)} ({report.targets_leak_free})"]
         else:
             cells += ["", "", ""]
-        share = mean_hp_energy(r.layer_diffs)
-        cells += [_f(mean_layer_sqnr(r.layer_diffs)), "" if math.isnan(share) else f"{100 * share:.1f}%",
-                  layer_check_summary(r)]
+        cells += [_f(row.layer_db), "" if math.isnan(row.energy) else f"{100 * row.energy:.1f}%", row.check]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"wall time: {seconds:.0f} s"]
     return "\n".join(lines)
+
+
+def _all(ppl: Perplexity | None) -> float:
+    return math.nan if ppl is None else ppl.all_positions
 
 
 def _f(value: float) -> str:
