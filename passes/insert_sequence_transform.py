@@ -31,8 +31,9 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
         if self.config.transform == "none":
             return ir.passes.PassResult(model, modified=False)
         c = self.config
-        forward = ops.SequenceTransformSpec(c.transform, c.levels, inverse=False, prefix_tokens=c.prefix_tokens)
-        inverse = ops.SequenceTransformSpec(c.transform, c.levels, inverse=True, prefix_tokens=c.prefix_tokens)
+        forward, inverse = (
+            ops.SequenceTransformSpec(c.transform, c.levels, inv, c.prefix_tokens, c.grid_width) for inv in (False, True)
+        )
         graph = model.graph
         fresh = unique_namer(graph)
         count = 0

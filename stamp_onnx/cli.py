@@ -78,6 +78,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transform", help=f"{'|'.join(TRANSFORMS)} (default {d.transform})")
     p.add_argument("--levels", type=int, help=f"Haar levels (default {d.levels})")
     p.add_argument("--prefix-tokens", type=int, help=f"first tokens kept out of the transform, at hp bits (default {d.prefix_tokens})")
+    p.add_argument("--grid-width", type=int, help="haar2d: width of the token grid after the prefix tokens (default 0: square)")
     p.add_argument("--hp-tokens", type=int, help=f"transformed tokens at high precision (default {d.hp_tokens})")
     bits = ",".join(map(str, ALLOWED_BITS))
     p.add_argument("--hp-bits", type=int, help=f"bits of the first K tokens: {bits} (default {d.hp_bits})")
@@ -96,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
     base = StampConfig.from_file(args.config) if args.config else StampConfig()
     changes = {
         key: getattr(args, key)
-        for key in ("transform", "levels", "prefix_tokens", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude")
+        for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude")
         if getattr(args, key) is not None
     }
     return base.replace(**changes)

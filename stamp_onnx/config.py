@@ -16,7 +16,7 @@ from typing import Any
 
 from stamp_onnx.errors import ConfigError
 
-TRANSFORMS = ("haar", "dct", "wht", "none")
+TRANSFORMS = ("haar", "haar2d", "dct", "wht", "none")
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
@@ -25,9 +25,11 @@ class StampConfig:
     """How each selected linear layer's activation is transformed and quantized.
 
     transform: sequence transform along the token axis (``none`` keeps token order).
-    levels: Haar DWT levels (ignored by the other transforms).
+    levels: Haar DWT levels, 1-D or 2-D (ignored by the other transforms).
     prefix_tokens: the first tokens kept out of the transform, in front and at hp_bits (an
         LLM's attention sink, a ViT's CLS token); they count toward ``hp_tokens``.
+    grid_width: haar2d only: the width of the token grid formed by the tokens after the
+        prefix (0: a square grid, e.g. a ViT's 16 x 16 patches at 224 px).
     hp_tokens: the first ``hp_tokens`` transformed tokens are quantized with ``hp_bits``,
         the rest with ``lp_bits``.
     include / exclude: regular expressions searched in layer names; a layer is rewritten
@@ -37,6 +39,7 @@ class StampConfig:
     transform: str = "haar"
     levels: int = 3
     prefix_tokens: int = 0
+    grid_width: int = 0
     hp_tokens: int = 64
     hp_bits: int = 8
     lp_bits: int = 4
@@ -51,6 +54,9 @@ class StampConfig:
         _check_int("levels", self.levels, low=0, high=16)
         _check_int("hp_tokens", self.hp_tokens, low=0, high=1 << 30)
         _check_int("prefix_tokens", self.prefix_tokens, low=0, high=1 << 30)
+        _check_int("grid_width", self.grid_width, low=0, high=1 << 20)
+        if self.grid_width and self.transform != "haar2d":
+            raise ConfigError(f"grid_width={self.grid_width} only applies to transform haar2d, not {self.transform!r}")
         if self.prefix_tokens > self.hp_tokens:
             raise ConfigError(
                 f"prefix_tokens={self.prefix_tokens} exceeds hp_tokens={self.hp_tokens}: the kept tokens "

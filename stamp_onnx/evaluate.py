@@ -53,7 +53,9 @@ def parse_config_spec(spec: str) -> StampConfig:
 
 def config_label(config: StampConfig) -> str:
     """A short row label: 'haar L=3, P=1, K=64, 8/4'."""
-    parts = [config.transform + (f" L={config.levels}" if config.transform == "haar" else "")]
+    parts = [config.transform + (f" L={config.levels}" if config.transform.startswith("haar") else "")]
+    if config.grid_width:
+        parts.append(f"W={config.grid_width}")
     if config.prefix_tokens:
         parts.append(f"P={config.prefix_tokens}")
     parts += [f"K={config.hp_tokens}", f"{config.hp_bits}/{config.lp_bits}"]

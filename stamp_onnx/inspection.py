@@ -49,7 +49,7 @@ class ModelSummary:
             width = max(len(layer.name) for layer in self.layers)
             lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}")
             for layer in self.layers:
-                levels = str(layer.levels) if layer.transform == "haar" else "-"
+                levels = str(layer.levels) if layer.transform.startswith("haar") else "-"
                 lines.append(
                     f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
                     f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}"

@@ -26,7 +26,7 @@ def leak_free_mask(seq_len: int, config: StampConfig) -> np.ndarray:
     """
     if config.transform == "none" or seq_len < 2:
         return np.ones(seq_len, dtype=bool)
-    m = transforms.matrix(seq_len, config.transform, config.levels, config.prefix_tokens)
+    m = transforms.matrix(seq_len, config.transform, config.levels, config.prefix_tokens, config.grid_width)
     support = (np.abs(m) > 1e-12).astype(np.float32)
     depends = (support.T @ support) > 0  # depends[u, j]
     last = np.where(depends, np.arange(seq_len)[None, :], -1).max(axis=1)

@@ -3,8 +3,9 @@
 Domain ``ai.stamp`` (version 1). Two ops, both shape-preserving on (..., s, d), float32:
 
 ``SequenceTransform(X) -> Y``
-    attributes: transform ("haar" | "dct" | "wht"), levels (int, Haar only), inverse (0 | 1),
-    prefix_tokens (int: the first tokens pass through untransformed).
+    attributes: transform ("haar" | "haar2d" | "dct" | "wht"), levels (int, Haar only),
+    inverse (0 | 1), prefix_tokens (int: the first tokens pass through untransformed),
+    grid_width (int, haar2d only: width of the token grid, 0 for a square grid).
     Reference: :func:`stamp_onnx.transforms.forward` / :func:`~stamp_onnx.transforms.inverse`.
 
 ``TokenQDQ(X) -> Y``
@@ -20,6 +21,10 @@ Bodies are built with onnx-ir (the IR under onnxscript) and use only standard op
 Every sequence length s >= 1 is handled by the body with no graph change:
 
 - Haar: unrolled butterflies on dynamic band lengths; a level on a band of one token is a no-op.
+- Haar 2-D: the tokens are reshaped to the (H, W) grid (W from grid_width or the integer square
+  root of the token count), the 1-D butterflies run along W and then, transposed, along H,
+  and a Gather puts the coefficients in group order (the order is computed in the graph from
+  H, W: TopK of a group key). A token count that is not a grid fails in Reshape.
 - DCT / WHT: the s x s matrix is generated in the graph from s and applied with MatMul
   (O(s^2 d); the fast path is the native kernel). The WHT matrix uses the closed form
   H[k, n] = (-1)^popcount(gray(k) & bitrev(n)) within each block of the binary expansion of s.
@@ -53,31 +58,39 @@ class SequenceTransformSpec:
     levels: int = 0
     inverse: bool = False
     prefix_tokens: int = 0
+    grid_width: int = 0
 
     def __post_init__(self) -> None:
-        if self.transform not in ("haar", "dct", "wht"):
+        if self.transform not in ("haar", "haar2d", "dct", "wht"):
             raise ValueError(f"SequenceTransform has no transform {self.transform!r}")
-        if self.transform != "haar":
+        if not self.transform.startswith("haar"):
             object.__setattr__(self, "levels", 0)
+        if self.transform != "haar2d":
+            object.__setattr__(self, "grid_width", 0)
 
     @property
     def overload(self) -> str:
-        name = f"haar{self.levels}" if self.transform == "haar" else self.transform
+        name = f"{self.transform}{self.levels}" if self.transform.startswith("haar") else self.transform
+        if self.grid_width:
+            name += f"_w{self.grid_width}"
         if self.prefix_tokens:
             name += f"_p{self.prefix_tokens}"
         return name + ("_inverse" if self.inverse else "")
 
     def attributes(self) -> list[ir.Attr]:
-        return [
+        attrs = [
             ir.AttrString("transform", self.transform),
             ir.AttrInt64("levels", self.levels),
             ir.AttrInt64("inverse", int(self.inverse)),
             ir.AttrInt64("prefix_tokens", self.prefix_tokens),
         ]
+        if self.transform == "haar2d":
+            attrs.append(ir.AttrInt64("grid_width", self.grid_width))
+        return attrs
 
     def reference(self, x: Any) -> Any:
         fn = transforms.inverse if self.inverse else transforms.forward
-        return fn(x, self.transform, self.levels, self.prefix_tokens)
+        return fn(x, self.transform, self.levels, self.prefix_tokens, self.grid_width)
 
     def function(self, opset: int) -> ir.Function:
         body = _Body(f"{SEQUENCE_TRANSFORM}_{self.overload}")
@@ -88,6 +101,8 @@ class SequenceTransformSpec:
             x = _tokens_slice(body, x, split, end)
         if self.transform == "haar":
             y = (_haar_inverse if self.inverse else _haar_forward)(body, x, self.levels)
+        elif self.transform == "haar2d":
+            y = _haar2d(body, x, self.levels, self.grid_width, inverse=self.inverse)
         else:
             m = _dct_matrix(body, x) if self.transform == "dct" else _wht_matrix(body, x)
             if self.inverse:
@@ -138,7 +153,11 @@ def spec_from_node(node: ir.Node) -> SequenceTransformSpec | TokenQDQSpec | None
     attrs = {name: attr.value for name, attr in node.attributes.items()}
     if node.op_type == SEQUENCE_TRANSFORM:
         return SequenceTransformSpec(
-            attrs["transform"], int(attrs.get("levels", 0)), bool(attrs.get("inverse", 0)), int(attrs.get("prefix_tokens", 0))
+            attrs["transform"],
+            int(attrs.get("levels", 0)),
+            bool(attrs.get("inverse", 0)),
+            int(attrs.get("prefix_tokens", 0)),
+            int(attrs.get("grid_width", 0)),
         )
     if node.op_type == TOKEN_QDQ:
         return TokenQDQSpec(int(attrs["hp_tokens"]), int(attrs["hp_bits"]), int(attrs["lp_bits"]))
@@ -271,6 +290,50 @@ def _haar_inverse(body: _Body, y: ir.Value, levels: int) -> ir.Value:
         pairs = body.op("Reshape", [pairs, shape], allowzero=1)
         y = body.op("Concat", [pairs, tail, rest], axis=-2)
     return y
+
+
+def _haar2d(body: _Body, x: ir.Value, levels: int, grid_width: int, *, inverse: bool) -> ir.Value:
+    """2-D Haar on the (H, W) token grid: rows, then columns, then the group order (see module doc)."""
+    shape = body.op("Shape", [x])
+    n = body.op("Shape", [x], start=-2, end=-1)
+    if grid_width:
+        width = _i64(body, grid_width)
+    else:
+        root = body.op("Sqrt", [body.op("Cast", [n], to=ir.DataType.DOUBLE)])
+        width = body.op("Cast", [body.op("Round", [root])], to=ir.DataType.INT64)
+    width = body.op("Max", [width, _i64(body, 1)])  # no division by zero on an empty sequence
+    height = body.op("Div", [n, width])
+    lead = body.op("ReduceProd", [body.op("Shape", [x], end=-2)], keepdims=1)
+    grid_shape = body.op("Concat", [lead, height, width, body.op("Shape", [x], start=-1)], axis=0)
+    # Group key of token t = i W + j: max(band_H(i), band_W(j)) * n + t, sorted ascending.
+    s, t = _token_index(body, x)
+    w = body.op("Squeeze", [width])
+    bands = body.op("Max", [_haar_bands(body, body.op("Div", [t, w]), height, levels),
+                            _haar_bands(body, body.op("Mod", [t, w]), width, levels)])
+    key = body.op("Add", [body.op("Mul", [bands, s]), t])
+    _, order = body.op_multi("TopK", [key, n], 2, largest=0, sorted=1)
+    rows_then_columns = [0, 2, 1, 3]
+    if not inverse:
+        grid = _haar_forward(body, body.op("Reshape", [x, grid_shape], allowzero=1), levels)
+        grid = body.op("Transpose", [grid], perm=rows_then_columns)
+        grid = body.op("Transpose", [_haar_forward(body, grid, levels)], perm=rows_then_columns)
+        return body.op("Gather", [body.op("Reshape", [grid, shape], allowzero=1), order], axis=-2)
+    _, unorder = body.op_multi("TopK", [order, n], 2, largest=0, sorted=1)
+    grid = body.op("Reshape", [body.op("Gather", [x, unorder], axis=-2), grid_shape], allowzero=1)
+    grid = body.op("Transpose", [grid], perm=rows_then_columns)
+    grid = body.op("Transpose", [_haar_inverse(body, grid, levels)], perm=rows_then_columns)
+    return body.op("Reshape", [_haar_inverse(body, grid, levels), shape], allowzero=1)
+
+
+def _haar_bands(body: _Body, index: ir.Value, length: ir.Value, levels: int) -> ir.Value:
+    """transforms.haar_bands in the graph: #{l <= levels : index >= ceil(length / 2^l)}."""
+    bands = body.op("Mul", [index, _i64s(body, 0)])
+    for level in range(1, levels + 1):
+        step = 1 << level
+        low = body.op("Div", [body.op("Add", [length, _i64(body, step - 1)]), _i64(body, step)])
+        above = body.op("Cast", [body.op("GreaterOrEqual", [index, low])], to=ir.DataType.INT64)
+        bands = body.op("Add", [bands, above])
+    return bands
 
 
 def _token_index(body: _Body, x: ir.Value) -> tuple[ir.Value, ir.Value]:

@@ -32,11 +32,16 @@ from stamp_onnx.errors import ValidationError
 logger = logging.getLogger(__name__)
 
 
+def sequence_transform(x: torch.Tensor, config: StampConfig, *, inverse: bool = False) -> torch.Tensor:
+    """L x (or L^-1 x) on the token axis (-2), with every transform setting of ``config``."""
+    fn = transforms.inverse if inverse else transforms.forward
+    return fn(x, config.transform, config.levels, config.prefix_tokens, config.grid_width)
+
+
 def stamp_activation(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
     """L^-1 Q(L x) on the token axis (-2) of ``x`` (..., s, d), as the rewritten graph does."""
-    y = transforms.forward(x, config.transform, config.levels, config.prefix_tokens)
-    y = quant.token_qdq(y, config.hp_tokens, config.hp_bits, config.lp_bits)
-    return transforms.inverse(y, config.transform, config.levels, config.prefix_tokens)
+    y = quant.token_qdq(sequence_transform(x, config), config.hp_tokens, config.hp_bits, config.lp_bits)
+    return sequence_transform(y, config, inverse=True)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,14 @@ undoes it exactly (up to float rounding). Every s >= 1 is defined:
   coefficients of all blocks are then merged by normalised sequency k / size (ties: larger
   block first), so every block's low-sequency coefficients come first, where the high-precision
   tokens are. The result stays orthonormal; s = 2^m is the special case of one block.
+- ``haar2d``: 2-D Haar over an H x W token grid (row-major tokens; W = ``grid_width``, or the
+  square grid when it is 0). The 1-D multi-level Haar runs along the grid's rows, then along its
+  columns, giving coefficient (i, j); the flattened coefficients are then ordered by
+  group max(band(i), band(j)), where band 0 is the approximation a_L and band L the finest
+  detail d_1, row-major within a group. Group 0 is the LL band (e.g. 2 x 2 for a 16 x 16 grid at
+  3 levels), then the coarsest details, and so on. For every group count g, the first g groups
+  span exactly the same subspace as the first g levels of the classic (Mallat) 2-D DWT, so the
+  energy the first groups hold is the same; only the basis inside a group differs.
 - ``none``: identity.
 
 With ``prefix=p`` the first p tokens are kept out of the transform (identity on them) and the
@@ -41,44 +49,51 @@ Array = TypeVar("Array", bound=Any)  # np.ndarray or torch.Tensor
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
-def forward(x: Array, transform: str, levels: int = 3, prefix: int = 0) -> Array:
+def forward(x: Array, transform: str, levels: int = 3, prefix: int = 0, grid_width: int = 0) -> Array:
     """Apply the sequence transform L to the token axis (-2) of ``x``.
 
     ``prefix``: the first ``prefix`` tokens are left out of the transform and stay in front
     (an attention sink, a CLS token); the rest is transformed as a sequence of its own.
+    ``grid_width``: haar2d only, the width of the token grid (0: square).
     """
     if transform == "none" or _tokens(x) <= prefix:
         return x
     if prefix:
-        return _cat([x[..., :prefix, :], forward(x[..., prefix:, :], transform, levels)])
+        return _cat([x[..., :prefix, :], forward(x[..., prefix:, :], transform, levels, 0, grid_width)])
     if transform == "haar":
         return _haar_forward(x, levels)
+    if transform == "haar2d":
+        return _haar2d_forward(x, levels, grid_width)
     return _apply_matrix(matrix(_tokens(x), transform, levels), x)
 
 
-def inverse(x: Array, transform: str, levels: int = 3, prefix: int = 0) -> Array:
-    """Apply L^-1 = L^T to the token axis (-2) of ``x`` (``prefix`` as in :func:`forward`)."""
+def inverse(x: Array, transform: str, levels: int = 3, prefix: int = 0, grid_width: int = 0) -> Array:
+    """Apply L^-1 = L^T to the token axis (-2) of ``x`` (arguments as in :func:`forward`)."""
     if transform == "none" or _tokens(x) <= prefix:
         return x
     if prefix:
-        return _cat([x[..., :prefix, :], inverse(x[..., prefix:, :], transform, levels)])
+        return _cat([x[..., :prefix, :], inverse(x[..., prefix:, :], transform, levels, 0, grid_width)])
     if transform == "haar":
         return _haar_inverse(x, levels)
+    if transform == "haar2d":
+        return _haar2d_inverse(x, levels, grid_width)
     return _apply_matrix(matrix(_tokens(x), transform, levels).T, x)
 
 
 @functools.lru_cache(maxsize=64)
-def matrix(s: int, transform: str, levels: int = 3, prefix: int = 0) -> np.ndarray:
-    """The s x s float64 matrix M with forward(x, ..., prefix) == M @ x (read-only, cached)."""
+def matrix(s: int, transform: str, levels: int = 3, prefix: int = 0, grid_width: int = 0) -> np.ndarray:
+    """The s x s float64 matrix M with forward(x, ..., prefix, grid_width) == M @ x (read-only, cached)."""
     if s < 1:
         raise ValueError(f"sequence length must be >= 1, got {s}")
     if 0 < prefix < s:
         m = np.eye(s)
-        m[prefix:, prefix:] = matrix(s - prefix, transform, levels)
+        m[prefix:, prefix:] = matrix(s - prefix, transform, levels, 0, grid_width)
     elif prefix >= s or transform == "none":
         m = np.eye(s)
     elif transform == "haar":
         m = _haar_forward(np.eye(s), levels)
+    elif transform == "haar2d":
+        m = _haar2d_forward(np.eye(s), levels, grid_width)
     elif transform == "dct":
         m = _dct_matrix(s)
     elif transform == "wht":
@@ -99,6 +114,40 @@ def haar_band_lengths(s: int, levels: int) -> list[int]:
         lengths.append(n)
         n = (n + 1) // 2
     return lengths
+
+
+def haar_bands(n: int, levels: int) -> np.ndarray:
+    """Band of each of the n 1-D Haar coefficients: 0 for a_L, 1 for d_L, ..., levels for d_1.
+
+    After level l the low band holds ceil(n / 2^l) tokens, so coefficient i belongs to band
+    #{l <= levels : i >= ceil(n / 2^l)} (levels that a short band skips count as empty bands).
+    """
+    i = np.arange(n)
+    bands = np.zeros(n, dtype=np.int64)
+    for level in range(1, levels + 1):
+        bands += i >= -(-n // (1 << level))
+    return bands
+
+
+def grid_shape(n: int, grid_width: int = 0) -> tuple[int, int]:
+    """(H, W) of the grid of n tokens: W = grid_width, or the square grid when grid_width is 0."""
+    width = grid_width or max(math.isqrt(n), 1)
+    if n % width or (grid_width == 0 and width * width != n):
+        what = f"a grid of width {grid_width}" if grid_width else "a square grid"
+        raise ValueError(
+            f"haar2d: {n} tokens (after the prefix tokens) do not form {what}; "
+            "set grid_width and prefix_tokens to the model's patch grid and its non-grid tokens"
+        )
+    return n // width, width
+
+
+@functools.lru_cache(maxsize=64)
+def grid_order(height: int, width: int, levels: int) -> np.ndarray:
+    """The 2-D Haar output order: flattened coefficient indices sorted by group (see module doc)."""
+    group = np.maximum.outer(haar_bands(height, levels), haar_bands(width, levels)).ravel()
+    order = np.argsort(group, kind="stable")
+    order.setflags(write=False)
+    return order
 
 
 def wht_blocks(s: int) -> list[int]:
@@ -127,6 +176,22 @@ def _haar_inverse(y: Array, levels: int) -> Array:
         pairs = _stack_tokens(even, odd)  # (..., 2m, d): even0, odd0, even1, ...
         y = _cat([pairs, tail, y[..., n:, :]])
     return y
+
+
+def _haar2d_forward(x: Array, levels: int, grid_width: int) -> Array:
+    height, width = grid_shape(_tokens(x), grid_width)
+    grid = x.reshape(*x.shape[:-2], height, width, x.shape[-1])
+    grid = _haar_forward(grid, levels)  # along each grid row (axis -2 of the grid)
+    grid = _swap_grid(_haar_forward(_swap_grid(grid), levels))  # along each column
+    return _take_tokens(grid.reshape(x.shape), grid_order(height, width, levels))
+
+
+def _haar2d_inverse(y: Array, levels: int, grid_width: int) -> Array:
+    height, width = grid_shape(_tokens(y), grid_width)
+    unordered = _take_tokens(y, np.argsort(grid_order(height, width, levels)))
+    grid = unordered.reshape(*y.shape[:-2], height, width, y.shape[-1])
+    grid = _swap_grid(_haar_inverse(_swap_grid(grid), levels))
+    return _haar_inverse(grid, levels).reshape(y.shape)
 
 
 # --- Dense transforms ---------------------------------------------------------------------
@@ -187,6 +252,19 @@ def _stack_tokens(even: Any, odd: Any) -> Any:
 
         return torch.stack([even, odd], dim=-2).reshape(shape)
     return np.stack([even, odd], axis=-2).reshape(shape)
+
+
+def _swap_grid(x: Any) -> Any:
+    """Swap the grid's row and column axes (-3, -2)."""
+    return x.transpose(-3, -2) if _is_torch(x) else np.swapaxes(x, -3, -2)
+
+
+def _take_tokens(x: Any, order: np.ndarray) -> Any:
+    if _is_torch(x):
+        import torch
+
+        return x[..., torch.from_numpy(np.array(order)).to(x.device), :]
+    return x[..., order, :]
 
 
 def _apply_matrix(m: np.ndarray, x: Any) -> Any:

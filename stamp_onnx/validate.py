@@ -124,7 +124,7 @@ class ValidationReport:
         lines = [
             f"model    {self.model}: {self.description}",
             f"onnx     {self.onnx_path}",
-            f"config   transform {c.transform}" + (f" ({c.levels} levels)" if c.transform == "haar" else "")
+            f"config   transform {c.transform}" + (f" ({c.levels} levels)" if c.transform.startswith("haar") else "")
             + f", first {c.hp_tokens} tokens {c.hp_bits} bits, rest {c.lp_bits} bits "
             f"(average {avg:.2f} bits at {self.seq_len} tokens)",
             f"data     {self.n_windows} windows x {self.seq_len} tokens of {self.data}",

@@ -23,7 +23,7 @@ def test_every_allowed_width(bits: int) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"transform": "fft"}, "transform='fft' is not allowed; choose one of haar, dct, wht, none"),
+        ({"transform": "fft"}, "transform='fft' is not allowed; choose one of haar, haar2d, dct, wht, none"),
         ({"hp_bits": 0}, "hp_bits=0 is not allowed"),
         ({"lp_bits": 17}, "lp_bits=17 is not allowed"),
         ({"lp_bits": 4.0}, "lp_bits=4.0 is not allowed"),
@@ -33,6 +33,8 @@ def test_every_allowed_width(bits: int) -> None:
         ({"include": "[a-"}, "include='[a-' is not a valid regular expression"),
         ({"prefix_tokens": 65}, "prefix_tokens=65 exceeds hp_tokens=64"),
         ({"prefix_tokens": -1}, "prefix_tokens=-1 is not allowed"),
+        ({"grid_width": -2, "transform": "haar2d"}, "grid_width=-2 is not allowed"),
+        ({"grid_width": 16}, "grid_width=16 only applies to transform haar2d"),
     ],
 )
 def test_bad_values_name_the_field(changes: dict[str, object], message: str) -> None:

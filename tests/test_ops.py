@@ -46,6 +46,35 @@ def test_sequence_transform_matches_reference(spec: ops.SequenceTransformSpec) -
         np.testing.assert_allclose(y, spec.reference(x), rtol=1e-5, atol=1e-5 * np.sqrt(s))
 
 
+HAAR2D_SPECS = [
+    ops.SequenceTransformSpec("haar2d", levels, inverse, prefix, width)
+    for levels, width in ((1, 0), (3, 0), (3, 6), (5, 3))
+    for inverse in (False, True)
+    for prefix in (0, 1)
+]
+
+
+@pytest.mark.parametrize("spec", HAAR2D_SPECS, ids=lambda s: s.overload)
+def test_haar2d_body_is_bit_exact(spec: ops.SequenceTransformSpec) -> None:
+    """Same butterflies and order as the oracle, float32: every element identical, every grid."""
+    sess = session(spec)
+    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    widths = [spec.grid_width] if spec.grid_width else [1, 2, 3, 4, 5, 16]
+    for w in widths:
+        for h in (1, 2, 3, 5, 16) if spec.grid_width else (w,):
+            x = rng.standard_normal((2, spec.prefix_tokens + h * w, 12)).astype(np.float32)
+            (y,) = sess.run(None, {"x": x})
+            np.testing.assert_array_equal(y, spec.reference(x))
+
+
+def test_haar2d_body_handles_an_empty_grid_and_rejects_a_non_grid() -> None:
+    sess = session(ops.SequenceTransformSpec("haar2d", 3, False, 1))
+    x = np.random.default_rng(0).standard_normal((2, 1, 12)).astype(np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x)
+    with pytest.raises(Exception, match="Reshape"):
+        sess.run(None, {"x": np.ones((1, 11, 12), np.float32)})
+
+
 @pytest.mark.parametrize("transform", ["haar", "dct", "wht"])
 def test_forward_then_inverse_in_onnx_is_identity(transform: str) -> None:
     fwd = session(ops.SequenceTransformSpec(transform, 3, False))

@@ -39,9 +39,9 @@ def reference_mlp(x: np.ndarray, config: StampConfig) -> np.ndarray:
     w = models.mlp_weights()
 
     def linear(a: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        t, lv, p = config.transform, config.levels, config.prefix_tokens
-        q = quant.token_qdq(transforms.forward(a, t, lv, p), config.hp_tokens, config.hp_bits, config.lp_bits)
-        return transforms.inverse(q @ weight, t, lv, p)
+        args = (config.transform, config.levels, config.prefix_tokens, config.grid_width)
+        q = quant.token_qdq(transforms.forward(a, *args), config.hp_tokens, config.hp_bits, config.lp_bits)
+        return transforms.inverse(q @ weight, *args)
 
     h = np.maximum(linear(x, w["w1"]) + w["b1"], 0)
     return linear(h, w["w2"])
@@ -134,6 +134,18 @@ def test_rewritten_model_matches_math_module(transform: str, prefix: int, mlp_pa
         # a rounding decision now and then: compare by SQNR, plus tight elementwise bound.
         assert quant.sqnr_db(expected, y) > 60
         np.testing.assert_allclose(scores, x @ x.transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("prefix", "width"), [(0, 0), (1, 0), (1, 3)])
+def test_haar2d_rewrite_matches_math_module(prefix: int, width: int, mlp_path: Path, tmp_path: Path) -> None:
+    config = StampConfig(transform="haar2d", hp_tokens=5, prefix_tokens=prefix, grid_width=width)
+    out = tmp_path / "q.onnx"
+    quantize_file(mlp_path, out, config)
+    onnx.checker.check_model(str(out), full_check=True)
+    rng = np.random.default_rng(12)
+    for h in (1, 3, 4):
+        x = rng.standard_normal((2, prefix + h * (width or h), models.D_IN)).astype(np.float32)
+        assert quant.sqnr_db(reference_mlp(x, config), run(out, x)[0]) > 60
 
 
 @pytest.mark.parametrize("transform", ["haar", "dct", "wht"])

@@ -286,3 +286,95 @@ def test_property_roundtrip_and_energy(x: np.ndarray, transform: str, levels: in
     )
     energy = float(np.sum(x * x))
     assert abs(float(np.sum(y * y)) - energy) <= 1e-12 * energy + 1e-300
+
+
+# --- 2-D Haar on token grids ----------------------------------------------------------------
+
+GRIDS = [(1, 1), (1, 5), (4, 1), (2, 2), (3, 5), (4, 4), (7, 6), (16, 16), (5, 12)]
+
+
+def _mallat_2d(grid: np.ndarray, levels: int) -> np.ndarray:
+    """The classic 2-D DWT layout, written independently: each level transforms the LL corner
+    along rows then columns with one 1-D Haar step (odd last token kept in the low half)."""
+    out = grid.copy()
+    h, w = out.shape[:2]
+    for _ in range(levels):
+        if h < 2 and w < 2:
+            break
+        for axis, n in ((1, w), (0, h)):
+            corner = np.moveaxis(out[:h, :w], axis, 0)
+            m = n // 2
+            low = (corner[0 : 2 * m : 2] + corner[1 : 2 * m : 2]) / R2
+            high = (corner[0 : 2 * m : 2] - corner[1 : 2 * m : 2]) / R2
+            out[:h, :w] = np.moveaxis(np.concatenate([low, corner[2 * m : n], high]), 0, axis)
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return out
+
+
+@pytest.mark.parametrize(("h", "w"), GRIDS)
+@pytest.mark.parametrize("levels", (0, 1, 3, 6))
+def test_haar2d_is_orthogonal_and_round_trips(h: int, w: int, levels: int) -> None:
+    width = 0 if h == w else w
+    m = transforms.matrix(h * w, "haar2d", levels, 0, width)
+    np.testing.assert_allclose(m @ m.T, np.eye(h * w), atol=1e-12)
+    x = _data((2, h * w, 3), seed=h * 31 + w)
+    y = transforms.forward(x, "haar2d", levels, 0, width)
+    np.testing.assert_allclose(y, m @ x, atol=1e-12)
+    np.testing.assert_allclose(transforms.inverse(y, "haar2d", levels, 0, width), x, atol=1e-12)
+    t = torch.from_numpy(x)
+    np.testing.assert_allclose(transforms.forward(t, "haar2d", levels, 0, width).numpy(), y, atol=1e-12)
+    np.testing.assert_allclose(transforms.inverse(torch.from_numpy(y), "haar2d", levels, 0, width).numpy(), x, atol=1e-12)
+
+
+@pytest.mark.parametrize(("h", "w"), GRIDS)
+@pytest.mark.parametrize("levels", (1, 2, 3))
+def test_haar2d_groups_span_the_mallat_subspaces(h: int, w: int, levels: int) -> None:
+    """The first g groups span what the first g Mallat levels' bands span (same energy held)."""
+    n = h * w
+    m = transforms.matrix(n, "haar2d", levels, 0, w)
+    mallat = np.stack([_mallat_2d(np.eye(n)[:, k].reshape(h, w), levels).ravel() for k in range(n)], axis=1)
+    groups = np.maximum.outer(transforms.haar_bands(h, levels), transforms.haar_bands(w, levels)).ravel()
+    ours = np.sort(groups)
+    for g in range(int(groups.max()) + 1):
+        a = m[ours <= g]  # our first rows, in output order
+        b = mallat[groups <= g]  # Mallat coefficients at the grid positions of the same groups
+        np.testing.assert_allclose(a.T @ a, b.T @ b, atol=1e-10)  # equal projectors
+
+
+def test_haar2d_ll_band_comes_first() -> None:
+    """16 x 16 grid, 3 levels: the first 4 tokens are the 8 x 8 block sums / 8, in row-major order."""
+    x = _data((16 * 16, 5), seed=3)
+    y = transforms.forward(x, "haar2d", 3)
+    blocks = x.reshape(2, 8, 2, 8, 5).sum(axis=(1, 3)).reshape(4, 5) / 8
+    np.testing.assert_allclose(y[:4], blocks, atol=1e-12)
+    assert list(transforms.grid_order(16, 16, 3)[:4]) == [0, 1, 16, 17]
+
+
+def test_haar2d_prefix_tokens_stay_in_front() -> None:
+    x = _data((2, 1 + 6 * 4, 3), seed=5)
+    y = transforms.forward(x, "haar2d", 2, 1, 4)
+    np.testing.assert_array_equal(y[:, :1], x[:, :1])
+    np.testing.assert_allclose(y[:, 1:], transforms.forward(x[:, 1:], "haar2d", 2, 0, 4), atol=0)
+
+
+def test_haar2d_compacts_a_smooth_image_better_than_1d() -> None:
+    """A smooth 2-D field: the first 16 of 256 tokens hold more energy with 2-D than with 1-D Haar."""
+    rng = np.random.default_rng(0)
+    field = np.cumsum(np.cumsum(rng.standard_normal((2, 16, 16, 8)), axis=1), axis=2).reshape(2, 256, 8)
+
+    def head(y: np.ndarray) -> float:
+        return float(np.sum(y[:, :16] ** 2) / np.sum(y**2))
+
+    assert head(transforms.forward(field, "haar2d", 2)) > head(transforms.forward(field, "haar", 4))
+
+
+@pytest.mark.parametrize(("n", "width"), [(10, 0), (12, 5), (15, 0)])
+def test_haar2d_rejects_tokens_that_are_not_a_grid(n: int, width: int) -> None:
+    with pytest.raises(ValueError, match="do not form"):
+        transforms.forward(_data((n, 2), seed=0), "haar2d", 3, 0, width)
+
+
+def test_haar_bands_examples() -> None:
+    assert transforms.haar_bands(8, 3).tolist() == [0, 1, 2, 2, 3, 3, 3, 3]
+    assert transforms.haar_bands(3, 3).tolist() == [0, 2, 3]  # a, d_2, d_1 (level 3 has nothing to do)
+    assert transforms.haar_bands(5, 0).tolist() == [0] * 5
