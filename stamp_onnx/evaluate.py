@@ -90,8 +90,12 @@ class _Row:
     average_bits: float
     sqnr_torch: float
     sqnr_onnx: float
+    cosine_torch: float
+    cosine_onnx: float
     ppl_torch: Perplexity | None
     ppl_onnx: Perplexity | None
+    wer_torch: float
+    wer_onnx: float
     layer_db: float
     energy: float
     check: str
@@ -100,63 +104,97 @@ class _Row:
 def _row(report: ValidationReport) -> _Row:
     rows = {row.name: row for row in report.rows}
     ppl = {p.variant: p for p in report.perplexities}
+    wer = report.word_error_rates
+    torch_row, onnx_row = rows["STaMP torch reference vs float torch"], rows["STaMP ONNX vs float torch"]
     return _Row(
         label=config_label(report.config),
         average_bits=report.config.average_bits(report.seq_len),
-        sqnr_torch=rows["STaMP torch reference vs float torch"].sqnr_db,
-        sqnr_onnx=rows["STaMP ONNX vs float torch"].sqnr_db,
+        sqnr_torch=torch_row.sqnr_db,
+        sqnr_onnx=onnx_row.sqnr_db,
+        cosine_torch=torch_row.cosine,
+        cosine_onnx=onnx_row.cosine,
         ppl_torch=ppl.get("STaMP torch reference"),
         ppl_onnx=ppl.get("STaMP ONNX"),
+        wer_torch=wer.get("STaMP torch reference", math.nan),
+        wer_onnx=wer.get("STaMP ONNX", math.nan),
         layer_db=mean_layer_sqnr(report.layer_diffs),
         energy=mean_hp_energy(report.layer_diffs),
         check=layer_check_summary(report),
     )
 
 
+def _heading(first: ValidationReport) -> str:
+    return f"{first.model}: {first.n_windows} samples x {first.seq_len} tokens of {first.data}"
+
+
 def text_table(reports: list[ValidationReport]) -> str:
-    """One row per config: bits, SQNR vs float (torch and ONNX), perplexity, the layer check."""
+    """One row per config: bits, SQNR vs float (torch and ONNX), perplexity or cosine, the layer check."""
     first = reports[0]
+    lm = bool(first.perplexities)
+    quality = f"{'ppl torch':>9} {'ppl ONNX':>9}" if lm else f"{'cos torch':>9} {'cos ONNX':>9}"
     lines = [
-        f"{first.model}: {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
-        f"{'variant':<34} {'avg bits':>8} {'SQNR torch':>10} {'SQNR ONNX':>9} {'ppl torch':>9} {'ppl ONNX':>9} {'layer dB':>9}  layer check",
+        _heading(first),
+        f"{'variant':<34} {'avg bits':>8} {'SQNR torch':>10} {'SQNR ONNX':>9} {quality} {'layer dB':>9}  layer check",
     ]
     ppl = {p.variant: p.all_positions for p in first.perplexities}
     if ppl:
         lines.append(f"{'float (torch / ONNX)':<34} {32:>8} {'':>10} {'':>9} {ppl['float torch']:>9.2f} {ppl['float ONNX']:>9.2f}")
     for row in map(_row, reports):
+        pair = (_all(row.ppl_torch), _all(row.ppl_onnx)) if lm else (row.cosine_torch, row.cosine_onnx)
         lines.append(
             f"{row.label:<34} {row.average_bits:>8.2f} {row.sqnr_torch:>10.2f} {row.sqnr_onnx:>9.2f} "
-            f"{_all(row.ppl_torch):>9.2f} {_all(row.ppl_onnx):>9.2f} {row.layer_db:>9.2f}  {row.check}"
+            f"{pair[0]:>9.{2 if lm else 4}f} {pair[1]:>9.{2 if lm else 4}f} {row.layer_db:>9.2f}  {row.check}"
         )
-    lines.append("SQNR: dB of the final output vs float PyTorch; layer dB: mean over rewritten layers of each "
-                 "layer's SQNR vs its float output on the same input (batch 1); layer check: every rewritten layer, "
-                 "ONNX vs PyTorch reference stage by stage on the same inputs (quantized codes bit for bit)")
+    if first.word_error_rates:
+        lines.append("word error rate vs the spoken text (float torch / float ONNX): "
+                     f"{first.word_error_rates['float torch']:.3f} / {first.word_error_rates['float ONNX']:.3f}; "
+                     "STaMP torch / ONNX: " + "; ".join(f"{r.label} {r.wer_torch:.3f} / {r.wer_onnx:.3f}" for r in map(_row, reports)))
+    lines.append("SQNR: dB of the final output vs float PyTorch; cos: mean cosine similarity of the output vectors; "
+                 "layer dB: mean over rewritten layers of each layer's SQNR vs its float output on the same input (batch 1); "
+                 "layer check: every rewritten layer, ONNX vs PyTorch reference stage by stage on the same inputs "
+                 "(quantized codes bit for bit)")
     return "\n".join(lines)
 
 
 def markdown_table(reports: list[ValidationReport], seconds: float) -> str:
-    """The same comparison as Markdown, with leak-free perplexities and the wall time."""
+    """The same comparison as Markdown, with leak-free perplexities (LMs), WER (speech) and the wall time."""
     first = reports[0]
-    ppl = {p.variant: p for p in first.perplexities}
+    lm, speech = bool(first.perplexities), bool(first.word_error_rates)
+    columns = ["variant", "avg bits", "SQNR torch (dB)", "SQNR ONNX (dB)"]
+    columns += (["ppl torch", "ppl ONNX", "leak-free ppl torch / ONNX (targets)"] if lm
+                else ["cosine torch", "cosine ONNX"])
+    columns += ["WER torch", "WER ONNX"] if speech else []
+    columns += ["mean layer SQNR (dB)", "energy in first K", "per-layer check ONNX vs torch"]
     lines = [
-        f"{first.model}: {first.description}; {first.n_windows} windows x {first.seq_len} tokens of {first.data}",
+        f"{first.model}: {first.description}; {first.n_windows} samples x {first.seq_len} tokens of {first.data}",
         "",
-        "| variant | avg bits | SQNR torch (dB) | SQNR ONNX (dB) | ppl torch | ppl ONNX | leak-free ppl torch / ONNX (targets) | mean layer SQNR (dB) | energy in first K | per-layer check ONNX vs torch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| " + " | ".join(columns) + " |",
+        "| --- |" + " ---: |" * (len(columns) - 1),
     ]
-    if ppl:
-        f, o = ppl["float torch"], ppl["float ONNX"]
-        lines.append(f"| float | 32 | | | {f.all_positions:.2f} | {o.all_positions:.2f} | "
-                     f"{_f(f.leak_free)} / {_f(o.leak_free)} | | | |")
+    if lm or speech:
+        cells = ["float", "32", "", ""]
+        if lm:
+            ppl = {p.variant: p for p in first.perplexities}
+            f, o = ppl["float torch"], ppl["float ONNX"]
+            cells += [f"{f.all_positions:.2f}", f"{o.all_positions:.2f}", f"{_f(f.leak_free)} / {_f(o.leak_free)}"]
+        else:
+            cells += ["", ""]
+        if speech:
+            cells += [f"{first.word_error_rates['float torch']:.3f}", f"{first.word_error_rates['float ONNX']:.3f}"]
+        lines.append("| " + " | ".join([*cells, "", "", ""]) + " |")
     for report in reports:
         row = _row(report)
         cells = [row.label, f"{row.average_bits:.2f}", f"{row.sqnr_torch:.2f}", f"{row.sqnr_onnx:.2f}"]
-        if row.ppl_torch is not None and row.ppl_onnx is not None:
+        if lm and row.ppl_torch is not None and row.ppl_onnx is not None:
             t, o = row.ppl_torch, row.ppl_onnx
             cells += [f"{t.all_positions:.2f}", f"{o.all_positions:.2f}",
                       f"{_f(t.leak_free)} / {_f(o.leak_free)} ({report.targets_leak_free})"]
-        else:
+        elif lm:
             cells += ["", "", ""]
+        else:
+            cells += [f"{row.cosine_torch:.4f}", f"{row.cosine_onnx:.4f}"]
+        if speech:
+            cells += [f"{row.wer_torch:.3f}", f"{row.wer_onnx:.3f}"]
         cells += [_f(row.layer_db), "" if math.isnan(row.energy) else f"{100 * row.energy:.1f}%", row.check]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"wall time: {seconds:.0f} s"]

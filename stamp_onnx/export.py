@@ -7,8 +7,10 @@ exactly its ``named_modules()`` name (``model.layers.0.mlp.down_proj``, ``lm_hea
 wrapper module would prefix every name with its attribute; :func:`export_onnx` checks the
 names and logs any linear layer it cannot find.
 
-Graph: inputs ``input_ids`` (+ ``attention_mask`` for encoders), int64 (batch, sequence);
-one output, ``logits`` (causal LM) or ``last_hidden_state`` (encoder); no KV cache.
+Graph: text models take ``input_ids`` (+ ``attention_mask`` for encoders), int64 (batch,
+sequence); image and speech models take their own input (``pixel_values``, ``input_features``)
+with only the batch axis dynamic. One output, ``logits`` (causal LM) or ``last_hidden_state``
+(encoder); no KV cache.
 """
 
 from __future__ import annotations
@@ -43,19 +45,23 @@ def export_onnx(
 ) -> Path:
     """Export ``loaded`` to ``out_path``; returns the path. Tensors go to external data over 2 GB.
 
-    ``seq_len`` is only the traced length: the sequence axis is dynamic (1..max_length).
-    ``opset=None`` keeps the exporter's default opset.
+    ``seq_len`` is only the traced length of a text model: its sequence axis is dynamic
+    (1..max_length). ``opset=None`` keeps the exporter's default opset.
     """
     out = Path(out_path)
     if not out.parent.is_dir():
         raise ExportError(f"output folder {out.parent} does not exist; create it first")
-    if not 2 <= seq_len <= loaded.max_length:
-        raise ExportError(f"trace seq_len={seq_len} must be in 2..{loaded.max_length} for {loaded.name}")
-    ids = np.random.default_rng(0).integers(0, loaded.vocab_size, size=(TRACE_BATCH, seq_len), dtype=np.int64)
-    kwargs = {k: torch.from_numpy(v) for k, v in with_attention_mask(loaded, ids).items()}
     batch = torch.export.Dim("batch", min=1, max=4096)
-    sequence = torch.export.Dim("sequence", min=1, max=loaded.max_length)
-    dynamic_shapes = {k: {0: batch, 1: sequence} for k in kwargs}
+    if loaded.samples is not None:
+        kwargs = {k: torch.from_numpy(v) for k, v in loaded.samples(TRACE_BATCH, 0).feeds.items()}
+        dynamic_shapes: dict[str, dict[int, torch.export.Dim]] = {k: {0: batch} for k in kwargs}
+    else:
+        if not 2 <= seq_len <= loaded.max_length:
+            raise ExportError(f"trace seq_len={seq_len} must be in 2..{loaded.max_length} for {loaded.name}")
+        ids = np.random.default_rng(0).integers(0, loaded.vocab_size, size=(TRACE_BATCH, seq_len), dtype=np.int64)
+        kwargs = {k: torch.from_numpy(v) for k, v in with_attention_mask(loaded, ids).items()}
+        sequence = torch.export.Dim("sequence", min=1, max=loaded.max_length)
+        dynamic_shapes = {k: {0: batch, 1: sequence} for k in kwargs}
     # The exporter warns once per torchvision op that torchvision is absent: not needed here.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     start = time.perf_counter()

@@ -29,11 +29,11 @@ import onnxruntime as ort
 import torch
 
 from passes.linear_layers import LAYER_KEY
-from stamp_onnx import ops, quant, transforms
+from stamp_onnx import ops, quant
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.naming import module_of_layer
-from stamp_onnx.reference import stamp_activation
+from stamp_onnx.reference import sequence_transform, stamp_activation
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class LayerDiff:
     sqnr_db: float  # whole layer, ONNX vs the STaMP reference
     float_sqnr_db: float  # whole layer, ONNX vs the float layer on the same input
     hp_energy: float  # share of the energy of L x in the first hp_tokens tokens (0..1)
+    # share of the energy of L x held by each transformed token, in token order (sums to 1);
+    # the batch is pooled per token, so hp_energy == sum(token_energy[:hp_tokens])
+    token_energy: tuple[float, ...] = ()
 
 
 def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
@@ -136,13 +139,12 @@ def _compare_layer(
     whole = torch.nn.functional.linear(stamp_activation(x, config), linear.weight, bias)
     if whole.shape != y.shape:
         raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")
-    t_ref = transforms.forward(x, config.transform, config.levels, config.prefix_tokens)
+    t_ref = sequence_transform(x, config)
     q_ref = quant.token_qdq(t, config.hp_tokens, config.hp_bits, config.lp_bits)
-    y_ref = transforms.inverse(
-        torch.nn.functional.linear(q, linear.weight), config.transform, config.levels, config.prefix_tokens
-    )
+    y_ref = sequence_transform(torch.nn.functional.linear(q, linear.weight), config, inverse=True)
     if bias is not None:
         y_ref = y_ref + bias
+    shares = _token_energy(t)
     return LayerDiff(
         layer=tap.layer,
         transform_rel=_rel(t_ref, t),
@@ -151,15 +153,21 @@ def _compare_layer(
         output_rel=_rel(y_ref, y),
         sqnr_db=quant.sqnr_db(whole.numpy(), y.numpy()),
         float_sqnr_db=quant.sqnr_db(torch.nn.functional.linear(x, linear.weight, bias).numpy(), y.numpy()),
-        hp_energy=_energy_share(t, config.hp_tokens),
+        hp_energy=float(shares[: config.hp_tokens].sum()),
+        token_energy=tuple(shares.tolist()),
     )
 
 
-def _energy_share(t: torch.Tensor, k: int) -> float:
-    """sum of t^2 over tokens [0, k) / sum over all tokens: how much the high-precision tokens hold."""
-    energy = t.double().pow(2).sum(dim=-1)  # (..., s)
+def _token_energy(t: torch.Tensor) -> np.ndarray:
+    """Each token's share of the energy of t (..., s, d), leading axes pooled: shape (s,), sums to 1.
+
+    Energies are summed over the batch before normalizing (a batch-wide share, not a mean of
+    per-sample shares), so the first k entries add up to the share the first k tokens hold.
+    All zeros when t is all zeros.
+    """
+    energy = t.double().pow(2).sum(dim=-1).reshape(-1, t.shape[-2]).sum(dim=0).numpy()  # (s,)
     total = float(energy.sum())
-    return float(energy[..., :k].sum()) / total if total else 0.0
+    return energy / total if total else np.zeros_like(energy)
 
 
 def _rel(ref: torch.Tensor, got: torch.Tensor) -> float:

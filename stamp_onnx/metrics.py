@@ -34,10 +34,13 @@ def leak_free_mask(seq_len: int, config: StampConfig) -> np.ndarray:
 
 
 class RunningDiff:
-    """Running max |ref - x|, max |ref| and the energies behind quant.sqnr_db (float64)."""
+    """Running max |ref - x|, max |ref|, the energies behind quant.sqnr_db (float64), and the
+    cosine similarity of every output vector (last axis: a token's hidden state or logits)."""
 
     def __init__(self) -> None:
         self.max_abs = self.ref_max = self.signal = self.noise = 0.0
+        self.cosine_sum = 0.0
+        self.vectors = 0
 
     def update(self, reference: np.ndarray, approx: np.ndarray) -> None:
         if reference.shape != approx.shape:
@@ -48,6 +51,15 @@ class RunningDiff:
         self.ref_max = max(self.ref_max, float(np.abs(ref).max(initial=0.0)))
         self.signal += float(np.sum(ref * ref))
         self.noise += float(np.sum(err * err))
+        got = approx.astype(np.float64)
+        norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
+        dots = np.sum(ref * got, axis=-1)
+        self.cosine_sum += float(np.sum(np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 1.0)))
+        self.vectors += int(dots.size)
+
+    def cosine(self) -> float:
+        """Mean cosine similarity of the output vectors (1.0 for identical outputs)."""
+        return self.cosine_sum / self.vectors if self.vectors else math.nan
 
     def sqnr_db(self) -> float:
         return math.inf if self.noise == 0.0 else 10.0 * math.log10(self.signal / self.noise)

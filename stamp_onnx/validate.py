@@ -50,7 +50,7 @@ from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
 from stamp_onnx.layer_check import LayerDiff, per_layer_diffs
 from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask
-from stamp_onnx.models import LoadedModel, load_model, sample_inputs, with_attention_mask
+from stamp_onnx.models import LoadedModel, Samples, evaluation_samples, load_model
 from stamp_onnx.naming import module_of_layer
 from stamp_onnx.reference import stamp_reference
 
@@ -71,6 +71,7 @@ class Comparison:
     max_abs: float
     rel: float
     sqnr_db: float
+    cosine: float = math.nan
     criterion: str = ""
     passed: bool | None = None
 
@@ -98,6 +99,8 @@ class ValidationReport:
     targets_all: int = 0
     targets_leak_free: int = 0
     layer_diffs: list[LayerDiff] = dataclasses.field(default_factory=list)
+    transcripts: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    word_error_rates: dict[str, float] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -127,19 +130,24 @@ class ValidationReport:
             f"config   transform {c.transform}" + (f" ({c.levels} levels)" if c.transform.startswith("haar") else "")
             + f", first {c.hp_tokens} tokens {c.hp_bits} bits, rest {c.lp_bits} bits "
             f"(average {avg:.2f} bits at {self.seq_len} tokens)",
-            f"data     {self.n_windows} windows x {self.seq_len} tokens of {self.data}",
+            f"data     {self.n_windows} samples x {self.seq_len} tokens of {self.data}",
             f"layers   {self.layers_rewritten} rewritten in ONNX, {self.layers_hooked} hooked in PyTorch",
             "",
-            f"{'comparison':<38} {'max |diff|':>10} {'rel err':>9} {'SQNR dB':>8}  check",
+            f"{'comparison':<38} {'max |diff|':>10} {'rel err':>9} {'SQNR dB':>8} {'cosine':>8}  check",
         ]
         for r in self.rows:
             check = "" if r.passed is None else ("ok" if r.passed else "FAIL") + f" ({r.criterion})"
-            cells = f"{_cell(r.max_abs, '.3g'):>10} {_cell(r.rel, '.2e'):>9} {_cell(r.sqnr_db, '.2f'):>8}"
+            cells = (f"{_cell(r.max_abs, '.3g'):>10} {_cell(r.rel, '.2e'):>9} {_cell(r.sqnr_db, '.2f'):>8} "
+                     f"{_cell(r.cosine, '.4f'):>8}")
             lines.append(f"{r.name:<38} {cells}  {check}".rstrip())
         if self.perplexities:
             lines += ["", f"{'perplexity (targets)':<38} {f'all ({self.targets_all})':>14} {f'leak-free ({self.targets_leak_free})':>20}"]
             for p in self.perplexities:
                 lines.append(f"{p.variant:<38} {_num(p.all_positions):>14} {_num(p.leak_free):>20}")
+        if self.word_error_rates:
+            lines += ["", f"{'word error rate vs the spoken text':<38} {'WER':>8}  first transcript"]
+            for name, wer in self.word_error_rates.items():
+                lines.append(f"{name:<38} {wer:>8.3f}  {self.transcripts[name][0]!r}")
         lines += ["", *(f"note: {n}" for n in self.notes), f"took {self.seconds:.1f} s"]
         return "\n".join(lines)
 
@@ -204,7 +212,8 @@ def validate(
         if value < 1:
             raise ConfigError(f"{name}={value} is not allowed; use a positive integer")
     loaded = model_name_or_dir if isinstance(model_name_or_dir, LoadedModel) else load_model(model_name_or_dir)
-    ids, data = _windows(loaded, n_windows, seq_len, seed)
+    samples = evaluation_samples(loaded, n_windows, seq_len, seed)
+    seq_len = loaded.tokens or seq_len
     rewritten = _session(rewritten_onnx_path)
     if float_onnx_path is None:
         from stamp_onnx.export import export_onnx
@@ -216,11 +225,10 @@ def validate(
     with stamp_reference(loaded.module, config, layers=layers or None) as hooked:
         pass  # resolve and check the layer names once, before the long loop
 
-    diffs, nll = _compare(loaded, ids, batch, (floated, rewritten), config, hooked)
+    diffs, nll, texts = _compare(loaded, samples, batch, (floated, rewritten), config, hooked)
     layer_diffs = []
     if per_layer:
-        first = with_attention_mask(loaded, ids[:batch])
-        layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, first)
+        layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, samples.rows(0, batch))
     torch_row = _row(diffs["torch"], "STaMP torch reference vs float torch")
     rows = [
         _row(diffs["float"], "float ONNX vs float torch", rtol=FLOAT_RTOL),
@@ -234,7 +242,7 @@ def validate(
         description=loaded.description,
         onnx_path=str(rewritten_onnx_path),
         config=config,
-        data=data,
+        data=samples.description,
         n_windows=n_windows,
         seq_len=seq_len,
         layers_rewritten=len(layers),
@@ -247,6 +255,8 @@ def validate(
         targets_all=nll["float torch"].count_all if nll else 0,
         targets_leak_free=nll["float torch"].count_leak_free if nll else 0,
         layer_diffs=layer_diffs,
+        transcripts=texts,
+        word_error_rates=_word_error_rates(samples, texts),
         seconds=time.perf_counter() - start,
         notes=_notes(loaded, layers, hooked, layer_diffs),
     )
@@ -260,21 +270,6 @@ def _session(path: str | Path) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:
         raise ValidationError(f"onnxruntime cannot load {path}: {first_line(err)}") from err
-
-
-def _windows(loaded: LoadedModel, n: int, seq_len: int, seed: int) -> tuple[np.ndarray, str]:
-    if loaded.tokenizer is None:
-        return sample_inputs(loaded, n, seq_len, seed)["input_ids"], f"random token ids (seed {seed})"
-    from stamp_onnx.data import load_corpus, text_windows
-
-    if not 1 <= seq_len <= loaded.max_length:
-        raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")
-    corpus = load_corpus()
-    try:
-        ids = text_windows(loaded.tokenizer, n, seq_len, corpus=corpus)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    return ids, corpus.name
 
 
 def _run_all(
@@ -295,18 +290,20 @@ def _run_all(
 
 def _compare(
     loaded: LoadedModel,
-    ids: np.ndarray,
+    samples: Samples,
     batch: int,
     sessions: tuple[ort.InferenceSession, ort.InferenceSession],
     config: StampConfig,
     hooked: list[str],
-) -> tuple[dict[str, RunningDiff], dict[str, RunningNLL]]:
-    """Run the four variants batch by batch; accumulate the comparisons and NLLs."""
-    mask = leak_free_mask(ids.shape[1], config)
+) -> tuple[dict[str, RunningDiff], dict[str, RunningNLL], dict[str, list[str]]]:
+    """Run the four variants batch by batch; accumulate the comparisons, NLLs and transcripts."""
+    causal = loaded.kind == "causal-lm"
+    mask = leak_free_mask(samples.feeds["input_ids"].shape[1], config) if causal else np.ones(0, bool)
     diffs = {k: RunningDiff() for k in ("float", "ref", "torch", "onnx")}
-    nll = {k: RunningNLL() for k in VARIANTS} if loaded.kind == "causal-lm" else {}
-    for lo in tqdm(range(0, len(ids), batch), desc="validate", unit="batch", disable=None):
-        feeds = with_attention_mask(loaded, ids[lo : lo + batch])
+    nll = {k: RunningNLL() for k in VARIANTS} if causal else {}
+    texts: dict[str, list[str]] = {k: [] for k in VARIANTS} if loaded.transcribe else {}
+    for lo in tqdm(range(0, len(samples), batch), desc="validate", unit="batch", disable=None):
+        feeds = samples.rows(lo, lo + batch)
         outs = dict(zip(VARIANTS, _run_all(loaded, feeds, *sessions, config, hooked), strict=True))
         ref = outs["float torch"]
         diffs["float"].update(ref, outs["float ONNX"])
@@ -315,7 +312,20 @@ def _compare(
         diffs["onnx"].update(ref, outs["STaMP ONNX"])
         for name, acc in nll.items():
             acc.update(outs[name], feeds["input_ids"], mask)
-    return diffs, nll
+        for name, got in texts.items():
+            got += loaded.transcribe(outs[name]) if loaded.transcribe else []
+    return diffs, nll, texts
+
+
+def _word_error_rates(samples: Samples, texts: dict[str, list[str]]) -> dict[str, float]:
+    """Per variant, the word error rate of its transcripts against what was said (all clips pooled)."""
+    if not texts or not samples.texts:
+        return {}
+    from stamp_onnx.whisper import word_error_rate
+
+    return {
+        name: word_error_rate(" ".join(samples.texts), " ".join(got)) for name, got in texts.items()
+    }
 
 
 def _notes(loaded: LoadedModel, layers: list[str], hooked: list[str], layer_diffs: list[LayerDiff]) -> list[str]:
@@ -347,13 +357,13 @@ def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndar
 def _row(diff: RunningDiff, name: str, *, rtol: float | None = None, near_sqnr: float | None = None) -> Comparison:
     """A table row; with ``rtol`` or ``near_sqnr`` it also carries a pass/fail criterion."""
     rel = diff.max_abs / diff.ref_max if diff.ref_max else math.inf
-    sqnr = diff.sqnr_db()
+    sqnr, cos = diff.sqnr_db(), diff.cosine()
     if rtol is not None:
-        return Comparison(name, diff.max_abs, rel, sqnr, f"rel <= {rtol:g}", rel <= rtol)
+        return Comparison(name, diff.max_abs, rel, sqnr, cos, f"rel <= {rtol:g}", rel <= rtol)
     if near_sqnr is not None:
         close = sqnr == near_sqnr or abs(sqnr - near_sqnr) <= SQNR_MATCH_DB
-        return Comparison(name, diff.max_abs, rel, sqnr, f"within {SQNR_MATCH_DB:g} dB of torch", close)
-    return Comparison(name, diff.max_abs, rel, sqnr)
+        return Comparison(name, diff.max_abs, rel, sqnr, cos, f"within {SQNR_MATCH_DB:g} dB of torch", close)
+    return Comparison(name, diff.max_abs, rel, sqnr, cos)
 
 
 def _layer_rows(diffs: list[LayerDiff]) -> list[Comparison]:
@@ -364,9 +374,9 @@ def _layer_rows(diffs: list[LayerDiff]) -> list[Comparison]:
     mismatches = sum(d.qdq_mismatches for d in diffs)
     rtol = f"rel <= {LAYER_RTOL:g}"
     return [
-        Comparison("per layer: transform L x", nan, t_rel, nan, rtol, t_rel <= LAYER_RTOL),
-        Comparison("per layer: TokenQDQ codes differing", mismatches, nan, nan, "bit-exact", mismatches == 0),
-        Comparison("per layer: W and inverse L^-1", nan, y_rel, nan, rtol, y_rel <= LAYER_RTOL),
+        Comparison("per layer: transform L x", nan, t_rel, nan, nan, rtol, t_rel <= LAYER_RTOL),
+        Comparison("per layer: TokenQDQ codes differing", mismatches, nan, nan, nan, "bit-exact", mismatches == 0),
+        Comparison("per layer: W and inverse L^-1", nan, y_rel, nan, nan, rtol, y_rel <= LAYER_RTOL),
         Comparison("per layer: whole layer (lowest)", nan, nan, min(d.sqnr_db for d in diffs)),
         Comparison("per layer: STaMP ONNX vs float layer (mean)", nan, nan, mean_layer_sqnr(diffs)),
     ]

@@ -28,6 +28,16 @@ def test_every_layer_is_found_and_matches(transform: str, tmp_path: Path) -> Non
     assert max(d.transform_rel for d in diffs) < 1e-5 and max(d.output_rel for d in diffs) < 1e-5
 
 
+def test_haar2d_layers_match_on_a_grid(tmp_path: Path) -> None:
+    """1 prefix token + a 6 x 6 grid: every layer's codes bit for bit, like the 1-D transforms."""
+    config = StampConfig(transform="haar2d", prefix_tokens=1, hp_tokens=8)
+    out = tmp_path / "q.onnx"
+    quantize_file(tiny_llama_onnx(), out, config)
+    diffs = per_layer_diffs(out, tiny_llama().module, config, sample_inputs(tiny_llama(), 2, 37, seed=9))
+    assert len(diffs) == 15 and all(d.qdq_mismatches == 0 for d in diffs)
+    assert max(d.transform_rel for d in diffs) < 1e-5 and max(d.output_rel for d in diffs) < 1e-5
+
+
 def test_wrong_bits_are_caught(tmp_path: Path) -> None:
     """The graph quantizes at 4 bits, the reference is told 8: every layer must disagree."""
     out = tmp_path / "q.onnx"
