@@ -175,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report is not None:
         from stamp_onnx.report import write_report
 
-        command = "stamp-onnx " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = "stamp-onnx " + " ".join(shlex.quote(a) for a in args.argv)
         path = write_report(reports, args.report, title=f"STaMP evaluation: {reports[0].model}",
                             table_markdown=table, command=command)
         print(f"report: {path}")
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # usage errors (2) and --help (0)
         return int(stop.code or 0)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     _configure_logging(quiet=args.quiet, debug=args.debug)
     try:
         return COMMANDS[args.command](args)
@@ -226,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stamp-onnx: interrupted", file=sys.stderr)
         return 130
-
-
 
 
 if __name__ == "__main__":

@@ -20,3 +20,13 @@ def tiny_llama() -> LoadedModel:
 @functools.cache
 def tiny_llama_onnx() -> Path:
     return export_onnx(tiny_llama(), Path(_TMP.name) / "tiny-llama.onnx")
+
+
+@functools.cache
+def tiny_vit() -> LoadedModel:
+    return load_model("tiny-vit")
+
+
+@functools.cache
+def tiny_vit_onnx() -> Path:
+    return export_onnx(tiny_vit(), Path(_TMP.name) / "tiny-vit.onnx")
