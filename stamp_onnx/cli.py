@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("out"), help="cache of the float export and rewrites")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     p.add_argument("--report", type=Path, metavar="DIR", help="also write report.md with plots (PNG) and report.json to DIR")
+    p.add_argument("--fresh", action="store_true", help="recompute evaluations saved in --out-dir by earlier runs")
     _add_eval_flags(p)
 
     p = sub.add_parser("demo", help=f"export {DEFAULT_MODEL}, rewrite it (STaMP and the per-token baseline), validate")
@@ -167,7 +168,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.markdown is not None and not args.markdown.parent.is_dir():
         raise ConfigError(f"folder of --markdown {args.markdown} does not exist; create it first")
     start = time.perf_counter()
-    reports = evaluate_configs(args.model, args.out_dir, configs, seq_len=args.seq_len, n_windows=args.windows)
+    reports = evaluate_configs(
+        args.model, args.out_dir, configs, seq_len=args.seq_len, n_windows=args.windows, fresh=args.fresh
+    )
     print(text_table(reports))
     table = markdown_table(reports, time.perf_counter() - start)
     if args.markdown is not None:

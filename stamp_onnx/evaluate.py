@@ -12,10 +12,14 @@ specs, a transform followed by overrides of :class:`StampConfig` fields::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+
+from tqdm import tqdm
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
@@ -63,9 +67,21 @@ def config_label(config: StampConfig) -> str:
 
 
 def evaluate_configs(
-    model: str, out_dir: Path, configs: Sequence[StampConfig], *, seq_len: int, n_windows: int
+    model: str,
+    out_dir: Path,
+    configs: Sequence[StampConfig],
+    *,
+    seq_len: int,
+    n_windows: int,
+    fresh: bool = False,
 ) -> list[ValidationReport]:
-    """Export ``model`` once (cached in ``out_dir``), rewrite it with each config, validate each."""
+    """Export ``model`` once, rewrite it with each config, validate each; everything cached in ``out_dir``.
+
+    Each config's report is saved next to its rewritten model as it completes, so a run that
+    stops (or a later run with some of the same configs) resumes where it was: a saved report
+    is reused when its model, config, data size and float export are unchanged. ``fresh``
+    recomputes everything but the float export (delete that file to export again).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(model)
     float_path = out_dir / f"{loaded.name}.onnx"
@@ -75,11 +91,43 @@ def evaluate_configs(
         logger.info("exporting %s to %s", loaded.name, float_path)
         export_onnx(loaded, float_path)
     reports = []
-    for i, config in enumerate(configs):
-        path = out_dir / f"{loaded.name}.{i}.{config.transform}.onnx"
+    for config in tqdm(configs, desc="configs", unit="config", disable=None):
+        key = _cache_key(loaded.name, config, float_path, seq_len=seq_len, n_windows=n_windows)
+        stem = f"{loaded.name}.{config.transform}.{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        saved = out_dir / f"{stem}.report.json"
+        if not fresh and (report := _load_saved(saved, key)) is not None:
+            logger.info("reusing the saved evaluation %s (%s)", saved, config_label(config))
+            reports.append(report)
+            continue
+        path = out_dir / f"{stem}.onnx"
         quantize_file(float_path, path, config)
-        reports.append(validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows))
+        report = validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows)
+        _save(saved, key, report)
+        reports.append(report)
     return reports
+
+
+def _cache_key(name: str, config: StampConfig, float_path: Path, *, seq_len: int, n_windows: int) -> str:
+    stat = float_path.stat()
+    return json.dumps({"model": name, "config": json.loads(config.to_json()), "seq_len": seq_len,
+                       "n_windows": n_windows, "float_onnx": [stat.st_size, stat.st_mtime_ns]}, sort_keys=True)
+
+
+def _load_saved(path: Path, key: str) -> ValidationReport | None:
+    try:
+        data = json.loads(path.read_text())
+        return ValidationReport.from_dict(data["report"]) if data.get("key") == key else None
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, ConfigError) as err:  # an older or damaged file: recompute
+        logger.info("ignoring the saved evaluation %s: %s", path, err)
+        return None
+
+
+def _save(path: Path, key: str, report: ValidationReport) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "report": report.to_dict()}))
+    tmp.replace(path)
 
 
 @dataclasses.dataclass(frozen=True)

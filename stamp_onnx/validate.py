@@ -121,6 +121,22 @@ class ValidationReport:
         data["ok"] = self.ok
         return _finite(data)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        """The inverse of :meth:`to_dict` (a cached evaluation read back)."""
+        data = _unfinite({k: v for k, v in data.items() if k != "ok"})
+        return cls(
+            **{
+                **data,
+                "config": StampConfig.from_dict(data["config"]),
+                "rows": [Comparison(**row) for row in data["rows"]],
+                "perplexities": [Perplexity(**p) for p in data["perplexities"]],
+                "layer_diffs": [
+                    LayerDiff(**{**d, "token_energy": tuple(d["token_energy"])}) for d in data["layer_diffs"]
+                ],
+            }
+        )
+
     def to_table(self) -> str:
         c = self.config
         avg = c.average_bits(self.seq_len)
@@ -408,6 +424,17 @@ def layer_check_summary(report: ValidationReport) -> str:
 
 def _num(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _unfinite(value: Any) -> Any:
+    """Undo :func:`_finite`: the strings 'inf', '-inf' and 'nan' become floats again."""
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _unfinite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unfinite(v) for v in value]
+    return value
 
 
 def _finite(value: Any) -> Any:

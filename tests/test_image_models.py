@@ -113,3 +113,23 @@ def test_eval_report_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "haar2d L=3, P=1, K=5, 8/4" in text and "eval tiny-vit" in text
     for name in ("fig_energy.png", "fig_layer_sqnr.png", "fig_bits.png", "fig_quality.png"):
         assert (tmp_path / "r" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluations_are_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stamp_onnx import evaluate
+
+    configs = [StampConfig(transform="haar2d", prefix_tokens=1, hp_tokens=5), StampConfig(transform="none", hp_tokens=5)]
+    first = evaluate.evaluate_configs("tiny-vit", tmp_path, configs, seq_len=17, n_windows=2)
+    assert len(list(tmp_path.glob("*.report.json"))) == 2
+
+    def no_validation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a saved evaluation was recomputed")
+
+    monkeypatch.setattr(evaluate, "validate", no_validation)
+    again = evaluate.evaluate_configs("tiny-vit", tmp_path, configs, seq_len=17, n_windows=2)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in first]
+    assert text_table(again) == text_table(first)
+    with pytest.raises(AssertionError, match="recomputed"):  # other data size, or --fresh: recomputed
+        evaluate.evaluate_configs("tiny-vit", tmp_path, configs, seq_len=17, n_windows=3)
+    with pytest.raises(AssertionError, match="recomputed"):
+        evaluate.evaluate_configs("tiny-vit", tmp_path, configs, seq_len=17, n_windows=2, fresh=True)
