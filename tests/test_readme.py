@@ -51,4 +51,4 @@ def test_usage_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_demo_runs_on_the_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-q", "demo", "--model", "tiny-llama", "--out-dir", str(tmp_path), "--seq-len", "32", "--windows", "2"]) == 0
     out = capsys.readouterr().out
-    assert "haar L=3, K=64, 8/4" in out and "none, K=64, 8/4" in out
+    assert "haar L=3, P=1, K=64, 8/4" in out and "none, K=64, 8/4" in out

@@ -54,7 +54,7 @@ def test_hooked_layer_computes_inverse_of_quantized_product() -> None:
     """y = L^-1(Q(L x) W^T) + b, with the bias after the inverse (float64 check)."""
     torch.manual_seed(0)
     model = TwoHeads().eval()
-    config = StampConfig(transform="haar", levels=3, hp_tokens=8)
+    config = StampConfig(transform="haar", levels=3, hp_tokens=8, prefix_tokens=0)
     x = correlated_tokens(2)
     with torch.no_grad(), stamp_reference(model, config):
         y = model(x)[0].double()
@@ -88,7 +88,7 @@ def test_all_tokens_high_precision_is_nearly_exact_and_low_precision_is_not() ->
     ref = logits(ids).numpy()
     with stamp_reference(tiny_llama().module, StampConfig(hp_tokens=40, hp_bits=16, lp_bits=2)):
         all_hp = logits(ids).numpy()
-    with stamp_reference(tiny_llama().module, StampConfig(hp_tokens=0, hp_bits=16, lp_bits=2)):
+    with stamp_reference(tiny_llama().module, StampConfig(hp_tokens=0, prefix_tokens=0, hp_bits=16, lp_bits=2)):
         all_lp = logits(ids).numpy()
     assert quant.sqnr_db(ref, all_hp) > 70
     assert quant.sqnr_db(ref, all_lp) < 30

@@ -72,7 +72,7 @@ def test_report_files(causal: bool, n_layers: int, tmp_path: Path) -> None:
         assert (md.parent / name).read_bytes()[:8] == PNG_MAGIC
         assert f"]({name})" in text
     assert ("Perplexity" in text) == causal and ("Output SQNR" in text) != causal
-    assert text.count("shared note") == 1 and "- dct, K=8, 8/4: synthetic note 1" in text
+    assert text.count("shared note") == 1 and "- dct, P=1, K=8, 8/4: synthetic note 1" in text
     data = json.loads((md.parent / "report.json").read_text())
     assert [r["config"]["transform"] for r in data["reports"]] == ["haar", "dct", "none"]
     assert len(data["reports"][0]["layer_diffs"][0]["token_energy"]) == SEQ

@@ -35,7 +35,9 @@ def test_validate_tiny_llama(transform: str, tmp_path: Path) -> None:
     assert 10 < torch_row.sqnr_db < 80 and abs(torch_row.sqnr_db - onnx_row.sqnr_db) < 1
     assert len(report.layer_diffs) == 15
     assert report.targets_all == 3 * 63
-    assert report.targets_leak_free == (3 * 7 if transform == "haar" else 3 * 63)  # ends of 8-token blocks
+    # Haar keeps token 0 out (default prefix) and transforms 8-token blocks from token 1 on:
+    # leak-free targets are position 0 and the block ends 8, 16, ..., 56.
+    assert report.targets_leak_free == (3 * 8 if transform == "haar" else 3 * 63)
     text = report.to_table()
     assert "per layer: TokenQDQ codes differing" in text and "leak-free" in text
     json.dumps(report.to_dict())
@@ -57,11 +59,16 @@ def test_float_model_with_in_memory_config(tmp_path: Path) -> None:
 
 
 def test_leak_free_positions() -> None:
-    assert leak_free_mask(32, StampConfig(transform="haar", levels=3)).nonzero()[0].tolist() == [7, 15, 23, 31]
-    assert leak_free_mask(32, StampConfig(transform="haar", levels=1)).nonzero()[0].tolist() == list(range(1, 32, 2))
+    def positions(seq_len: int, **changes: object) -> list[int]:
+        return leak_free_mask(seq_len, StampConfig(prefix_tokens=0).replace(**changes)).nonzero()[0].tolist()
+
+    assert positions(32, transform="haar", levels=3) == [7, 15, 23, 31]
+    assert positions(32, transform="haar", levels=1) == list(range(1, 32, 2))
+    assert positions(32, transform="haar", levels=3, prefix_tokens=1) == [0, 8, 16, 24, 31]
     assert leak_free_mask(10, StampConfig(transform="none")).all()
-    assert leak_free_mask(16, StampConfig(transform="dct")).nonzero()[0].tolist() == [15]
-    assert leak_free_mask(12, StampConfig(transform="wht")).nonzero()[0].tolist() == [7, 11]  # blocks 8 + 4
+    assert positions(16, transform="dct") == [15]
+    assert positions(17, transform="dct", prefix_tokens=1) == [0, 16]
+    assert positions(12, transform="wht") == [7, 11]  # blocks 8 + 4
 
 
 def test_accumulated_sqnr_equals_sqnr_db_of_everything() -> None:
