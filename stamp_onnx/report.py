@@ -234,6 +234,19 @@ def _quality_figure(reports: list[ValidationReport], labels: list[str], out_dir:
                    "is the float model. Lower is better; compare leak-free bars across transforms, since "
                    "DCT/WHT over a whole window leak later tokens into the all-position score "
                    "(n/a: no position is leak-free under that transform)._")
+    elif all("STaMP ONNX" in r.word_error_rates for r in reports):
+        heading = "Word error rate of the rewritten ONNX encoder"
+        wer = [100 * r.word_error_rates["STaMP ONNX"] for r in reports]
+        _bars(ax, x, wer, 0.6, [_color(j) for j in x], "{:.1f}")
+        float_wer = reports[0].word_error_rates.get("float ONNX")
+        if float_wer is not None:
+            ax.axhline(100 * float_wer, color="black", linestyle="--", linewidth=1,
+                       label=f"float ONNX ({100 * float_wer:.1f}%)")
+            ax.legend(fontsize=8, loc="best")
+        ax.set_ylabel("word error rate (%, lower is better)")
+        caption = ("_Word error rate of the transcripts decoded (float decoder, greedy) from the rewritten ONNX "
+                   "encoder's outputs, against the sentences that were spoken; the dashed line is the float "
+                   "encoder. Lower is better; the output SQNR is in the table above._")
     else:
         heading = "Output SQNR of the rewritten ONNX model"
         db = [_output_sqnr(r) for r in reports]

@@ -108,3 +108,12 @@ def test_token_energy_sums_to_one_and_matches_hp_energy(config: StampConfig, tmp
         assert math.isclose(sum(d.token_energy[: config.hp_tokens]), d.hp_energy, abs_tol=1e-12)
     if config.transform != "none":  # the transform concentrates energy in its first tokens
         assert np.mean([d.hp_energy for d in diffs]) > config.hp_tokens / 24
+
+
+def test_speech_reports_plot_word_error_rates(tmp_path: Path) -> None:
+    reports = [_report(config, n_layers=3, causal=False, seed=i) for i, config in enumerate(CONFIGS)]
+    for i, report in enumerate(reports):
+        report.word_error_rates = {"float ONNX": 0.05, "STaMP ONNX": 0.1 * (i + 1)}
+    md = write_report(reports, tmp_path, title="speech", table_markdown="| t |").read_text()
+    assert "## Word error rate of the rewritten ONNX encoder" in md
+    assert (tmp_path / "fig_quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
