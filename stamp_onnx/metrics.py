@@ -8,6 +8,8 @@ Everything accumulates batch by batch, so no model output has to be held in memo
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -86,3 +88,31 @@ class RunningNLL:
     def perplexity(self, *, leak_free: bool) -> float:
         total, count = (self.sum_leak_free, self.count_leak_free) if leak_free else (self.sum_all, self.count_all)
         return math.exp(total / count) if count else math.nan
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word edit distance, reference words), after lower-casing and dropping punctuation."""
+    ref, hyp = _words(reference), _words(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, word in enumerate(ref, start=1):
+        current = [i]
+        for j, other in enumerate(hyp, start=1):
+            substitute = previous[j - 1] + (word != other)
+            current.append(min(previous[j] + 1, current[j - 1] + 1, substitute))
+        previous = current
+    return previous[-1], len(ref)
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Word errors over all pairs / reference words (an empty reference counts as one word).
+
+    ``word_error_rate(["The cat sat."], ["the cat sat on"]) == 1 / 3``.
+    """
+    if len(references) != len(hypotheses):
+        raise ValidationError(f"{len(references)} reference texts but {len(hypotheses)} transcripts")
+    pairs = [word_errors(r, h) for r, h in zip(references, hypotheses, strict=True)]
+    return sum(e for e, _ in pairs) / max(sum(n for _, n in pairs), 1)
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower().replace("'", "")).split()

@@ -49,7 +49,7 @@ from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
 from stamp_onnx.layer_check import LayerDiff, per_layer_diffs
-from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask
+from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask, word_error_rate
 from stamp_onnx.models import LoadedModel, Samples, evaluation_samples, load_model
 from stamp_onnx.naming import module_of_layer
 from stamp_onnx.reference import stamp_reference
@@ -337,11 +337,7 @@ def _word_error_rates(samples: Samples, texts: dict[str, list[str]]) -> dict[str
     """Per variant, the word error rate of its transcripts against what was said (all clips pooled)."""
     if not texts or not samples.texts:
         return {}
-    from stamp_onnx.whisper import word_error_rate
-
-    return {
-        name: word_error_rate(" ".join(samples.texts), " ".join(got)) for name, got in texts.items()
-    }
+    return {name: word_error_rate(samples.texts, got) for name, got in texts.items()}
 
 
 def _notes(loaded: LoadedModel, layers: list[str], hooked: list[str], layer_diffs: list[LayerDiff]) -> list[str]:

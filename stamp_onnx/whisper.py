@@ -37,7 +37,6 @@ import importlib.util
 import inspect
 import json
 import os
-import re
 import struct
 import subprocess
 import tempfile
@@ -359,24 +358,3 @@ def transcribe(model: WhisperForConditionalGeneration,
                 break
             step_input = chosen[:, None]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens]
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower().replace("'", "")).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word edit distance / reference words, after lower-casing and dropping punctuation.
-
-    ``word_error_rate("The cat sat.", "the cat sat on") == 1 / 3``; with an empty reference
-    every hypothesis word counts as one error.
-    """
-    ref, hyp = _words(reference), _words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, start=1):
-        current = [i]
-        for j, other in enumerate(hyp, start=1):
-            substitute = previous[j - 1] + (word != other)
-            current.append(min(previous[j] + 1, current[j - 1] + 1, substitute))
-        previous = current
-    return previous[-1] / max(len(ref), 1)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from stamp_onnx import whisper
-from stamp_onnx.errors import ConfigError, ExportError
+from stamp_onnx.errors import ConfigError, ExportError, ValidationError
+from stamp_onnx.metrics import word_error_rate
 
 # The float model transcribes the first clip exactly (measured); one wrong word in ten passes.
 FIRST_CLIP_MAX_WER = 0.1
@@ -181,7 +182,7 @@ def test_float_model_transcribes_speech(model: Any) -> None:
     with torch.inference_mode():
         hidden = model.model.encoder(features).last_hidden_state.numpy()
     [hypothesis] = whisper.transcribe(model, hidden)  # numpy input, as onnxruntime returns it
-    assert whisper.word_error_rate(text, hypothesis) <= FIRST_CLIP_MAX_WER, hypothesis
+    assert word_error_rate([text], [hypothesis]) <= FIRST_CLIP_MAX_WER, hypothesis
 
 
 @pytest.mark.parametrize(
@@ -198,4 +199,11 @@ def test_float_model_transcribes_speech(model: Any) -> None:
     ],
 )
 def test_word_error_rate(reference: str, hypothesis: str, expected: float) -> None:
-    assert whisper.word_error_rate(reference, hypothesis) == pytest.approx(expected)
+    assert word_error_rate([reference], [hypothesis]) == pytest.approx(expected)
+
+
+def test_word_error_rate_pools_the_clips() -> None:
+    """Errors and reference words are summed over clips: 1 error in 2 + 4 words."""
+    assert word_error_rate(["a b", "c d e f"], ["a b", "c x e f"]) == pytest.approx(1 / 6)
+    with pytest.raises(ValidationError, match="2 reference texts but 1 transcripts"):
+        word_error_rate(["a", "b"], ["a"])
