@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("eval", help="rewrite a model with several configs, validate each, tabulate")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or transformers dir (default {DEFAULT_MODEL})")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"built-in name, transformers dir, or a float ONNX file from `export` (default {DEFAULT_MODEL})")
     p.add_argument(
         "--configs", nargs="+", default=["haar", "none"], metavar="SPEC",
         help="transform[,key=value...], e.g. haar,prefix_tokens=1 or none,hp_tokens=0 (default: haar none)",

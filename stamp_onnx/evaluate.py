@@ -22,9 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import ConfigError
-from stamp_onnx.export import export_onnx
-from stamp_onnx.models import load_model
+from stamp_onnx.errors import ConfigError, first_line
+from stamp_onnx.export import SOURCE_KEY, export_onnx
+from stamp_onnx.models import BUILTIN_MODELS, load_model
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.validate import (
     Perplexity,
@@ -77,14 +77,22 @@ def evaluate_configs(
 ) -> list[ValidationReport]:
     """Export ``model`` once, rewrite it with each config, validate each; everything cached in ``out_dir``.
 
+    ``model`` is a built-in name, a transformers folder, or an ONNX file written by
+    ``stamp-onnx export`` (used as the float model; its metadata names the built-in model that
+    supplies the data and the PyTorch reference).
+
     Each config's report is saved next to its rewritten model as it completes, so a run that
     stops (or a later run with some of the same configs) resumes where it was: a saved report
     is reused when its model, config, data size and float export are unchanged. ``fresh``
     recomputes everything but the float export (delete that file to export again).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(model)
-    float_path = out_dir / f"{loaded.name}.onnx"
+    if model.endswith(".onnx"):
+        float_path = Path(model)
+        loaded = load_model(_source_model(float_path))
+    else:
+        loaded = load_model(model)
+        float_path = out_dir / f"{loaded.name}.onnx"
     if float_path.exists():
         logger.info("reusing the float export %s (delete it to export again)", float_path)
     else:
@@ -105,6 +113,25 @@ def evaluate_configs(
         _save(saved, key, report)
         reports.append(report)
     return reports
+
+
+def _source_model(path: Path) -> str:
+    """The built-in model an exported float ONNX file came from (its export metadata)."""
+    import onnx
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such ONNX file; pass a file written by stamp-onnx export or a model name")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise ConfigError(f"{path} is not a readable ONNX model: {first_line(err)}") from err
+    source = {p.key: p.value for p in proto.metadata_props}.get(SOURCE_KEY)
+    if source not in BUILTIN_MODELS:
+        raise ConfigError(
+            f"{path} does not name a built-in model in its {SOURCE_KEY!r} metadata (found {source!r}); "
+            "evaluation needs the PyTorch model and its data: pass the model name or transformers folder instead"
+        )
+    return str(source)
 
 
 def _cache_key(name: str, config: StampConfig, float_path: Path, *, seq_len: int, n_windows: int) -> str:

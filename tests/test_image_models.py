@@ -133,3 +133,22 @@ def test_evaluations_are_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.M
         evaluate.evaluate_configs("tiny-vit", tmp_path, configs, seq_len=17, n_windows=3)
     with pytest.raises(AssertionError, match="recomputed"):
         evaluate.evaluate_configs("tiny-vit", tmp_path, configs, seq_len=17, n_windows=2, fresh=True)
+
+
+def test_eval_takes_an_exported_onnx_file(tmp_path: Path) -> None:
+    """The float export itself can be evaluated: its metadata names the model behind it."""
+    from stamp_onnx import evaluate
+    from stamp_onnx.errors import ConfigError
+
+    configs = [StampConfig(transform="haar2d", hp_tokens=5)]
+    [report] = evaluate.evaluate_configs(str(tiny_vit_onnx()), tmp_path, configs, seq_len=17, n_windows=2)
+    assert report.model == "tiny-vit" and report.ok
+    assert not (tmp_path / "tiny-vit.onnx").exists()  # the given file is the float model
+    foreign = tmp_path / "foreign.onnx"
+    proto = onnx.load(str(tiny_vit_onnx()))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(foreign))
+    with pytest.raises(ConfigError, match="does not name a built-in model"):
+        evaluate.evaluate_configs(str(foreign), tmp_path, configs, seq_len=17, n_windows=2)
+    with pytest.raises(ConfigError, match="no such ONNX file"):
+        evaluate.evaluate_configs(str(tmp_path / "missing.onnx"), tmp_path, configs, seq_len=17, n_windows=2)
