@@ -22,8 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import ConfigError, first_line
+from stamp_onnx.errors import ConfigError
 from stamp_onnx.export import SOURCE_KEY, export_onnx
+from stamp_onnx.model_io import read_header
 from stamp_onnx.models import BUILTIN_MODELS, load_model
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.validate import (
@@ -117,14 +118,7 @@ def evaluate_configs(
 
 def _source_model(path: Path) -> str:
     """The built-in model an exported float ONNX file came from (its export metadata)."""
-    import onnx
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such ONNX file; pass a file written by stamp-onnx export or a model name")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise ConfigError(f"{path} is not a readable ONNX model: {first_line(err)}") from err
+    proto = read_header(path, ConfigError)
     source = {p.key: p.value for p in proto.metadata_props}.get(SOURCE_KEY)
     if source not in BUILTIN_MODELS:
         raise ConfigError(

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
+from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, StampError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,17 @@ def load_model(path: str | Path) -> ir.Model:
     if model.graph.num_nodes() == 0:
         raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
     return model
+
+
+def read_header(path: str | Path, error: type[StampError] = ModelLoadError) -> onnx.ModelProto:
+    """The graph and metadata of an ONNX file, without its external data; ``error`` on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such file; pass the path of an .onnx model file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf and onnx raise many kinds
+        raise error(f"{path} is not a readable ONNX model ({first_line(err)})") from err
 
 
 def check_output_path(in_path: str | Path, out_path: str | Path) -> Path:

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from tqdm import tqdm
@@ -50,6 +49,7 @@ from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
 from stamp_onnx.layer_check import LayerDiff, per_layer_diffs
 from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask, word_error_rate
+from stamp_onnx.model_io import read_header
 from stamp_onnx.models import LoadedModel, Samples, evaluation_samples, load_model
 from stamp_onnx.naming import module_of_layer
 from stamp_onnx.reference import stamp_reference
@@ -177,13 +177,7 @@ def read_stamp_metadata(path: str | Path) -> tuple[StampConfig, list[str]]:
 
 
 def _read_metadata(path: str | Path) -> tuple[StampConfig | None, list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"{path}: no such file; pass the model written by stamp-onnx quantize")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise ValidationError(f"{path} is not a readable ONNX model: {err}") from err
+    proto = read_header(path, ValidationError)
     text = {p.key: p.value for p in proto.metadata_props}.get(CONFIG_KEY)
     try:
         config = None if text is None else StampConfig.from_json(text)

@@ -150,5 +150,5 @@ def test_eval_takes_an_exported_onnx_file(tmp_path: Path) -> None:
     onnx.save(proto, str(foreign))
     with pytest.raises(ConfigError, match="does not name a built-in model"):
         evaluate.evaluate_configs(str(foreign), tmp_path, configs, seq_len=17, n_windows=2)
-    with pytest.raises(ConfigError, match="no such ONNX file"):
+    with pytest.raises(ConfigError, match="no such file"):
         evaluate.evaluate_configs(str(tmp_path / "missing.onnx"), tmp_path, configs, seq_len=17, n_windows=2)
