@@ -205,9 +205,10 @@ COMMANDS = {
 
 
 def _configure_logging(*, quiet: bool, debug: bool) -> None:
-    """Our own loggers at INFO (progress), everything else (onnx-ir, torch) at WARNING."""
+    """Our own loggers at INFO (progress), everything else (onnx-ir, onnxscript, torch) at ERROR:
+    their warnings about a broken input model would bury the one-line error (--debug shows all)."""
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
+        level=logging.DEBUG if debug else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s" if debug else "%(message)s",
     )
     for name in ("stamp_onnx", "passes"):

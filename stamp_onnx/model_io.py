@@ -39,7 +39,40 @@ def load_model(path: str | Path) -> ir.Model:
         raise ModelLoadError(f"{path} is not a readable ONNX model ({first_line(err)})") from err
     if model.graph.num_nodes() == 0:
         raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
+    check_external_data(model, path)
     return model
+
+
+def check_external_data(model: ir.Model, path: Path) -> None:
+    """Every external tensor must live in an existing file inside the model's folder.
+
+    A location that is absolute, climbs out with '..', or resolves (through symlinks) outside
+    the folder is refused before anything reads it: a downloaded model must not make the tool
+    read arbitrary files. The tensor's byte range must fit in its file.
+    """
+    folder = path.resolve().parent
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        location = str(tensor.location)
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelLoadError(
+                f"{path}: tensor {value.name!r} points to external data {location!r} outside the model's "
+                "folder; refusing to read it (move the data next to the model and fix its location)"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"{path}: external data file {location!r} of tensor {value.name!r} is missing; "
+                "copy it next to the model"
+            )
+        end = (tensor.offset or 0) + (tensor.length or tensor.nbytes)
+        if target.stat().st_size < end:
+            raise ModelLoadError(
+                f"{path}: external data file {location!r} is too short for tensor {value.name!r} "
+                f"({target.stat().st_size} bytes, need {end}); the download may be incomplete"
+            )
 
 
 def read_header(path: str | Path, error: type[StampError] = ModelLoadError) -> onnx.ModelProto:
@@ -70,6 +103,10 @@ def save_model(model: ir.Model, out_path: str | Path) -> Path:
     out = Path(out_path)
     external = _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = f"{out.name}.data" if external else None
+    if data_name is None:
+        # Tensors still in the input's external data file would be written as references
+        # relative to the wrong folder: read them in (the model is small enough).
+        ir.external_data.load_to_model(model)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         tmp_model = Path(tmp) / out.name
         ir.save(model, tmp_model, external_data=data_name)

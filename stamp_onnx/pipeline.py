@@ -16,7 +16,7 @@ from passes.record_config import RecordConfigPass
 from passes.report import RewriteReport
 from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import RewriteError, StampError
+from stamp_onnx.errors import RewriteError, StampError, first_line
 from stamp_onnx.model_io import check_output_path, load_model, save_model
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,12 @@ def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model") 
     try:
         manager(model)
     except ir.passes.PassError as err:
-        cause = err.__cause__ if isinstance(err.__cause__, StampError) else None
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, StampError):  # pass managers nest PassErrors
+            cause = cause.__cause__
         if cause is not None:
             raise cause from err
-        raise RewriteError(f"rewriting {source} failed: {err}") from err
+        raise RewriteError(f"rewriting {source} failed: {first_line(err)}") from err
     if not report.rewritten:
         detail = report.skip_summary() or "the graph has no MatMul or Gemm"
         raise RewriteError(f"no linear layer to rewrite in {source} ({detail}); check --include/--exclude")

@@ -1,0 +1,125 @@
+"""Bad input models: a clear one-line error, exit code 1, nothing written, the input untouched.
+
+Covers what a downloaded model can get wrong: truncation, an opset that cannot be converted,
+external data that is missing, too short, or stored outside the model's folder (a relative
+path that climbs out, an absolute path, a symlink out). Valid external data still works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import models
+import numpy as np
+import onnx
+import pytest
+
+from stamp_onnx.cli import main
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _external(folder: Path) -> Path:
+    """The test MLP with every initializer in one external file, ``mlp.data``."""
+    path = folder / "mlp.onnx"
+    onnx.save_model(models.mlp_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="mlp.data", size_threshold=0)
+    return path
+
+
+def _relocated(folder: Path, location: str) -> Path:
+    path = _external(folder)
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(proto, str(path))
+    return path
+
+
+def _truncated(folder: Path) -> Path:
+    path = models.save(models.mlp_model(), folder / "mlp.onnx")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _opset_one(folder: Path) -> Path:
+    proto = models.mlp_model()
+    proto.opset_import[0].version = 1
+    return models.save(proto, folder / "mlp.onnx")
+
+
+def _missing_data(folder: Path) -> Path:
+    path = _external(folder)
+    (folder / "mlp.data").unlink()
+    return path
+
+
+def _short_data(folder: Path) -> Path:
+    path = _external(folder)
+    data = folder / "mlp.data"
+    data.write_bytes(data.read_bytes()[:-16])
+    return path
+
+
+def _symlink_out(folder: Path) -> Path:
+    outside = folder.parent / "outside"
+    outside.mkdir()
+    path = _external(folder)
+    os.replace(folder / "mlp.data", outside / "mlp.data")
+    (folder / "mlp.data").symlink_to(outside / "mlp.data")
+    return path
+
+
+CASES: list[tuple[str, Callable[[Path], Path], str]] = [
+    ("truncated", _truncated, "is not a readable ONNX model"),
+    ("opset 1", _opset_one, "re-export with opset >= 21"),
+    ("external data missing", _missing_data, "external data file 'mlp.data' of tensor"),
+    ("external data too short", _short_data, "is too short for tensor"),
+    ("location climbs out", lambda d: _relocated(d, "../mlp.data"), "outside the model's folder"),
+    ("absolute location", lambda d: _relocated(d, "/etc/passwd"), "outside the model's folder"),
+    ("symlink out", _symlink_out, "outside the model's folder"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_model_is_one_clean_line(
+    make: Callable[[Path], Path], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = make(folder)
+    before = _digests(folder)
+    out = tmp_path / "out.onnx"
+    assert main(["-q", "quantize", str(src), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert err.startswith("stamp-onnx: error: ") and "Traceback" not in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    assert _digests(folder) == before
+
+
+def test_valid_external_data_is_read_and_written_in_place(tmp_path: Path) -> None:
+    """External tensors are read from the input's folder; the output is self-contained."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = _external(folder)
+    before = _digests(folder)
+    out_dir = tmp_path / "elsewhere"
+    out_dir.mkdir()
+    out = out_dir / "q.onnx"
+    assert main(["-q", "quantize", str(src), "-o", str(out)]) == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    assert [p.name for p in out_dir.iterdir()] == ["q.onnx"]
+    assert _digests(folder) == before
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 8, models.D_IN)).astype(np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert np.isfinite(session.run(None, {session.get_inputs()[0].name: x})[0]).all()
