@@ -40,7 +40,20 @@ def load_model(path: str | Path) -> ir.Model:
     if model.graph.num_nodes() == 0:
         raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
     check_external_data(model, path)
+    _check_dimensions(model, path)
     return model
+
+
+def _check_dimensions(model: ir.Model, path: Path) -> None:
+    """Refuse negative dimensions: onnx's C++ shape inference aborts the process on some of them."""
+    values = [*model.graph.inputs, *model.graph.outputs, *(v for node in model.graph for v in node.outputs)]
+    for value in values:
+        for dim in value.shape or ():
+            if isinstance(dim, int) and dim < 0:
+                raise ModelLoadError(
+                    f"{path}: value {value.name!r} declares dimension {dim}; a dimension must be >= 0 or "
+                    "symbolic: fix or re-export the model"
+                )
 
 
 def check_external_data(model: ir.Model, path: Path) -> None:
@@ -112,8 +125,11 @@ def save_model(model: ir.Model, out_path: str | Path) -> Path:
         ir.save(model, tmp_model, external_data=data_name)
         try:
             onnx.checker.check_model(str(tmp_model), full_check=True)
-        except onnx.checker.ValidationError as err:
-            raise RewriteError(f"the rewritten model fails onnx.checker: {first_line(err)}") from err
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+            raise RewriteError(
+                f"the rewritten model fails onnx.checker (full check): {first_line(err)}; "
+                "the input model's own shapes or types may be inconsistent: check it with onnx.checker"
+            ) from err
         if data_name is not None:
             os.replace(Path(tmp) / data_name, out.parent / data_name)
         os.replace(tmp_model, out)
