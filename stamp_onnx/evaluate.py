@@ -28,6 +28,8 @@ from stamp_onnx.model_io import read_header
 from stamp_onnx.models import BUILTIN_MODELS, load_model
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.validate import (
+    ONNX_VS_FLOAT,
+    TORCH_VS_FLOAT,
     Perplexity,
     ValidationReport,
     layer_check_summary,
@@ -171,10 +173,9 @@ class _Row:
 
 
 def _row(report: ValidationReport) -> _Row:
-    rows = {row.name: row for row in report.rows}
     ppl = {p.variant: p for p in report.perplexities}
     wer = report.word_error_rates
-    torch_row, onnx_row = rows["STaMP torch reference vs float torch"], rows["STaMP ONNX vs float torch"]
+    torch_row, onnx_row = report.comparison(TORCH_VS_FLOAT), report.comparison(ONNX_VS_FLOAT)
     return _Row(
         label=config_label(report.config),
         average_bits=report.config.average_bits(report.seq_len),

@@ -33,11 +33,10 @@ from matplotlib.ticker import FuncFormatter
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.evaluate import config_label
-from stamp_onnx.validate import ValidationReport
+from stamp_onnx.validate import ONNX_VS_FLOAT, ValidationReport
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_ROW = "STaMP ONNX vs float torch"
 DPI = 110
 MANY_LAYERS = 40  # above this, the per-layer figure draws lines instead of grouped bars
 MAX_ENERGY_LAYERS = 4
@@ -249,7 +248,7 @@ def _quality_figure(reports: list[ValidationReport], labels: list[str], out_dir:
                    "encoder. Lower is better; the output SQNR is in the table above._")
     else:
         heading = "Output SQNR of the rewritten ONNX model"
-        db = [_output_sqnr(r) for r in reports]
+        db = [r.comparison(ONNX_VS_FLOAT).sqnr_db for r in reports]
         _bars(ax, x, db, 0.6, [_color(j) for j in x], "{:.1f}")
         ax.set_ylabel("SQNR vs float PyTorch (dB, higher is better)")
         caption = ("_SQNR of the rewritten ONNX model's output vs the float PyTorch model, per config, over "
@@ -280,13 +279,6 @@ def _notes(reports: list[ValidationReport], labels: list[str]) -> list[str]:
     shared = [n for n in dict.fromkeys(reports[0].notes) if all(n in r.notes for r in reports)]
     own = [f"{label}: {n}" for label, r in zip(labels, reports, strict=True) for n in r.notes if n not in shared]
     return shared + own
-
-
-def _output_sqnr(report: ValidationReport) -> float:
-    row = next((r for r in report.rows if r.name == OUTPUT_ROW), None)
-    if row is None:
-        raise ValidationError(f"report of {report.onnx_path} has no {OUTPUT_ROW!r} row to plot")
-    return row.sqnr_db
 
 
 def _energy_layers(reports: list[ValidationReport]) -> list[str]:

@@ -61,6 +61,8 @@ LAYER_RTOL = 1e-4  # per layer, transform and matmul+inverse stages: max |diff| 
 SQNR_MATCH_DB = 3.0  # |SQNR(STaMP ONNX vs float) - SQNR(STaMP torch vs float)|
 DEFAULT_WINDOWS = 8
 VARIANTS = ("float torch", "float ONNX", "STaMP torch reference", "STaMP ONNX")
+TORCH_VS_FLOAT = "STaMP torch reference vs float torch"  # names of the two quality rows
+ONNX_VS_FLOAT = "STaMP ONNX vs float torch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,13 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         return all(row.passed is not False for row in self.rows)
+
+    def comparison(self, name: str) -> Comparison:
+        """The row called ``name`` (e.g. ONNX_VS_FLOAT); ValidationError if the report has none."""
+        row = next((r for r in self.rows if r.name == name), None)
+        if row is None:
+            raise ValidationError(f"report of {self.onnx_path} has no {name!r} row")
+        return row
 
     def check(self) -> None:
         """Raise ValidationError naming every comparison that missed its tolerance."""
@@ -239,13 +248,13 @@ def validate(
     layer_diffs = []
     if per_layer:
         layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, samples.rows(0, batch))
-    torch_row = _row(diffs["torch"], "STaMP torch reference vs float torch")
+    torch_row = _row(diffs["torch"], TORCH_VS_FLOAT)
     rows = [
         _row(diffs["float"], "float ONNX vs float torch", rtol=FLOAT_RTOL),
         *(_layer_rows(layer_diffs) if layer_diffs else []),
         _row(diffs["ref"], "STaMP ONNX vs STaMP torch, end to end"),
         torch_row,
-        _row(diffs["onnx"], "STaMP ONNX vs float torch", near_sqnr=torch_row.sqnr_db),
+        _row(diffs["onnx"], ONNX_VS_FLOAT, near_sqnr=torch_row.sqnr_db),
     ]
     return ValidationReport(
         model=loaded.name,
