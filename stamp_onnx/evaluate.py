@@ -209,7 +209,8 @@ def text_table(reports: list[ValidationReport]) -> str:
     ppl = {p.variant: p.all_positions for p in first.perplexities}
     if ppl:
         lines.append(f"{'float (torch / ONNX)':<34} {32:>8} {'':>10} {'':>9} {ppl['float torch']:>9.2f} {ppl['float ONNX']:>9.2f}")
-    for row in map(_row, reports):
+    rows = [_row(report) for report in reports]
+    for row in rows:
         pair = (_all(row.ppl_torch), _all(row.ppl_onnx)) if lm else (row.cosine_torch, row.cosine_onnx)
         lines.append(
             f"{row.label:<34} {row.average_bits:>8.2f} {row.sqnr_torch:>10.2f} {row.sqnr_onnx:>9.2f} "
@@ -218,7 +219,7 @@ def text_table(reports: list[ValidationReport]) -> str:
     if first.word_error_rates:
         lines.append("word error rate vs the spoken text (float torch / float ONNX): "
                      f"{first.word_error_rates['float torch']:.3f} / {first.word_error_rates['float ONNX']:.3f}; "
-                     "STaMP torch / ONNX: " + "; ".join(f"{r.label} {r.wer_torch:.3f} / {r.wer_onnx:.3f}" for r in map(_row, reports)))
+                     "STaMP torch / ONNX: " + "; ".join(f"{r.label} {r.wer_torch:.3f} / {r.wer_onnx:.3f}" for r in rows))
     lines.append("SQNR: dB of the final output vs float PyTorch; cos: mean cosine similarity of the output vectors; "
                  "layer dB: mean over rewritten layers of each layer's SQNR vs its float output on the same input (batch 1); "
                  "layer check: every rewritten layer, ONNX vs PyTorch reference stage by stage on the same inputs "
