@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, StampError, first_line
+from stamp_onnx.external_data import check_external_data, external_tensors, write_external_data
 
 logger = logging.getLogger(__name__)
 
@@ -56,38 +57,6 @@ def _check_dimensions(model: ir.Model, path: Path) -> None:
                 )
 
 
-def check_external_data(model: ir.Model, path: Path) -> None:
-    """Every external tensor must live in an existing file inside the model's folder.
-
-    A location that is absolute, climbs out with '..', or resolves (through symlinks) outside
-    the folder is refused before anything reads it: a downloaded model must not make the tool
-    read arbitrary files. The tensor's byte range must fit in its file.
-    """
-    folder = path.resolve().parent
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if not isinstance(tensor, ir.ExternalTensor):
-            continue
-        location = str(tensor.location)
-        target = (folder / location).resolve()
-        if Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise ModelLoadError(
-                f"{path}: tensor {value.name!r} points to external data {location!r} outside the model's "
-                "folder; refusing to read it (move the data next to the model and fix its location)"
-            )
-        if not target.is_file():
-            raise ModelLoadError(
-                f"{path}: external data file {location!r} of tensor {value.name!r} is missing; "
-                "copy it next to the model"
-            )
-        end = (tensor.offset or 0) + (tensor.length or tensor.nbytes)
-        if target.stat().st_size < end:
-            raise ModelLoadError(
-                f"{path}: external data file {location!r} is too short for tensor {value.name!r} "
-                f"({target.stat().st_size} bytes, need {end}); the download may be incomplete"
-            )
-
-
 def read_header(path: str | Path, error: type[StampError] = ModelLoadError) -> onnx.ModelProto:
     """The graph and metadata of an ONNX file, without its external data; ``error`` on failure."""
     path = Path(path)
@@ -112,17 +81,31 @@ def check_output_path(in_path: str | Path, out_path: str | Path) -> Path:
 
 
 def save_model(model: ir.Model, out_path: str | Path) -> Path:
-    """Check and write ``model`` atomically; tensors go to ``<name>.data`` when over ~1.8 GB."""
+    """Check and write ``model`` atomically.
+
+    The weights go to ``<name>.data`` next to the output when the input kept them in external
+    data (the format is kept, and they are copied file to file, never loaded) or when they
+    exceed ~1.8 GB; otherwise the output is one file.
+    """
     out = Path(out_path)
-    external = _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    data_name = f"{out.name}.data" if external else None
-    if data_name is None:
-        # Tensors still in the input's external data file would be written as references
-        # relative to the wrong folder: read them in (the model is small enough).
-        ir.external_data.load_to_model(model)
+    data_name = f"{out.name}.data"
+    sources = {Path(tensor.path).resolve() for _, tensor in external_tensors(model)}
+    if (out.parent / data_name).resolve() in sources:
+        raise ConfigError(
+            f"writing {out} would overwrite the input's external data {data_name}; choose another -o name"
+        )
+    external = bool(sources) or _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         tmp_model = Path(tmp) / out.name
-        ir.save(model, tmp_model, external_data=data_name)
+        if external:
+            replaced = write_external_data(model, Path(tmp), data_name)
+            try:
+                ir.save(model, tmp_model)
+            finally:
+                for value, tensor in replaced.items():
+                    value.const_value = tensor
+        else:
+            ir.save(model, tmp_model)
         try:
             onnx.checker.check_model(str(tmp_model), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
@@ -130,10 +113,10 @@ def save_model(model: ir.Model, out_path: str | Path) -> Path:
                 f"the rewritten model fails onnx.checker (full check): {first_line(err)}; "
                 "the input model's own shapes or types may be inconsistent: check it with onnx.checker"
             ) from err
-        if data_name is not None:
+        if external:
             os.replace(Path(tmp) / data_name, out.parent / data_name)
         os.replace(tmp_model, out)
-    logger.info("wrote %s%s", out, f" (+ {data_name})" if data_name else "")
+    logger.info("wrote %s%s", out, f" (+ {data_name})" if external else "")
     return out
 
 

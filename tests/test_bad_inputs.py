@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import models
-import numpy as np
 import onnx
 import pytest
 
@@ -103,23 +102,3 @@ def test_bad_model_is_one_clean_line(
     assert err.startswith("stamp-onnx: error: ") and "Traceback" not in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
     assert _digests(folder) == before
-
-
-def test_valid_external_data_is_read_and_written_in_place(tmp_path: Path) -> None:
-    """External tensors are read from the input's folder; the output is self-contained."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    src = _external(folder)
-    before = _digests(folder)
-    out_dir = tmp_path / "elsewhere"
-    out_dir.mkdir()
-    out = out_dir / "q.onnx"
-    assert main(["-q", "quantize", str(src), "-o", str(out)]) == 0
-    onnx.checker.check_model(str(out), full_check=True)
-    assert [p.name for p in out_dir.iterdir()] == ["q.onnx"]
-    assert _digests(folder) == before
-    import onnxruntime as ort
-
-    x = np.random.default_rng(0).standard_normal((1, 8, models.D_IN)).astype(np.float32)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert np.isfinite(session.run(None, {session.get_inputs()[0].name: x})[0]).all()

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import models
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fuzz_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("stamp_fuzz", ROOT / "tools" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stamp_fuzz"] = module  # dataclasses and pickling look it up by name
-    spec.loader.exec_module(module)
-    return module
+import tool_modules
 
 
 def test_short_fuzz_run_finds_no_crash_hang_or_traceback(tmp_path: Path) -> None:
-    fuzz = _fuzz_module()
+    fuzz = tool_modules.load("fuzz")
     seeds = [models.save(models.mlp_model(), tmp_path / "mlp.onnx"), models.save(models.gemm_model(), tmp_path / "gemm.onnx")]
     outcomes = fuzz.fuzz(seeds, cases=36, seed=7, timeout=60)
     failures = [o for o in outcomes if o.failed]
@@ -33,7 +21,7 @@ def test_short_fuzz_run_finds_no_crash_hang_or_traceback(tmp_path: Path) -> None
 
 def test_harness_reports_a_crash(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The harness itself must see a crash: an exception escaping the CLI is a failure."""
-    fuzz = _fuzz_module()
+    fuzz = tool_modules.load("fuzz")
 
     def boom(argv: list[str]) -> int:
         raise RuntimeError("injected")
