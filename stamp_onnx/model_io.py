@@ -42,6 +42,12 @@ def load_model(path: str | Path) -> ir.Model:
         raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
     check_external_data(model, path)
     _check_dimensions(model, path)
+    try:  # by path: the C++ checker reads the graph only, however large the weights
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as err:
+        raise ModelLoadError(
+            f"{path} fails onnx.checker ({first_line(err)}); fix or re-export the model"
+        ) from err
     return model
 
 

@@ -54,6 +54,18 @@ def _opset_one(folder: Path) -> Path:
     return models.save(proto, folder / "mlp.onnx")
 
 
+def _unknown_op(folder: Path) -> Path:
+    proto = models.mlp_model()
+    proto.graph.node[-1].op_type = "NotAnOnnxOp"
+    return models.save(proto, folder / "mlp.onnx")
+
+
+def _dangling_input(folder: Path) -> Path:
+    proto = models.mlp_model()
+    proto.graph.node[-1].input[0] = "produced_by_nothing"
+    return models.save(proto, folder / "mlp.onnx")
+
+
 def _missing_data(folder: Path) -> Path:
     path = _external(folder)
     (folder / "mlp.data").unlink()
@@ -79,6 +91,8 @@ def _symlink_out(folder: Path) -> Path:
 CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("truncated", _truncated, "is not a readable ONNX model"),
     ("opset 1", _opset_one, "re-export with opset >= 21"),
+    ("unknown op (fails onnx.checker)", _unknown_op, "fails onnx.checker (No Op registered for NotAnOnnxOp"),
+    ("dangling input (fails onnx.checker)", _dangling_input, "fails onnx.checker (Nodes in a graph must be topologically sorted"),
     ("external data missing", _missing_data, "external data file 'mlp.data' of tensor"),
     ("external data too short", _short_data, "is too short for tensor"),
     ("location climbs out", lambda d: _relocated(d, "../mlp.data"), "outside the model's folder"),
