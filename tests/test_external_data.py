@@ -150,3 +150,11 @@ def test_output_that_would_overwrite_the_input_data_is_refused(tmp_path: Path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "would overwrite the input's external data b.onnx.data" in err
     assert _digests(tmp_path) == before
+
+
+def test_external_output_is_byte_identical_across_runs(llama: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "q.onnx", tmp_path / "b" / "q.onnx"
+    for out in (first, second):
+        out.parent.mkdir()
+        quantize_file(llama, out, StampConfig())
+    assert _digests(first.parent) == _digests(second.parent)
