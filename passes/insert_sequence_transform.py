@@ -1,9 +1,11 @@
 """InsertSequenceTransformPass: wrap each quantized linear layer in L and L^-1 along the tokens.
 
 Before::   x ──► TokenQDQ ──► MatMul(W) ──► y ──► (Add b)
-After::    x ──► SequenceTransform(L) ──► TokenQDQ ──► MatMul(W) ──► SequenceTransform(L^-1) ──► (Add b)
+After::    x ──► TransformQDQ(L, Q) ──► MatMul(W) ──► SequenceTransform(L^-1) ──► (Add b)
 
-so y = L^-1 (Q(L x) W) + b: the bias stays after the inverse. A Gemm's C input is moved out
+so y = L^-1 (Q(L x) W) + b: the bias stays after the inverse. The TokenQDQ node is replaced by
+the fused TransformQDQ (the forward transform and the same quantizer, one op), so a native
+kernel makes one pass over the activation. A Gemm's C input is moved out
 into an Add after the inverse for the same reason. If the layer's output is a graph output,
 the new output takes over its name, so graph inputs and outputs keep names, types and shapes.
 
@@ -34,6 +36,7 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
         forward, inverse = (
             ops.SequenceTransformSpec(c.transform, c.levels, inv, c.prefix_tokens, c.grid_width) for inv in (False, True)
         )
+        fused_specs: set[ops.TransformQDQSpec] = set()
         graph = model.graph
         fresh = unique_namer(graph)
         count = 0
@@ -43,12 +46,15 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
             if layer is None or qdq is None or qdq.op_type != ops.TOKEN_QDQ or qdq.domain != ops.DOMAIN:
                 continue
             provenance = {PASS_KEY: type(self).__name__, LAYER_KEY: layer}
-            x = qdq.inputs[0]
-            assert x is not None
-            fwd = self._node(forward, [x], fresh(f"{layer}/SequenceTransform"), provenance)
-            _like(fwd.outputs[0], x, fresh(f"{layer}/transformed_input"))
+            qdq_spec = ops.spec_from_node(qdq)
+            assert isinstance(qdq_spec, ops.TokenQDQSpec)
+            fused = ops.TransformQDQSpec(forward, qdq_spec)
+            fused_specs.add(fused)
+            fwd = self._node(fused, list(qdq.inputs), fresh(f"{layer}/TransformQDQ"), provenance)
+            _like(fwd.outputs[0], qdq.outputs[0], fresh(f"{layer}/quantized_transformed_input"))
             graph.insert_before(qdq, fwd)
-            qdq.replace_input_with(0, fwd.outputs[0])
+            qdq.outputs[0].replace_all_uses_with(fwd.outputs[0])
+            graph.remove(qdq, safe=True)
 
             y = node.outputs[0]
             bias = _detach_gemm_bias(node)
@@ -65,20 +71,29 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
             graph.insert_after(node, new_nodes)
             self.report.layer(layer).transform = self.config.transform
             count += 1
+        for spec in sorted(fused_specs, key=lambda f: f.overload):
+            ops.add_function(model, spec)
         if count:
-            ops.add_function(model, forward)
             ops.add_function(model, inverse)
+        _drop_unused_qdq_functions(model)
         return ir.passes.PassResult(model, modified=count > 0)
 
     @staticmethod
-    def _node(spec: ops.SequenceTransformSpec, inputs: list[ir.Value], name: str, meta: dict[str, str]) -> ir.Node:
+    def _node(spec: ops.Spec, inputs: list[ir.Value | None], name: str, meta: dict[str, str]) -> ir.Node:
         return ir.Node(
-            ops.DOMAIN, ops.SEQUENCE_TRANSFORM, inputs, spec.attributes(),
+            ops.DOMAIN, ops.op_type(spec), inputs, spec.attributes(),
             overload=spec.overload, name=name, metadata_props=dict(meta),
         )
 
     def ensures(self, model: ir.Model) -> None:
         assert_invariants(model)
+
+
+def _drop_unused_qdq_functions(model: ir.Model) -> None:
+    """Remove the TokenQDQ bodies that no node calls any more (all were fused)."""
+    used = {(node.domain, node.op_type, node.overload) for node in model.graph}
+    for key in [k for k in model.functions if k[1] == ops.TOKEN_QDQ and k not in used]:
+        del model.functions[key]
 
 
 def _like(value: ir.Value, model_value: ir.Value, name: str) -> None:

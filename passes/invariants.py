@@ -3,9 +3,9 @@
 1. Every ai.stamp node has a function (domain, name, overload) in the model, and the domain
    has an opset import.
 2. Every ai.stamp node carries provenance: which pass inserted it, for which layer.
-3. A TokenQDQ output feeds only the activation input of MatMul/Gemm nodes.
-4. A forward SequenceTransform feeds only TokenQDQ nodes, and a layer with a forward
-   transform has an inverse of the same transform and levels on its output.
+3. A TokenQDQ or TransformQDQ output feeds only the activation input of MatMul/Gemm nodes.
+4. The output of a layer fed by TransformQDQ feeds exactly one inverse SequenceTransform with
+   the same transform attributes; no forward SequenceTransform is left outside TransformQDQ.
 5. Inside every function body, each QuantizeLinear feeds only DequantizeLinear nodes that use
    the same scale and zero point, with per-token (axis 0, one value per row) parameters.
 """
@@ -35,16 +35,14 @@ def find_violations(model: ir.Model) -> list[str]:
             problems.append(f"{label}: missing provenance metadata ({PASS_KEY}, {LAYER_KEY})")
         spec = ops.spec_from_node(node)
         consumers = [(user, index) for user, index in node.outputs[0].uses()]
-        if isinstance(spec, ops.TokenQDQSpec):
+        if isinstance(spec, ops.TokenQDQSpec | ops.TransformQDQSpec):
             for user, index in consumers:
                 if user.op_type not in LINEAR_OPS or index != 0:
                     problems.append(f"{label}: feeds {user.op_type} {user.name!r} input {index}, not a linear layer's activation")
+        if isinstance(spec, ops.TransformQDQSpec):
+            problems.extend(_check_inverse(label, spec.transform, node))
         elif isinstance(spec, ops.SequenceTransformSpec) and not spec.inverse:
-            for user, _ in consumers:
-                if user.op_type != ops.TOKEN_QDQ:
-                    problems.append(f"{label}: forward transform feeds {user.op_type} {user.name!r}, expected TokenQDQ")
-                    continue
-                problems.extend(_check_inverse(label, spec, user))
+            problems.append(f"{label}: a forward transform outside TransformQDQ")
     if uses_domain and ops.DOMAIN not in model.opset_imports:
         problems.append(f"the model uses {ops.DOMAIN} ops but has no opset import for it")
     for function in model.functions.values():

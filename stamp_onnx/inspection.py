@@ -76,10 +76,10 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
         layer = node.metadata_props.get(LAYER_KEY)
         if spec is None or layer is None:
             continue
-        if isinstance(spec, ops.TokenQDQSpec):
+        if isinstance(spec, ops.TransformQDQSpec):
+            qdq[layer], transform[layer] = spec.qdq, spec.transform
+        elif isinstance(spec, ops.TokenQDQSpec):
             qdq[layer] = spec
-        elif not spec.inverse:
-            transform[layer] = spec
     layers = []
     for name, q in qdq.items():
         t = transform.get(name)

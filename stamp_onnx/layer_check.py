@@ -13,8 +13,9 @@ stage at a time, each stage fed with the ONNX run's own input to that stage:
 plus the whole layer, y vs linear(stamp_activation(x), W), as an SQNR (here a transform that
 differs from the reference by one float ulp may flip a rounding, so it is reported, not judged),
 and the quantization error where it arises: y vs the float layer linear(x, W) on the same x.
-Layers are found by their provenance metadata (LAYER_KEY on the TokenQDQ node and on the
-MatMul/Gemm it feeds), not by value names.
+Layers are found by their provenance metadata (LAYER_KEY on the TokenQDQ or TransformQDQ node
+and on the MatMul/Gemm it feeds), not by value names. A TransformQDQ node is given its optional
+output T (the transformed input) for the check.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
@@ -70,9 +72,28 @@ class LayerDiff:
     token_energy: tuple[float, ...] = ()
 
 
+def expose_transformed(proto: onnx.ModelProto) -> None:
+    """Give every TransformQDQ node its optional output T (= L x), with the two-output body."""
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    bodies = {}
+    for node in proto.graph.node:
+        if node.domain != ops.DOMAIN or node.op_type != ops.TRANSFORM_QDQ or len(node.output) > 1:
+            continue
+        node.output.append(f"{node.output[0]}/transformed")
+        spec = ops.spec_from_node(ir.serde.deserialize_node(node))
+        assert isinstance(spec, ops.TransformQDQSpec)
+        bodies[(ops.DOMAIN, ops.TRANSFORM_QDQ, spec.overload)] = spec.function(opset, with_transformed=True)
+    for i, function in enumerate(proto.functions):
+        body = bodies.get((function.domain, function.name, function.overload))
+        if body is not None:
+            proto.functions[i].CopyFrom(ir.serde.serialize_function(body))
+
+
 def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
-    """One tap per TokenQDQ node that carries a layer name, in graph order."""
-    producer = {out: node for node in graph.node for out in node.output}
+    """One tap per TokenQDQ or TransformQDQ node that carries a layer name, in graph order.
+
+    A TransformQDQ node must expose its output T (see :func:`expose_transformed`).
+    """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -80,12 +101,13 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
     taps = []
     for node in graph.node:
         layer = _layer(node)
-        if node.domain != ops.DOMAIN or node.op_type != ops.TOKEN_QDQ or layer is None:
+        if node.domain != ops.DOMAIN or node.op_type not in (ops.TOKEN_QDQ, ops.TRANSFORM_QDQ) or layer is None:
             continue
         x = t = node.input[0]
-        before = producer.get(x)
-        if before is not None and _is_transform(before, inverse=False) and _layer(before) == layer:
-            x = before.input[0]
+        if node.op_type == ops.TRANSFORM_QDQ:
+            if len(node.output) < 2:
+                raise ValidationError(f"TransformQDQ node {node.name!r} does not expose T: call expose_transformed first")
+            t = node.output[1]
         linear = [n for n in consumers.get(node.output[0], []) if n.op_type in ("MatMul", "Gemm")]
         if len(linear) != 1:
             raise ValidationError(f"TokenQDQ node {node.name!r} of layer {layer!r} feeds {len(linear)} MatMul/Gemm nodes, expected 1")
@@ -106,6 +128,7 @@ def per_layer_diffs(
 ) -> list[LayerDiff]:
     """Run the rewritten model once with every tap as an output; compare each layer with torch."""
     proto = onnx.load(str(onnx_path))
+    expose_transformed(proto)
     taps = find_taps(proto.graph)
     if not taps:
         return []

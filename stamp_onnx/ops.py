@@ -1,6 +1,6 @@
 """The project's custom ops, each declared once: schema, numpy/torch reference, ONNX function body.
 
-Domain ``ai.stamp`` (version 1). Two ops, both shape-preserving on (..., s, d), float32:
+Domain ``ai.stamp`` (version 1). Three ops, all shape-preserving on (..., s, d), float32:
 
 ``SequenceTransform(X) -> Y``
     attributes: transform ("haar" | "haar2d" | "dct" | "wht"), levels (int, Haar only),
@@ -11,6 +11,13 @@ Domain ``ai.stamp`` (version 1). Two ops, both shape-preserving on (..., s, d), 
 ``TokenQDQ(X) -> Y``
     attributes: hp_tokens, hp_bits, lp_bits. Per-token QuantizeLinear/DequantizeLinear pairs:
     tokens [0, hp_tokens) at hp_bits, the rest at lp_bits. Reference: :func:`quant.token_qdq`.
+
+``TransformQDQ(X) -> (Y, T?)``
+    the two fused, as every rewritten layer uses them: Y = TokenQDQ(SequenceTransform(X)),
+    attributes of both (no ``inverse``: always forward). The optional output T is the
+    transformed input before quantization: rewritten models call the one-output body; the
+    per-layer check swaps in the two-output body to read T. One op lets a native kernel
+    transform and quantize in one pass over the activation.
 
 Each distinct attribute set is shipped as a model-local function *overload* (IR >= 10), so the
 function body can be specialised (Haar levels unrolled, bit-widths fixed) while the node still
@@ -45,6 +52,7 @@ DOMAIN = "ai.stamp"
 DOMAIN_VERSION = 1
 SEQUENCE_TRANSFORM = "SequenceTransform"
 TOKEN_QDQ = "TokenQDQ"
+TRANSFORM_QDQ = "TransformQDQ"
 MIN_OPSET = 21  # QuantizeLinear/DequantizeLinear with uint4 and computed per-axis scales
 _INT64_MAX = np.iinfo(np.int64).max
 _WHT_BITS = 31  # WHT bodies support s < 2^31 tokens
@@ -94,7 +102,12 @@ class SequenceTransformSpec:
 
     def function(self, opset: int) -> ir.Function:
         body = _Body(f"{SEQUENCE_TRANSFORM}_{self.overload}")
-        x = head = body.input("X")
+        y = self.emit(body, body.input("X"))
+        return body.function(SEQUENCE_TRANSFORM, self.overload, {"Y": y}, self.attributes(), opset)
+
+    def emit(self, body: _Body, x: ir.Value) -> ir.Value:
+        """Append the transform of ``x`` to ``body``; return its output."""
+        head = x
         if self.prefix_tokens:
             split, end = _i64(body, self.prefix_tokens), _i64(body, _INT64_MAX)
             head = _tokens_slice(body, x, _i64(body, 0), split)
@@ -110,7 +123,7 @@ class SequenceTransformSpec:
             y = body.op("MatMul", [m, x])
         if self.prefix_tokens:
             y = body.op("Concat", [head, y], axis=-2)
-        return body.function(SEQUENCE_TRANSFORM, self.overload, [y], self.attributes(), opset)
+        return y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,37 +150,90 @@ class TokenQDQSpec:
 
     def function(self, opset: int) -> ir.Function:
         body = _Body(f"{TOKEN_QDQ}_{self.overload}")
-        x = body.input("X")
+        y = self.emit(body, body.input("X"))
+        return body.function(TOKEN_QDQ, self.overload, {"Y": y}, self.attributes(), opset)
+
+    def emit(self, body: _Body, x: ir.Value) -> ir.Value:
+        """Append the mixed-precision QDQ of ``x`` to ``body``; return its output."""
         k = body.const(np.array([self.hp_tokens], np.int64))
         axis = body.const(np.array([-2], np.int64))
         hp = body.op("Slice", [x, body.const(np.array([0], np.int64)), k, axis])
         lp = body.op("Slice", [x, k, body.const(np.array([_INT64_MAX], np.int64)), axis])
-        y = body.op("Concat", [_qdq_group(body, hp, self.hp_bits), _qdq_group(body, lp, self.lp_bits)], axis=-2)
-        return body.function(TOKEN_QDQ, self.overload, [y], self.attributes(), opset)
+        return body.op("Concat", [_qdq_group(body, hp, self.hp_bits), _qdq_group(body, lp, self.lp_bits)], axis=-2)
 
 
-def spec_from_node(node: ir.Node) -> SequenceTransformSpec | TokenQDQSpec | None:
+@dataclasses.dataclass(frozen=True)
+class TransformQDQSpec:
+    """One attribute set of TransformQDQ: a forward SequenceTransform and a TokenQDQ, fused.
+
+    Outputs Y = TokenQDQ(L x) and, optionally, T = L x (the per-layer check asks for it).
+    """
+
+    transform: SequenceTransformSpec
+    qdq: TokenQDQSpec
+
+    def __post_init__(self) -> None:
+        if self.transform.inverse:
+            raise ValueError("TransformQDQ applies the forward transform only")
+
+    @property
+    def overload(self) -> str:
+        return f"{self.transform.overload}_{self.qdq.overload}"
+
+    def attributes(self) -> list[ir.Attr]:
+        return [a for a in self.transform.attributes() if a.name != "inverse"] + self.qdq.attributes()
+
+    def reference(self, x: Any) -> Any:
+        return self.qdq.reference(self.transform.reference(x))
+
+    def function(self, opset: int, *, with_transformed: bool = False) -> ir.Function:
+        """The body; ``with_transformed`` adds the output T (a node calling it must then name two outputs)."""
+        body = _Body(f"{TRANSFORM_QDQ}_{self.overload}")
+        t = self.transform.emit(body, body.input("X"))
+        y = self.qdq.emit(body, t)
+        outputs = {"Y": y, "T": t} if with_transformed else {"Y": y}
+        return body.function(TRANSFORM_QDQ, self.overload, outputs, self.attributes(), opset)
+
+
+Spec = SequenceTransformSpec | TokenQDQSpec | TransformQDQSpec
+_OP_TYPES = {SequenceTransformSpec: SEQUENCE_TRANSFORM, TokenQDQSpec: TOKEN_QDQ, TransformQDQSpec: TRANSFORM_QDQ}
+
+
+def op_type(spec: Spec) -> str:
+    """The op name of ``spec``'s nodes."""
+    return _OP_TYPES[type(spec)]
+
+
+def spec_from_node(node: ir.Node) -> Spec | None:
     """Read the spec back from a node of this domain (None for any other node)."""
     if node.domain != DOMAIN:
         return None
     attrs = {name: attr.value for name, attr in node.attributes.items()}
-    if node.op_type == SEQUENCE_TRANSFORM:
+
+    def transform(inverse: bool) -> SequenceTransformSpec:
         return SequenceTransformSpec(
             attrs["transform"],
             int(attrs.get("levels", 0)),
-            bool(attrs.get("inverse", 0)),
+            inverse,
             int(attrs.get("prefix_tokens", 0)),
             int(attrs.get("grid_width", 0)),
         )
-    if node.op_type == TOKEN_QDQ:
+
+    def qdq() -> TokenQDQSpec:
         return TokenQDQSpec(int(attrs["hp_tokens"]), int(attrs["hp_bits"]), int(attrs["lp_bits"]))
+
+    if node.op_type == SEQUENCE_TRANSFORM:
+        return transform(bool(attrs.get("inverse", 0)))
+    if node.op_type == TOKEN_QDQ:
+        return qdq()
+    if node.op_type == TRANSFORM_QDQ:
+        return TransformQDQSpec(transform(False), qdq())
     return None
 
 
-def add_function(model: ir.Model, spec: SequenceTransformSpec | TokenQDQSpec) -> None:
+def add_function(model: ir.Model, spec: Spec) -> None:
     """Ship the function body of ``spec`` in ``model`` (idempotent) and import the domain."""
-    name = SEQUENCE_TRANSFORM if isinstance(spec, SequenceTransformSpec) else TOKEN_QDQ
-    key = (DOMAIN, name, spec.overload)
+    key = (DOMAIN, op_type(spec), spec.overload)
     if key not in model.functions:
         model.functions[key] = spec.function(model.opset_imports[""])
     model.opset_imports[DOMAIN] = DOMAIN_VERSION
@@ -217,10 +283,11 @@ class _Body:
         return self.op("Constant", [], value=ir.tensor(array))
 
     def function(
-        self, name: str, overload: str, outputs: list[ir.Value], attributes: list[ir.Attr], opset: int
+        self, name: str, overload: str, outputs: dict[str, ir.Value], attributes: list[ir.Attr], opset: int
     ) -> ir.Function:
-        outputs[0].name = "Y"
-        graph = ir.Graph(self.inputs, outputs, nodes=self.nodes, opset_imports={"": opset}, name=self.prefix)
+        for output_name, value in outputs.items():
+            value.name = output_name
+        graph = ir.Graph(self.inputs, list(outputs.values()), nodes=self.nodes, opset_imports={"": opset}, name=self.prefix)
         return ir.Function(DOMAIN, name, overload, graph=graph, attributes=attributes)
 
 

@@ -26,7 +26,7 @@ def test_quantize_then_inspect(mlp_path: Path, tmp_path: Path, capsys: pytest.Ca
     assert [layer["name"] for layer in summary["layers"]] == ["fc1", "fc2"]
     assert summary["layers"][0]["transform"] == "dct"
     assert summary["layers"][0]["average_bits"] == pytest.approx((4 * 8 + 12 * 4) / 16)
-    assert summary["op_counts"]["ai.stamp::TokenQDQ"] == 2
+    assert summary["op_counts"]["ai.stamp::TransformQDQ"] == 2
     assert summary["config"]["transform"] == "dct"
     assert main(["inspect", str(out)]) == 0
     assert "fc1" in capsys.readouterr().out

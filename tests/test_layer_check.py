@@ -9,7 +9,7 @@ import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
 from stamp_onnx.config import StampConfig
-from stamp_onnx.layer_check import find_taps, per_layer_diffs
+from stamp_onnx.layer_check import expose_transformed, find_taps, per_layer_diffs
 from stamp_onnx.models import linear_layer_names, sample_inputs
 from stamp_onnx.pipeline import quantize_file
 
@@ -19,7 +19,9 @@ def test_every_layer_is_found_and_matches(transform: str, tmp_path: Path) -> Non
     config = StampConfig(transform=transform, hp_tokens=8)
     out = tmp_path / "q.onnx"
     quantize_file(tiny_llama_onnx(), out, config)
-    taps = find_taps(onnx.load(str(out), load_external_data=False).graph)
+    proto = onnx.load(str(out), load_external_data=False)
+    expose_transformed(proto)
+    taps = find_taps(proto.graph)
     assert sorted(t.module for t in taps) == sorted(linear_layer_names(tiny_llama().module))
     feeds = sample_inputs(tiny_llama(), 2, 37, seed=7)
     diffs = per_layer_diffs(out, tiny_llama().module, config, feeds)

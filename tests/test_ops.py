@@ -13,16 +13,24 @@ from stamp_onnx import ops
 LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 33, 64, 65, 100]
 
 
-def session(spec: ops.SequenceTransformSpec | ops.TokenQDQSpec, rank: int = 3) -> ort.InferenceSession:
+def session(spec: ops.Spec, rank: int = 3, *, with_transformed: bool = False) -> ort.InferenceSession:
+    """One node of ``spec`` calling its function body; TransformQDQ's T as a second output if asked."""
     dims = ["b", "a", "s", 12][-rank:] if rank <= 4 else None
     assert dims is not None
     x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(dims))
-    name = ops.SEQUENCE_TRANSFORM if isinstance(spec, ops.SequenceTransformSpec) else ops.TOKEN_QDQ
-    node = ir.Node(ops.DOMAIN, name, [x], spec.attributes(), overload=spec.overload, name="op")
-    out = node.outputs[0]
-    out.name, out.type, out.shape = "y", x.type, x.shape
-    model = ir.Model(ir.Graph([x], [out], nodes=[node], opset_imports={"": 21}, name="g"), ir_version=10)
-    ops.add_function(model, spec)
+    node = ir.Node(
+        ops.DOMAIN, ops.op_type(spec), [x], spec.attributes(), overload=spec.overload, name="op",
+        num_outputs=2 if with_transformed else 1,
+    )
+    for out, name in zip(node.outputs, ("y", "t"), strict=False):
+        out.name, out.type, out.shape = name, x.type, x.shape
+    model = ir.Model(ir.Graph([x], list(node.outputs), nodes=[node], opset_imports={"": 21}, name="g"), ir_version=10)
+    if with_transformed:
+        assert isinstance(spec, ops.TransformQDQSpec)
+        model.functions[(ops.DOMAIN, ops.TRANSFORM_QDQ, spec.overload)] = spec.function(21, with_transformed=True)
+        model.opset_imports[ops.DOMAIN] = ops.DOMAIN_VERSION
+    else:
+        ops.add_function(model, spec)
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -119,10 +127,36 @@ def test_ops_accept_other_ranks(rank: int) -> None:
         np.testing.assert_allclose(y, spec.reference(x), rtol=1e-6, atol=1e-6)
 
 
+FUSED_SPECS = [
+    ops.TransformQDQSpec(ops.SequenceTransformSpec(t, levels, False, prefix, width), ops.TokenQDQSpec(k, hp, lp))
+    for t, levels, width in (("haar", 3, 0), ("haar", 1, 0), ("haar2d", 2, 4), ("dct", 0, 0), ("wht", 0, 0))
+    for prefix in (0, 1)
+    for k, hp, lp in ((4, 8, 4), (0, 8, 2), (100, 16, 8))
+]
+
+
+@pytest.mark.parametrize("spec", FUSED_SPECS, ids=lambda s: s.overload)
+def test_transform_qdq_is_the_transform_then_the_qdq(spec: ops.TransformQDQSpec) -> None:
+    """Y equals TokenQDQ of the body's own T bit for bit; T matches the transform reference."""
+    one, two = session(spec), session(spec, with_transformed=True)
+    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    grid = spec.transform.transform == "haar2d"  # a 4 x 4 grid after the prefix
+    for s in [spec.transform.prefix_tokens + 16] if grid else LENGTHS:
+        x = rng.standard_normal((2, s, 12)).astype(np.float32)
+        y, t = two.run(None, {"x": x})
+        np.testing.assert_array_equal(y, spec.qdq.reference(t))
+        np.testing.assert_array_equal(one.run(None, {"x": x})[0], y)
+        np.testing.assert_allclose(t, spec.transform.reference(x), rtol=1e-5, atol=1e-5 * np.sqrt(s))
+
+
+def test_transform_qdq_refuses_an_inverse() -> None:
+    with pytest.raises(ValueError, match="forward transform only"):
+        ops.TransformQDQSpec(ops.SequenceTransformSpec("haar", 3, inverse=True), ops.TokenQDQSpec(4, 8, 4))
+
+
 def test_spec_round_trips_through_node_attributes() -> None:
-    for spec in [*TRANSFORM_SPECS, *QDQ_SPECS]:
-        name = ops.SEQUENCE_TRANSFORM if isinstance(spec, ops.SequenceTransformSpec) else ops.TOKEN_QDQ
-        node = ir.Node(ops.DOMAIN, name, [], spec.attributes(), overload=spec.overload)
+    for spec in [*TRANSFORM_SPECS, *QDQ_SPECS, *FUSED_SPECS]:
+        node = ir.Node(ops.DOMAIN, ops.op_type(spec), [], spec.attributes(), overload=spec.overload)
         assert ops.spec_from_node(node) == spec
 
 

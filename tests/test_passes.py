@@ -52,14 +52,18 @@ def test_rewrite_structure_and_counts() -> None:
     report = rewrite(model, StampConfig())
     assert [r.name for r in report.rewritten] == ["fc1", "fc2"]
     assert [(s.name, s.reason.split(" (")[0]) for s in report.skipped] == [("scores", "weight is not a constant")]
-    assert op_count(model, ops.TOKEN_QDQ) == 2
-    assert op_count(model, ops.SEQUENCE_TRANSFORM) == 4
+    assert op_count(model, ops.TRANSFORM_QDQ) == 2  # the TokenQDQ nodes were fused away
+    assert op_count(model, ops.TOKEN_QDQ) == 0
+    assert op_count(model, ops.SEQUENCE_TRANSFORM) == 2  # the inverses
     assert model.opset_imports[ops.DOMAIN] == ops.DOMAIN_VERSION
     assert set(model.functions) == {
-        (ops.DOMAIN, ops.TOKEN_QDQ, "k64_b8_b4"),
-        (ops.DOMAIN, ops.SEQUENCE_TRANSFORM, "haar3_p1"),
+        (ops.DOMAIN, ops.TRANSFORM_QDQ, "haar3_p1_k64_b8_b4"),
         (ops.DOMAIN, ops.SEQUENCE_TRANSFORM, "haar3_p1_inverse"),
     }
+    fused = next(node for node in model.graph if node.op_type == ops.TRANSFORM_QDQ)
+    assert ops.spec_from_node(fused) == ops.TransformQDQSpec(
+        ops.SequenceTransformSpec("haar", 3, prefix_tokens=1), ops.TokenQDQSpec(64, 8, 4)
+    )
     assert find_violations(model) == []
     for node in model.graph:
         if node.domain == ops.DOMAIN:

@@ -3,10 +3,10 @@
 #
 #   tools/fetch_espeak.sh DEST        e.g. tools/fetch_espeak.sh .venv/espeak
 #
-# The system's apt configuration is only read, never changed: a private deb822 sources file
-# (same archive URI and release as the system's own Debian entry), a private lists dir and a
-# private cache live in a temporary folder removed on exit. The .deb files are unpacked with
-# `dpkg -x` into DEST, so DEST/usr/bin/espeak-ng runs with
+# The download and unpacking (private apt configuration, no system change) is
+# tools/fetch_debs.sh, run on the system's own Debian release. The packages are unpacked into a
+# temporary folder that replaces DEST only once espeak-ng has passed its checks, so
+# DEST/usr/bin/espeak-ng runs with
 #   LD_LIBRARY_PATH=DEST/usr/lib/<triplet>:DEST/usr/lib/<triplet>/pulseaudio
 #   --path=DEST/usr/lib/<triplet>      (the folder that holds espeak-ng-data/)
 # stamp_onnx.whisper does exactly that (the folder is $STAMP_ESPEAK, default .venv/espeak).
@@ -34,42 +34,10 @@ if [[ -z $codename ]]; then
     echo "fetch_espeak: no VERSION_CODENAME in /etc/os-release: not a Debian release?" >&2
     exit 1
 fi
-# The archive URI of the system's own Debian entry (deb822 first, then one-line sources).
-uri=$(awk '/^URIs:/ && $2 ~ /\/debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-if [[ -z $uri ]]; then
-    uri=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-fi
-uri=${uri:-http://deb.debian.org/debian}
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs" "$work/root"
-cat >"$work/espeak.sources" <<EOF
-Types: deb
-URIs: $uri
-Suites: $codename $codename-updates
-Components: main
-Signed-By: $keyring
-EOF
-
-apt_opts=(
-    -o "Dir::Etc::SourceList=$work/espeak.sources"
-    -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::State::Lists=$work/lists"
-    -o "Dir::Cache=$work/cache"
-    -o "APT::Sandbox::User=root"
-    -q
-)
-echo "fetch_espeak: $uri $codename: ${packages[*]}"
-apt-get "${apt_opts[@]}" update >"$work/update.log" 2>&1 || {
-    cat "$work/update.log" >&2
-    exit 1
-}
-(cd "$work/debs" && apt-get "${apt_opts[@]}" download "${packages[@]}")
-for deb in "$work"/debs/*.deb; do
-    dpkg -x "$deb" "$work/root"
-done
+bash "$(dirname "$0")/fetch_debs.sh" "$codename" "$work/root" "${packages[@]}"
 
 bin=$work/root/usr/bin/espeak-ng
 data=$(dirname "$(find "$work/root/usr/lib" -maxdepth 3 -type d -name espeak-ng-data -print -quit)")
