@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import onnx_ir as ir
 
@@ -68,9 +69,13 @@ def _check_inverse(label: str, spec: ops.SequenceTransformSpec, qdq: ir.Node) ->
 
 
 def _check_function(function: ir.Function) -> list[str]:
+    return check_qdq_pairs(function, f"function {function.name}/{function.overload!r}")
+
+
+def check_qdq_pairs(nodes: Iterable[ir.Node], where: str) -> list[str]:
+    """Every QuantizeLinear is per-token and feeds only DequantizeLinear nodes with its own parameters."""
     problems = []
-    where = f"function {function.name}/{function.overload!r}"
-    for node in function:
+    for node in nodes:
         if node.op_type != "QuantizeLinear":
             continue
         axis = node.attributes.get("axis")

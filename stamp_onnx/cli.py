@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path)
     p.add_argument("-o", "--output", required=True, type=Path)
     _add_config_flags(p)
+    p.add_argument("--inline", action="store_true",
+                   help="lower the ai.stamp ops into standard ONNX ops (QDQ pairs in the main graph)")
     p.add_argument("--json", action="store_true", help="print the rewrite report as JSON")
 
     p = sub.add_parser("inspect", help="show what a rewritten model holds, per layer")
@@ -95,6 +97,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per evaluation window (default 256)")
     p.add_argument("--windows", type=int, default=4, help="number of text windows (default 4)")
+    p.add_argument("--no-native", dest="native", action="store_false",
+                   help="run the ai.stamp ops as their ONNX function bodies even when the native kernels are built")
 
 
 def config_from_args(args: argparse.Namespace) -> StampConfig:
@@ -124,7 +128,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from stamp_onnx.pipeline import quantize_file
 
     config = config_from_args(args)
-    report = quantize_file(args.input, args.output, config)
+    report = quantize_file(args.input, args.output, config, inline=args.inline)
     if args.json:
         print(json.dumps({"config": json.loads(config.to_json()), **report.to_dict()}, indent=2))
         return 0
@@ -154,7 +158,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     _check_eval_flags(args)
     report = validate(
-        args.model, args.rewritten, float_onnx_path=args.float_onnx, seq_len=args.seq_len, n_windows=args.windows
+        args.model, args.rewritten, float_onnx_path=args.float_onnx, seq_len=args.seq_len, n_windows=args.windows,
+        native=args.native,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
     report.check()
@@ -170,7 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"folder of --markdown {args.markdown} does not exist; create it first")
     start = time.perf_counter()
     reports = evaluate_configs(
-        args.model, args.out_dir, configs, seq_len=args.seq_len, n_windows=args.windows, fresh=args.fresh
+        args.model, args.out_dir, configs, seq_len=args.seq_len, n_windows=args.windows, fresh=args.fresh,
+        native=args.native,
     )
     print(text_table(reports))
     table = markdown_table(reports, time.perf_counter() - start)
@@ -190,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from stamp_onnx.demo import run_demo
 
     _check_eval_flags(args)
-    print(run_demo(args.model, args.out_dir, seq_len=args.seq_len, n_windows=args.windows))
+    print(run_demo(args.model, args.out_dir, seq_len=args.seq_len, n_windows=args.windows, native=args.native))
     return 0
 
 

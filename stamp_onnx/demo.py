@@ -15,7 +15,7 @@ from stamp_onnx.evaluate import evaluate_configs, text_table
 DEMO_CONFIGS = (StampConfig(), StampConfig(transform="none"))
 
 
-def run_demo(model: str, out_dir: Path, *, seq_len: int, n_windows: int) -> str:
+def run_demo(model: str, out_dir: Path, *, seq_len: int, n_windows: int, native: bool = True) -> str:
     """Run the whole product path on ``model``; return the summary and the full reports."""
-    reports = evaluate_configs(model, out_dir, DEMO_CONFIGS, seq_len=seq_len, n_windows=n_windows)
+    reports = evaluate_configs(model, out_dir, DEMO_CONFIGS, seq_len=seq_len, n_windows=n_windows, native=native)
     return "\n\n".join([text_table(reports), *(r.to_table() for r in reports)])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from stamp_onnx import runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
 from stamp_onnx.export import SOURCE_KEY, export_onnx
@@ -77,6 +78,7 @@ def evaluate_configs(
     seq_len: int,
     n_windows: int,
     fresh: bool = False,
+    native: bool = True,
 ) -> list[ValidationReport]:
     """Export ``model`` once, rewrite it with each config, validate each; everything cached in ``out_dir``.
 
@@ -87,7 +89,8 @@ def evaluate_configs(
     Each config's report is saved next to its rewritten model as it completes, so a run that
     stops (or a later run with some of the same configs) resumes where it was: a saved report
     is reused when its model, config, data size and float export are unchanged. ``fresh``
-    recomputes everything but the float export (delete that file to export again).
+    recomputes everything but the float export (delete that file to export again). ``native``
+    runs the ai.stamp ops with the native kernels when built; what ran them is part of the key.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if model.endswith(".onnx"):
@@ -103,7 +106,8 @@ def evaluate_configs(
         export_onnx(loaded, float_path)
     reports = []
     for config in tqdm(configs, desc="configs", unit="config", disable=None):
-        key = _cache_key(loaded.name, config, float_path, seq_len=seq_len, n_windows=n_windows)
+        key = _cache_key(loaded.name, config, float_path, seq_len=seq_len, n_windows=n_windows,
+                         kernels=runtime.kernels(native))
         stem = f"{loaded.name}.{config.transform}.{hashlib.sha256(key.encode()).hexdigest()[:10]}"
         saved = out_dir / f"{stem}.report.json"
         if not fresh and (report := _load_saved(saved, key)) is not None:
@@ -112,7 +116,7 @@ def evaluate_configs(
             continue
         path = out_dir / f"{stem}.onnx"
         quantize_file(float_path, path, config)
-        report = validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows)
+        report = validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows, native=native)
         _save(saved, key, report)
         reports.append(report)
     return reports
@@ -130,10 +134,13 @@ def _source_model(path: Path) -> str:
     return str(source)
 
 
-def _cache_key(name: str, config: StampConfig, float_path: Path, *, seq_len: int, n_windows: int) -> str:
+def _cache_key(
+    name: str, config: StampConfig, float_path: Path, *, seq_len: int, n_windows: int, kernels: str
+) -> str:
     stat = float_path.stat()
     return json.dumps({"model": name, "config": json.loads(config.to_json()), "seq_len": seq_len,
-                       "n_windows": n_windows, "float_onnx": [stat.st_size, stat.st_mtime_ns]}, sort_keys=True)
+                       "n_windows": n_windows, "float_onnx": [stat.st_size, stat.st_mtime_ns],
+                       "kernels": kernels}, sort_keys=True)
 
 
 def _load_saved(path: Path, key: str) -> ValidationReport | None:

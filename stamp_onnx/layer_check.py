@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import torch
 
 from passes.linear_layers import LAYER_KEY
-from stamp_onnx import ops, quant
+from stamp_onnx import ops, quant, runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.naming import module_of_layer
@@ -125,6 +124,8 @@ def per_layer_diffs(
     module: torch.nn.Module,
     config: StampConfig,
     feeds: dict[str, np.ndarray],
+    *,
+    native: bool = True,
 ) -> list[LayerDiff]:
     """Run the rewritten model once with every tap as an output; compare each layer with torch."""
     proto = onnx.load(str(onnx_path))
@@ -138,7 +139,7 @@ def per_layer_diffs(
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     if proto.ByteSize() > _PROTOBUF_LIMIT:
         raise ValidationError(f"{onnx_path} is over 2 GB: the per-layer check cannot rebuild it in memory")
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = runtime.session(proto.SerializeToString(), native)
     wanted = {i.name for i in session.get_inputs()}
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))

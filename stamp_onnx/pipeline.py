@@ -10,6 +10,7 @@ import onnx_ir.passes.common as common_passes
 
 import stamp_onnx
 from passes.convert_opset import ConvertOpsetPass
+from passes.inline_stamp_ops import InlineStampOpsPass
 from passes.insert_sequence_transform import InsertSequenceTransformPass
 from passes.insert_token_qdq import InsertTokenQDQPass
 from passes.record_config import RecordConfigPass
@@ -22,8 +23,12 @@ from stamp_onnx.model_io import check_output_path, load_model, save_model
 logger = logging.getLogger(__name__)
 
 
-def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model") -> RewriteReport:
-    """Rewrite every selected linear layer of ``model`` in place; return what was done."""
+def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model", inline: bool = False) -> RewriteReport:
+    """Rewrite every selected linear layer of ``model`` in place; return what was done.
+
+    ``inline`` lowers the ai.stamp ops into standard ONNX ops in the main graph (QDQ pairs
+    visible) for runtimes without function or custom-op support.
+    """
     for node in model.graph:
         if node.domain == ops.DOMAIN:
             raise RewriteError(f"{source} was already rewritten by stamp-onnx; quantize the float model instead")
@@ -35,6 +40,7 @@ def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model") 
             InsertTokenQDQPass(config, report),
             InsertSequenceTransformPass(config, report),
             RecordConfigPass(config, stamp_onnx.__version__),
+            *([InlineStampOpsPass()] if inline else []),
         ]
     )
     try:
@@ -53,12 +59,14 @@ def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model") 
     return report
 
 
-def quantize_file(in_path: str | Path, out_path: str | Path, config: StampConfig) -> RewriteReport:
+def quantize_file(
+    in_path: str | Path, out_path: str | Path, config: StampConfig, *, inline: bool = False
+) -> RewriteReport:
     """Read ``in_path``, rewrite it with ``config``, write ``out_path`` (the input is never touched)."""
     out = check_output_path(in_path, out_path)
     logger.info("loading %s", in_path)
     model = load_model(in_path)
-    report = rewrite(model, config, source=str(in_path))
+    report = rewrite(model, config, source=str(in_path), inline=inline)
     logger.info("rewrote %d linear layers; checking (onnx.checker, full) and writing %s", len(report.rewritten), out)
     save_model(model, out)
     return report

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from passes.linear_layers import LAYER_KEY
 from passes.record_config import CONFIG_KEY
-from stamp_onnx import ops
+from stamp_onnx import ops, runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
 from stamp_onnx.layer_check import LayerDiff, per_layer_diffs
@@ -104,6 +104,7 @@ class ValidationReport:
     transcripts: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     word_error_rates: dict[str, float] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    kernels: str = runtime.FUNCTION_BODIES  # what ran the ai.stamp ops in onnxruntime
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -157,6 +158,7 @@ class ValidationReport:
             f"(average {avg:.2f} bits at {self.seq_len} tokens)",
             f"data     {self.n_windows} samples x {self.seq_len} tokens of {self.data}",
             f"layers   {self.layers_rewritten} rewritten in ONNX, {self.layers_hooked} hooked in PyTorch",
+            f"runtime  onnxruntime {ort.__version__}, ai.stamp ops run by {self.kernels}",
             "",
             f"{'comparison':<38} {'max |diff|':>10} {'rel err':>9} {'SQNR dB':>8} {'cosine':>8}  check",
         ]
@@ -212,13 +214,15 @@ def validate(
     seed: int = 0,
     config: StampConfig | None = None,
     per_layer: bool = True,
+    native: bool = True,
 ) -> ValidationReport:
     """Compare float and STaMP outputs of PyTorch and ONNX Runtime; see the module docstring.
 
     ``config`` overrides the one recorded in the rewritten model (which is then not needed).
     The float export is made in a temporary folder when ``float_onnx_path`` is None.
     ``seed`` only drives random token ids (models without a tokenizer). ``per_layer`` runs
-    the per-layer check on the first batch (one more onnxruntime session).
+    the per-layer check on the first batch (one more onnxruntime session). ``native`` runs
+    the ai.stamp ops with the native kernels when they were built (else the function bodies).
     """
     start = time.perf_counter()
     recorded, layers = _read_metadata(rewritten_onnx_path)
@@ -233,7 +237,7 @@ def validate(
     loaded = model_name_or_dir if isinstance(model_name_or_dir, LoadedModel) else load_model(model_name_or_dir)
     samples = evaluation_samples(loaded, n_windows, seq_len, seed)
     seq_len = loaded.tokens or seq_len
-    rewritten = _session(rewritten_onnx_path)
+    rewritten = _session(rewritten_onnx_path, native)
     if float_onnx_path is None:
         from stamp_onnx.export import export_onnx
 
@@ -247,7 +251,7 @@ def validate(
     diffs, nll, texts = _compare(loaded, samples, batch, (floated, rewritten), config, hooked)
     layer_diffs = []
     if per_layer:
-        layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, samples.rows(0, batch))
+        layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, samples.rows(0, batch), native=native)
     torch_row = _row(diffs["torch"], TORCH_VS_FLOAT)
     rows = [
         _row(diffs["float"], "float ONNX vs float torch", rtol=FLOAT_RTOL),
@@ -277,6 +281,7 @@ def validate(
         transcripts=texts,
         word_error_rates=_word_error_rates(samples, texts),
         seconds=time.perf_counter() - start,
+        kernels=runtime.kernels(native),
         notes=_notes(loaded, layers, hooked, layer_diffs),
     )
 
@@ -284,9 +289,9 @@ def validate(
 # --- internals ----------------------------------------------------------------------------
 
 
-def _session(path: str | Path) -> ort.InferenceSession:
+def _session(path: str | Path, native: bool = False) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return runtime.session(path, native)
     except Exception as err:
         raise ValidationError(f"onnxruntime cannot load {path}: {first_line(err)}") from err
 
