@@ -9,29 +9,14 @@ import onnxruntime as ort
 import pytest
 
 from stamp_onnx import ops
+from stamp_onnx.op_models import single_op_model
 
 LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 33, 64, 65, 100]
 
 
 def session(spec: ops.Spec, rank: int = 3, *, with_transformed: bool = False) -> ort.InferenceSession:
     """One node of ``spec`` calling its function body; TransformQDQ's T as a second output if asked."""
-    dims = ["b", "a", "s", 12][-rank:] if rank <= 4 else None
-    assert dims is not None
-    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(dims))
-    node = ir.Node(
-        ops.DOMAIN, ops.op_type(spec), [x], spec.attributes(), overload=spec.overload, name="op",
-        num_outputs=2 if with_transformed else 1,
-    )
-    for out, name in zip(node.outputs, ("y", "t"), strict=False):
-        out.name, out.type, out.shape = name, x.type, x.shape
-    model = ir.Model(ir.Graph([x], list(node.outputs), nodes=[node], opset_imports={"": 21}, name="g"), ir_version=10)
-    if with_transformed:
-        assert isinstance(spec, ops.TransformQDQSpec)
-        model.functions[(ops.DOMAIN, ops.TRANSFORM_QDQ, spec.overload)] = spec.function(21, with_transformed=True)
-        model.opset_imports[ops.DOMAIN] = ops.DOMAIN_VERSION
-    else:
-        ops.add_function(model, spec)
-    proto = ir.serde.serialize_model(model)
+    proto = single_op_model(spec, rank, with_transformed=with_transformed)
     onnx.checker.check_model(proto, full_check=True)
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 

@@ -1,0 +1,163 @@
+"""The native kernels (stamp_onnx/native/*.so, built by the set-up) against the references.
+
+Skipped, with the reason, when the library was not built (no compiler or headers). The QDQ
+part is bit-exact: the kernels compute the same float32 operations as quant.qdq; transforms
+agree within float rounding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from torch_models import tiny_llama, tiny_llama_onnx
+
+from stamp_onnx import ops, quant, runtime
+from stamp_onnx.config import StampConfig
+from stamp_onnx.layer_check import per_layer_diffs
+from stamp_onnx.models import sample_inputs
+from stamp_onnx.op_models import single_op_model
+from stamp_onnx.pipeline import quantize_file
+
+pytestmark = pytest.mark.skipif(
+    runtime.native_library() is None, reason="native kernels not built (tools/build_native.sh)"
+)
+LENGTHS = [1, 2, 3, 5, 7, 8, 9, 16, 17, 63, 64, 65, 130]
+
+
+def native_session(spec: ops.Spec, rank: int = 3, *, with_transformed: bool = False) -> ort.InferenceSession:
+    """A model with no function body: only the native kernel can run it."""
+    proto = single_op_model(spec, rank, with_transformed=with_transformed, function_body=False)
+    return runtime.session(proto.SerializeToString(), native=True)
+
+
+def _inputs(rng: np.random.Generator, s: int, d: int = 24) -> list[np.ndarray]:
+    normal = rng.standard_normal((2, s, d)).astype(np.float32)
+    heavy = (rng.standard_t(2, (2, s, d)) * 10).astype(np.float32)  # outliers, as in real activations
+    return [normal, heavy]
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> None:
+    scale = max(float(np.abs(want).max(initial=0.0)), 1e-30)
+    assert float(np.abs(got - want).max(initial=0.0)) <= 1e-5 * scale
+
+
+TRANSFORMS = [
+    ops.SequenceTransformSpec(t, levels, inverse, prefix)
+    for t, levels in (("haar", 1), ("haar", 3), ("haar", 4), ("dct", 0), ("wht", 0))
+    for inverse in (False, True)
+    for prefix in (0, 1, 3)
+]
+
+
+@pytest.mark.parametrize("spec", TRANSFORMS, ids=lambda s: s.overload)
+def test_sequence_transform(spec: ops.SequenceTransformSpec) -> None:
+    sess = native_session(spec)
+    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    for s in LENGTHS:
+        for x in _inputs(rng, s):
+            _close(sess.run(None, {"x": x})[0], np.asarray(spec.reference(x)))
+
+
+HAAR2D = [
+    (ops.SequenceTransformSpec("haar2d", levels, inverse, prefix, width), height)
+    for levels, width, height in ((1, 0, 4), (3, 0, 16), (3, 6, 5), (2, 3, 7))
+    for inverse in (False, True)
+    for prefix in (0, 1)
+]
+
+
+@pytest.mark.parametrize(("spec", "height"), HAAR2D, ids=lambda v: getattr(v, "overload", str(v)))
+def test_haar2d(spec: ops.SequenceTransformSpec, height: int) -> None:
+    width = spec.grid_width or height
+    s = spec.prefix_tokens + height * width
+    for x in _inputs(np.random.default_rng(height), s):
+        _close(native_session(spec).run(None, {"x": x})[0], np.asarray(spec.reference(x)))
+
+
+QDQ = [ops.TokenQDQSpec(k, hp, lp) for k in (0, 1, 8, 1000) for hp, lp in ((8, 4), (8, 2), (16, 8), (4, 4), (3, 5))]
+
+
+@pytest.mark.parametrize("spec", QDQ, ids=lambda s: s.overload)
+def test_token_qdq_is_bit_exact(spec: ops.TokenQDQSpec) -> None:
+    sess = native_session(spec)
+    rng = np.random.default_rng(spec.hp_tokens * 100 + spec.hp_bits * 10 + spec.lp_bits)
+    for s in LENGTHS:
+        for x in _inputs(rng, s):
+            np.testing.assert_array_equal(sess.run(None, {"x": x})[0], spec.reference(x))
+
+
+FUSED = [
+    ops.TransformQDQSpec(ops.SequenceTransformSpec(t, levels, False, prefix), ops.TokenQDQSpec(k, 8, lp))
+    for t, levels in (("haar", 3), ("haar", 1), ("dct", 0), ("wht", 0))
+    for prefix in (0, 1)
+    for k, lp in ((8, 4), (0, 2), (1000, 4))
+]
+
+
+@pytest.mark.parametrize("spec", FUSED, ids=lambda s: s.overload)
+def test_transform_qdq(spec: ops.TransformQDQSpec) -> None:
+    """Y is TokenQDQ of the kernel's own T bit for bit; T is the transform; one output gives the same Y."""
+    both, one = native_session(spec, with_transformed=True), native_session(spec)
+    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    for s in LENGTHS:
+        for x in _inputs(rng, s):
+            y, t = both.run(None, {"x": x})
+            np.testing.assert_array_equal(y, spec.qdq.reference(t))
+            _close(t, np.asarray(spec.transform.reference(x)))
+            np.testing.assert_array_equal(one.run(None, {"x": x})[0], y)
+
+
+def test_native_qdq_matches_the_function_body_bit_for_bit() -> None:
+    spec = ops.TokenQDQSpec(8, 8, 4)
+    body = ort.InferenceSession(single_op_model(spec).SerializeToString(), providers=runtime.PROVIDERS)
+    x = (np.random.default_rng(5).standard_t(3, (3, 77, 40)) * 4).astype(np.float32)
+    np.testing.assert_array_equal(native_session(spec).run(None, {"x": x})[0], body.run(None, {"x": x})[0])
+
+
+def test_other_ranks() -> None:
+    rng = np.random.default_rng(9)
+    spec = ops.TransformQDQSpec(ops.SequenceTransformSpec("haar", 2), ops.TokenQDQSpec(4, 8, 4))
+    for rank, shape in ((2, (11, 12)), (4, (2, 3, 11, 12))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        y, t = native_session(spec, rank, with_transformed=True).run(None, {"x": x})
+        np.testing.assert_array_equal(y, quant.token_qdq(t, 4, 8, 4))
+
+
+def test_the_library_is_used_not_the_function_body() -> None:
+    """A model without function bodies runs only when the kernels are registered."""
+    proto = single_op_model(ops.TokenQDQSpec(4, 8, 4), function_body=False).SerializeToString()
+    x = np.random.default_rng(0).standard_normal((1, 9, 8)).astype(np.float32)
+    assert runtime.session(proto, native=True).run(None, {"x": x})[0].shape == x.shape
+    with pytest.raises(Exception, match="TokenQDQ"):
+        runtime.session(proto, native=False)
+    assert runtime.kernels(native=True) == runtime.NATIVE
+    assert runtime.kernels(native=False) == runtime.FUNCTION_BODIES
+
+
+def test_bad_attribute_is_an_error_not_a_crash() -> None:
+    spec = ops.TokenQDQSpec(4, 8, 4)
+    proto = single_op_model(spec, function_body=False)
+    for attribute in proto.graph.node[0].attribute:
+        if attribute.name == "lp_bits":
+            attribute.i = 40
+    with pytest.raises(Exception, match="bits"):
+        runtime.session(proto.SerializeToString(), native=True).run(
+            None, {"x": np.ones((1, 4, 4), np.float32)}
+        )
+
+
+@pytest.mark.parametrize("transform", ["haar", "wht"])
+def test_whole_model_layer_by_layer(transform: str, tmp_path: Path) -> None:
+    """Every layer of a rewritten model run by the kernels: all quantized codes as the reference."""
+    config = StampConfig(transform=transform, hp_tokens=8)
+    out = tmp_path / "q.onnx"
+    quantize_file(tiny_llama_onnx(), out, config)
+    feeds = sample_inputs(tiny_llama(), 2, 37, seed=11)
+    diffs = per_layer_diffs(out, tiny_llama().module, config, feeds, native=True)
+    assert diffs and all(d.qdq_mismatches == 0 for d in diffs)
+    assert max(d.transform_rel for d in diffs) < 1e-5
+    assert max(d.output_rel for d in diffs) < 1e-4
+

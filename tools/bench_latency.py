@@ -1,0 +1,96 @@
+"""Model latency in onnxruntime (CPU): float, the per-token baseline and STaMP, bodies vs native kernels.
+
+For each model the float export is rewritten twice (``--transform none`` and the default
+STaMP config) and each variant runs batch 1 through onnxruntime with its default threading,
+the ai.stamp ops as function bodies and, when the library is built, as native kernels. The
+inputs are the model's own evaluation data (``--seq-len`` tokens of text; one photo for
+DINOv2). Median of ``--repeat`` runs after 3 warm-up runs; all sessions live in the same
+process and are timed in turn, round-robin, so that drifts of the machine hit every variant.
+
+    .venv/bin/python tools/bench_latency.py smollm2-135m dinov2-s --seq-len 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stamp_onnx import runtime
+from stamp_onnx.config import StampConfig
+from stamp_onnx.export import export_onnx
+from stamp_onnx.models import evaluation_samples, load_model
+from stamp_onnx.pipeline import quantize_file
+
+
+def variants(model: str, out_dir: Path) -> dict[str, tuple[Path, bool]]:
+    """name -> (ONNX file, native) for float, none and STaMP (bodies and native)."""
+    loaded = load_model(model)
+    float_path = out_dir / f"{loaded.name}.onnx"
+    if not float_path.exists():
+        export_onnx(loaded, float_path)
+    paths = {}
+    for label, config in (("none", StampConfig(transform="none")), ("stamp", StampConfig())):
+        path = out_dir / f"{loaded.name}.bench.{label}.onnx"
+        if not path.exists() or path.stat().st_mtime < float_path.stat().st_mtime:
+            quantize_file(float_path, path, config)
+        paths[label] = path
+    rows = {"float": (float_path, False), "none, bodies": (paths["none"], False),
+            "STaMP, bodies": (paths["stamp"], False)}
+    if runtime.native_library() is not None:
+        rows["none, native"] = (paths["none"], True)
+        rows["STaMP, native"] = (paths["stamp"], True)
+    return rows
+
+
+def bench_model(model: str, out_dir: Path, seq_len: int, repeat: int) -> list[tuple[str, float]]:
+    loaded = load_model(model)
+    feeds = evaluation_samples(loaded, 1, seq_len, seed=0).rows(0, 1)
+    sessions = {}
+    for name, (path, native) in variants(model, out_dir).items():
+        session = runtime.session(path, native)
+        wanted = {i.name for i in session.get_inputs()}
+        sessions[name] = (session, {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in wanted})
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for round_ in range(repeat + 3):
+        for name, (session, inputs) in sessions.items():
+            start = time.perf_counter()
+            session.run(None, inputs)
+            if round_ >= 3:
+                times[name].append(time.perf_counter() - start)
+    return [(name, statistics.median(values)) for name, values in times.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--seq-len", type=int, default=512, help="text tokens (default 512)")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--out-dir", type=Path, default=Path("out/bench"))
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if runtime.native_library() is None:
+        print("native kernels not built (tools/build_native.sh): only function bodies are timed", file=sys.stderr)
+    lines = ["| model | variant | ms | vs float | vs none (same kernels) |", "| --- | --- | ---: | ---: | ---: |"]
+    for model in args.models:
+        results = dict(bench_model(model, args.out_dir, args.seq_len, args.repeat))
+        for name, seconds in results.items():
+            kernels = name.split(", ")[-1]
+            none = results.get(f"none, {kernels}")
+            versus = f"{seconds / none - 1:+.1%}" if name.startswith("STaMP") and none else ""
+            lines.append(f"| {model} | {name} | {seconds * 1e3:.1f} | {seconds / results['float']:.3f} | {versus} |")
+            print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

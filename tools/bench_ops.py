@@ -1,0 +1,93 @@
+"""Throughput of the ai.stamp ops in onnxruntime, native kernels vs function bodies, vs a memory copy.
+
+Each op runs alone in a one-node model through an onnxruntime session with I/O binding (the
+input and a preallocated output stay in place, so nothing but the op and the session's own
+overhead is timed). The baseline is ``np.copyto`` of the same array into a preallocated one,
+timed in the same process: "vs copy" is copy time / op time, so 1.0 means the op moves the
+activation as fast as a plain copy does. Median of ``--repeat`` runs after warm-up.
+
+    .venv/bin/python tools/bench_ops.py                       # s x d = 2048 x 1024 and 512 x 576
+    .venv/bin/python tools/bench_ops.py --shapes 512x576 --markdown out/ops.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from stamp_onnx import ops, runtime
+from stamp_onnx.op_models import single_op_model
+
+
+def _median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def op_seconds(spec: ops.Spec, x: np.ndarray, *, native: bool, repeat: int) -> float:
+    proto = single_op_model(spec, x.ndim, function_body=not native)
+    session = runtime.session(proto.SerializeToString(), native=native)
+    binding = session.io_binding()
+    binding.bind_cpu_input("x", x)
+    y = ort.OrtValue.ortvalue_from_numpy(np.empty_like(x))
+    binding.bind_ortvalue_output("y", y)
+    return _median_seconds(lambda: session.run_with_iobinding(binding), repeat)
+
+
+def copy_seconds(x: np.ndarray, repeat: int) -> float:
+    out = np.empty_like(x)
+    return _median_seconds(lambda: np.copyto(out, x), repeat)
+
+
+def specs() -> list[tuple[str, ops.Spec]]:
+    qdq = ops.TokenQDQSpec(64, 8, 4)
+    rows: list[tuple[str, ops.Spec]] = [("TokenQDQ (none)", qdq)]
+    for transform, levels in (("haar", 3), ("wht", 0), ("dct", 0)):
+        forward = ops.SequenceTransformSpec(transform, levels, False, 1)
+        rows.append((f"TransformQDQ {transform}", ops.TransformQDQSpec(forward, qdq)))
+        rows.append((f"SequenceTransform {transform} inverse", ops.SequenceTransformSpec(transform, levels, True, 1)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["2048x1024", "512x576"], help="SxD token x feature sizes")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if runtime.native_library() is None:
+        print("native kernels not built (tools/build_native.sh): only function bodies are timed", file=sys.stderr)
+    lines = ["| op | s x d | copy ms | body ms | native ms | body vs copy | native vs copy | native speed-up |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for shape in args.shapes:
+        s, d = (int(v) for v in shape.split("x"))
+        x = (np.random.default_rng(0).standard_t(4, (1, s, d)) * 3).astype(np.float32)
+        copy = copy_seconds(x, args.repeat * 3)
+        for label, spec in specs():
+            body = op_seconds(spec, x, native=False, repeat=max(3, args.repeat // 10) if s * s > 2**20 else args.repeat)
+            native = op_seconds(spec, x, native=True, repeat=args.repeat) if runtime.native_library() else float("nan")
+            lines.append(f"| {label} | {s} x {d} | {copy * 1e3:.3f} | {body * 1e3:.3f} | {native * 1e3:.3f} | "
+                         f"{copy / body:.3f} | {copy / native:.3f} | {body / native:.1f}x |")
+            print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
