@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	# espeak-ng (Whisper's test speech) from Debian's archive into .venv/espeak, no system change.
 	@test -x $(VENV)/espeak/usr/bin/espeak-ng || bash tools/fetch_espeak.sh $(VENV)/espeak \
 		|| echo "espeak-ng could not be fetched: speech evaluations and their tests are skipped"
+	@bash tools/build_native.sh || echo "native kernels not built: the function bodies are used"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "qdq.h"
+
 namespace stamp {
 
 enum class Kind { kHaar, kHaar2d, kDct, kWht };
@@ -33,6 +35,41 @@ inline void butterfly(const float* __restrict a, const float* __restrict b, floa
     y0[j] = (u + v) * k;
     y1[j] = (u - v) * k;
   }
+}
+
+// The same, also giving the range (qdq.h) of y1 and, when r0 is set, of y0: the fused kernel
+// quantizes the rows it finishes, and their range comes with no second pass over them.
+inline void butterfly_range(const float* __restrict a, const float* __restrict b, float* __restrict y0,
+                            float* __restrict y1, int64_t w, Range* r0, Range& r1) {
+  const float k = inv_sqrt2();
+  float lo0 = 0.0f, hi0 = 0.0f, lo1 = 0.0f, hi1 = 0.0f;
+  int nan0 = 0, nan = 0;
+  if (r0) {
+#pragma omp simd reduction(min : lo0, lo1) reduction(max : hi0, hi1) reduction(| : nan0, nan)
+    for (int64_t j = 0; j < w; ++j) {
+      const float u = a[j], v = b[j], low = (u + v) * k, high = (u - v) * k;
+      y0[j] = low;
+      y1[j] = high;
+      lo0 = low < lo0 ? low : lo0;
+      hi0 = low > hi0 ? low : hi0;
+      lo1 = high < lo1 ? high : lo1;
+      hi1 = high > hi1 ? high : hi1;
+      nan0 |= low != low;
+      nan |= high != high;
+    }
+    *r0 = {lo0, hi0, nan0 != 0};
+  } else {
+#pragma omp simd reduction(min : lo1) reduction(max : hi1) reduction(| : nan)
+    for (int64_t j = 0; j < w; ++j) {
+      const float u = a[j], v = b[j], high = (u - v) * k;
+      y0[j] = (u + v) * k;
+      y1[j] = high;
+      lo1 = high < lo1 ? high : lo1;
+      hi1 = high > hi1 ? high : hi1;
+      nan |= high != high;
+    }
+  }
+  r1 = {lo1, hi1, nan != 0};
 }
 
 inline void copy_row(const float* x, float* y, int64_t w) { std::memcpy(y, x, sizeof(float) * w); }
@@ -65,8 +102,11 @@ struct HaarPlan {
     chunks = band.back();
   }
 
-  // Floats of scratch that haar_forward_chunk / haar_inverse_chunk need for w features.
-  int64_t scratch_floats(int64_t w) const { return chunk * w; }
+  // Floats of scratch that haar_forward_chunk / haar_inverse_chunk need for w features: the low
+  // bands of one chunk (forward: at most chunk and at most n + levels rows in all; inverse: two
+  // halves of inverse_half() rows). Only when levels is near log2(n) does a chunk hold most of n.
+  int64_t scratch_floats(int64_t w) const { return std::min(chunk, 2 * n + levels + 2) * w; }
+  int64_t inverse_half() const { return std::min(chunk / 2, n); }
   // Tokens of chunk c.
   int64_t chunk_tokens(int64_t c) const { return std::min(chunk, n - c * chunk); }
 };
@@ -75,24 +115,36 @@ struct HaarPlan {
 //   float* sink.row(pos, slot): where coefficient `pos` (index in [a_L | d_L | ... | d_1]) is to
 //       be written; slot 0 for detail rows, 1 for the a_L row (it can be pending together with
 //       the last detail row, so a sink that hands out its own buffers needs two);
-//   void sink.done(pos, row): called once that row holds its final value.
+//   void sink.done(pos, row[, range]): called once that row holds its final value, with the
+//       row's Range when Sink::kWantsRange.
 template <class Sink>
 void haar_forward_chunk(const HaarPlan& p, const float* x, int64_t ld, int64_t c, int64_t w, float* scratch,
                         Sink& sink) {
-  int64_t m = p.chunk_tokens(c);        // tokens in the current band of this chunk
+  int64_t m = p.chunk_tokens(c);            // tokens in the current band of this chunk
   const float* src = x + c * p.chunk * ld;  // the current band (input tokens, then low rows)
   int64_t stride = ld;
-  float* free_rows = scratch;           // each level's low band goes to fresh scratch rows
+  float* free_rows = scratch;  // each level's low band goes to fresh scratch rows
   float* low = nullptr;
+  Range low_range;
+  bool have_low_range = false;
   for (int l = 1; l <= p.levels; ++l) {
     const int64_t pairs = m / 2;
     const int64_t detail = p.band[l] + c * (p.chunk >> l);  // position of this chunk's first d_l
     // m <= 2 at the last level: its one low row is a_L[c], written straight to its destination.
-    low = l == p.levels ? sink.row(c, 1) : free_rows;
+    const bool last = l == p.levels;
+    low = last ? sink.row(c, 1) : free_rows;
     for (int64_t i = 0; i < pairs; ++i) {
       float* high = sink.row(detail + i, 0);
-      butterfly(src + 2 * i * stride, src + (2 * i + 1) * stride, low + i * w, high, w);
-      sink.done(detail + i, high);
+      const float* a = src + 2 * i * stride;
+      if constexpr (Sink::kWantsRange) {
+        Range high_range;
+        butterfly_range(a, a + stride, low + i * w, high, w, last ? &low_range : nullptr, high_range);
+        have_low_range = last;
+        sink.done(detail + i, high, high_range);
+      } else {
+        butterfly(a, a + stride, low + i * w, high, w);
+        sink.done(detail + i, high);
+      }
     }
     if (m & 1) copy_row(src + (m - 1) * stride, low + pairs * w, w);  // odd token: carried
     m -= pairs;
@@ -104,7 +156,11 @@ void haar_forward_chunk(const HaarPlan& p, const float* x, int64_t ld, int64_t c
     low = sink.row(c, 1);
     copy_row(src, low, w);
   }
-  sink.done(c, low);  // a_L[c]
+  if constexpr (Sink::kWantsRange) {  // a_L[c]
+    sink.done(c, low, have_low_range ? low_range : row_range(low, w));
+  } else {
+    sink.done(c, low);
+  }
 }
 
 // Inverse Haar of chunk c: y holds the coefficients (row stride ld_in, layout as above); the
@@ -118,9 +174,9 @@ inline void haar_inverse_chunk(const HaarPlan& p, const float* y, int64_t ld_in,
   int64_t size[64];  // size[l]: this chunk's low-band length after level l
   size[0] = p.chunk_tokens(c);
   for (int l = 1; l <= p.levels; ++l) size[l] = (size[l - 1] + 1) / 2;
-  // Levels alternate between two scratch halves (a level's output is at most chunk / 2 rows
-  // except at level 1, which writes the output directly).
-  float* half[2] = {scratch, scratch + (p.chunk / 2) * w};
+  // Levels alternate between two scratch halves (a level's output is at most chunk / 2 and at
+  // most n rows, except at level 1, which writes the output directly).
+  float* half[2] = {scratch, scratch + p.inverse_half() * w};
   const float* low = y + c * ld_in;  // a_L[c]
   int64_t low_stride = ld_in;
   for (int l = p.levels; l >= 1; --l) {
@@ -138,6 +194,7 @@ inline void haar_inverse_chunk(const HaarPlan& p, const float* y, int64_t ld_in,
 
 // Sink writing coefficients to rows of y (row stride ld): the plain transform.
 struct RowSink {
+  static constexpr bool kWantsRange = false;
   float* y;
   int64_t ld;
   float* row(int64_t pos, int /*slot*/) const { return y + pos * ld; }

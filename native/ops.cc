@@ -1,0 +1,413 @@
+// ONNX Runtime custom-op kernels for the ai.stamp domain (version 1), CPU execution provider:
+//
+//   SequenceTransform(X) -> Y        transform / levels / inverse / prefix_tokens / grid_width
+//   TokenQDQ(X) -> Y                 hp_tokens / hp_bits / lp_bits
+//   TransformQDQ(X) -> (Y, T?)       forward transform then TokenQDQ; T (optional) = the transform
+//
+// X is float32 of rank >= 2: tokens on axis -2, features on axis -1, every leading axis batch.
+// Semantics: stamp_onnx/ops.py and its references transforms.forward / inverse and
+// quant.token_qdq (TokenQDQ bit for bit). Built against the C API of the headers (version 21)
+// with the classic Ort::CustomOpBase, whose GetOutputCharacteristic makes T optional.
+//
+// Errors (bad attributes at session creation, bad input at run time) come back to ONNX Runtime
+// as an OrtStatus, never as an exception crossing the C API.
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels.h"
+#include "parallel.h"
+#include "qdq.h"
+#include "transforms.h"
+
+namespace stamp {
+namespace {
+
+constexpr const char* kDomain = "ai.stamp";
+// Feature columns per unit of work of the column transforms (haar2d, dct, wht).
+constexpr int64_t kColumnBlock = 256;
+
+// An error in the node or its input: reported as ORT_INVALID_ARGUMENT.
+[[noreturn]] void invalid(const std::string& op, const std::string& what) {
+  throw Ort::Exception("ai.stamp." + op + ": " + what, ORT_INVALID_ARGUMENT);
+}
+
+// --- attributes ---------------------------------------------------------------------------
+
+class Attributes {
+ public:
+  Attributes(const OrtKernelInfo* info, std::string op) : info_(info), op_(std::move(op)) {}
+
+  const std::string& op() const { return op_; }
+
+  // An int attribute; `fallback` when it is absent (required when there is no fallback).
+  int64_t integer(const char* name, std::optional<int64_t> fallback = std::nullopt) const {
+    int64_t value = 0;
+    if (OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(info_, name, &value)) {
+      Ort::GetApi().ReleaseStatus(status);
+      if (present(name)) invalid(op_, std::string("attribute ") + name + " must be an int");
+      if (!fallback) invalid(op_, std::string("missing attribute ") + name);
+      return *fallback;
+    }
+    return value;
+  }
+
+  std::string string(const char* name) const {
+    size_t size = 0;
+    if (OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_string(info_, name, nullptr, &size)) {
+      Ort::GetApi().ReleaseStatus(status);
+      if (present(name)) invalid(op_, std::string("attribute ") + name + " must be a string");
+      invalid(op_, std::string("missing attribute ") + name);
+    }
+    std::string value(size, '\0');
+    Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttribute_string(info_, name, value.data(), &size));
+    value.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+    return value;
+  }
+
+  int64_t at_least(const char* name, int64_t value, int64_t minimum) const {
+    if (value < minimum) invalid(op_, std::string("attribute ") + name + " must be >= " + std::to_string(minimum) +
+                                          ", got " + std::to_string(value));
+    return value;
+  }
+
+ private:
+  // Whether the node has the attribute with another type (the typed getters fail either way).
+  bool present(const char* name) const {
+    float f;
+    int64_t i;
+    size_t size = 0;
+    for (OrtStatus* status : {Ort::GetApi().KernelInfoGetAttribute_float(info_, name, &f),
+                              Ort::GetApi().KernelInfoGetAttribute_int64(info_, name, &i),
+                              Ort::GetApi().KernelInfoGetAttribute_string(info_, name, nullptr, &size)}) {
+      if (!status) return true;
+      Ort::GetApi().ReleaseStatus(status);
+    }
+    return false;
+  }
+
+  const OrtKernelInfo* info_;
+  std::string op_;
+};
+
+struct TransformAttrs {
+  Kind kind = Kind::kHaar;
+  int64_t levels = 0;
+  int64_t prefix = 0;
+  int64_t grid_width = 0;
+  bool inverse = false;
+};
+
+TransformAttrs read_transform(const Attributes& a, bool has_inverse) {
+  TransformAttrs t;
+  const std::string name = a.string("transform");
+  if (name == "haar") t.kind = Kind::kHaar;
+  else if (name == "haar2d") t.kind = Kind::kHaar2d;
+  else if (name == "dct") t.kind = Kind::kDct;
+  else if (name == "wht") t.kind = Kind::kWht;
+  else invalid(a.op(), "attribute transform must be one of haar, haar2d, dct, wht, got '" + name + "'");
+  const bool haar = t.kind == Kind::kHaar || t.kind == Kind::kHaar2d;
+  t.levels = a.at_least("levels", a.integer("levels", haar ? std::nullopt : std::optional<int64_t>(0)), 0);
+  t.prefix = a.at_least("prefix_tokens", a.integer("prefix_tokens", 0), 0);
+  t.grid_width = a.at_least("grid_width", a.integer("grid_width", 0), 0);
+  if (has_inverse) {
+    const int64_t inverse = a.integer("inverse", 0);
+    if (inverse != 0 && inverse != 1) invalid(a.op(), "attribute inverse must be 0 or 1, got " + std::to_string(inverse));
+    t.inverse = inverse == 1;
+  }
+  return t;
+}
+
+TokenQdq read_qdq(const Attributes& a) {
+  TokenQdq q;
+  q.hp_tokens = a.at_least("hp_tokens", a.integer("hp_tokens"), 0);
+  for (auto [name, bits] : {std::pair{"hp_bits", &q.hp_bits}, std::pair{"lp_bits", &q.lp_bits}}) {
+    const int64_t value = a.integer(name);
+    if (value < kMinBits || value > kMaxBits)
+      invalid(a.op(), std::string("attribute ") + name + " must be in " + std::to_string(kMinBits) + ".." +
+                          std::to_string(kMaxBits) + ", got " + std::to_string(value));
+    *bits = static_cast<int>(value);
+  }
+  return q;
+}
+
+// --- tensors ------------------------------------------------------------------------------
+
+// X viewed as (batch, s, d).
+struct Input {
+  std::vector<int64_t> dims;
+  int64_t batch = 1, s = 0, d = 0;
+  const float* data = nullptr;
+
+  int64_t elements() const { return batch * s * d; }
+};
+
+Input read_input(Ort::KernelContext& ctx, const std::string& op) {
+  Ort::ConstValue x = ctx.GetInput(0);
+  Input in;
+  in.dims = x.GetTensorTypeAndShapeInfo().GetShape();
+  const size_t rank = in.dims.size();
+  if (rank < 2)
+    invalid(op, "input X must have rank >= 2 (..., tokens, features), got rank " + std::to_string(rank));
+  for (size_t i = 0; i + 2 < rank; ++i) in.batch *= in.dims[i];
+  in.s = in.dims[rank - 2];
+  in.d = in.dims[rank - 1];
+  in.data = x.GetTensorData<float>();
+  return in;
+}
+
+// --- plans --------------------------------------------------------------------------------
+
+// Column-transform plans of one kernel, by token count. Compute may run concurrently (one
+// session, several Run calls), hence the lock; plans are immutable once built.
+class PlanCache {
+ public:
+  std::shared_ptr<const ColumnTransform> get(const TransformAttrs& t, int64_t n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [tokens, plan] : plans_)
+      if (tokens == n) return plan;
+    auto plan = make_column_transform(t.kind, n, t.levels, t.grid_width, t.inverse);
+    if (plans_.size() >= kMaxPlans) plans_.erase(plans_.begin());  // oldest first
+    plans_.emplace_back(n, plan);
+    return plan;
+  }
+
+ private:
+  static constexpr size_t kMaxPlans = 8;  // a DCT plan holds an n x n matrix
+  std::mutex mutex_;
+  std::vector<std::pair<int64_t, std::shared_ptr<const ColumnTransform>>> plans_;
+};
+
+// --- the shared passes ----------------------------------------------------------------------
+
+// Tokens [p, s) of every batch slice of x, transformed by the plan into out; tokens [0, p) copied.
+// Units of work: (batch slice, block of feature columns).
+void transform_columns(const ColumnTransform& plan, const Input& in, int64_t p, float* out, int64_t cost) {
+  const int64_t block = std::min(in.d, kColumnBlock), blocks = (in.d + block - 1) / block;
+  const int64_t slice = in.s * in.d;
+  parallel_for(in.batch * blocks, in.elements() * cost, [&](int64_t begin, int64_t end) {
+    float* scratch = thread_scratch(plan.scratch_floats(block));
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t j0 = (u % blocks) * block, w = std::min(block, in.d - j0);
+      const float* x = in.data + (u / blocks) * slice + j0;
+      float* y = out + (u / blocks) * slice + j0;
+      for (int64_t r = 0; r < p; ++r) copy_row(x + r * in.d, y + r * in.d, w);
+      plan.apply(x + p * in.d, y + p * in.d, in.d, w, scratch);
+    }
+  });
+}
+
+// y = token_qdq(x) row by row (x may be y).
+void quantize(const TokenQdq& q, const float* x, float* y, int64_t s, int64_t d, int64_t rows) {
+  parallel_for(rows, rows * d, [&](int64_t begin, int64_t end) { qdq_rows(q, x, y, s, d, begin, end); });
+}
+
+// The Haar passes: units of work = (batch slice, prefix token or chunk of 2^levels tokens).
+template <class Fn>
+void haar_parallel(const HaarPass& pass, int64_t batch, Fn&& units) {
+  parallel_for(batch * pass.units_per_slice(), batch * pass.s * pass.d, [&](int64_t begin, int64_t end) {
+    units(begin, end, thread_scratch(pass.scratch_floats()));
+  });
+}
+
+// Rough cost per element of a column transform, in element operations (for thread decisions).
+int64_t column_cost(Kind kind, int64_t n) { return kind == Kind::kDct ? std::max<int64_t>(1, n / 4) : 8; }
+
+// --- kernels ------------------------------------------------------------------------------
+
+class SequenceTransformKernel {
+ public:
+  static constexpr const char* kName = "SequenceTransform";
+  static constexpr size_t kOutputs = 1;
+
+  explicit SequenceTransformKernel(const OrtKernelInfo* info) {
+    Attributes a(info, kName);
+    t_ = read_transform(a, /*has_inverse=*/true);
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const Input in = read_input(ctx, kName);
+    float* y = ctx.GetOutput(0, in.dims).GetTensorMutableData<float>();
+    if (in.elements() == 0) return;
+    const int64_t p = std::min(t_.prefix, in.s), n = in.s - p;
+    if (n == 0) {  // every token is a prefix token: identity
+      std::memcpy(y, in.data, sizeof(float) * in.elements());
+      return;
+    }
+    if (t_.kind != Kind::kHaar) {
+      const auto plan = plans_.get(t_, n);
+      transform_columns(*plan, in, p, y, column_cost(t_.kind, n));
+      return;
+    }
+    // Haar: one chunked pass.
+    const HaarPlan plan(n, t_.levels);
+    const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
+    const HaarPass pass{&plan, in.data, y, nullptr, in.s, in.d, p, t_.inverse, prefetch};
+    haar_parallel(pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
+      haar_units(pass, begin, end, scratch);
+    });
+  }
+
+ private:
+  TransformAttrs t_;
+  PlanCache plans_;
+};
+
+class TokenQdqKernel {
+ public:
+  static constexpr const char* kName = "TokenQDQ";
+  static constexpr size_t kOutputs = 1;
+
+  explicit TokenQdqKernel(const OrtKernelInfo* info) {
+    Attributes a(info, kName);
+    q_ = read_qdq(a);
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const Input in = read_input(ctx, kName);
+    float* y = ctx.GetOutput(0, in.dims).GetTensorMutableData<float>();
+    if (in.elements() == 0) return;
+    quantize(q_, in.data, y, in.s, in.d, in.batch * in.s);
+  }
+
+ private:
+  TokenQdq q_;
+};
+
+class TransformQdqKernel {
+ public:
+  static constexpr const char* kName = "TransformQDQ";
+  static constexpr size_t kOutputs = 2;  // Y, and the optional T
+
+  explicit TransformQdqKernel(const OrtKernelInfo* info) {
+    Attributes a(info, kName);
+    t_ = read_transform(a, /*has_inverse=*/false);
+    q_ = read_qdq(a);
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const Input in = read_input(ctx, kName);
+    float* y = ctx.GetOutput(0, in.dims).GetTensorMutableData<float>();
+    float* t = nullptr;  // a node may omit T, or name it ""
+    if (ctx.GetOutputCount() > 1) {
+      Ort::UnownedValue value = ctx.GetOutput(1, in.dims);
+      if (value) t = value.GetTensorMutableData<float>();
+    }
+    if (in.elements() == 0) return;
+    const int64_t p = std::min(t_.prefix, in.s), n = in.s - p;
+    if (t_.kind != Kind::kHaar && n > 0) {
+      // Transform into T (or straight into Y), then quantize the rows into Y (in place if so).
+      float* out = t ? t : y;
+      const auto plan = plans_.get(t_, n);
+      transform_columns(*plan, in, p, out, column_cost(t_.kind, n));
+      quantize(q_, out, y, in.s, in.d, in.batch * in.s);
+      return;
+    }
+    // Haar (and any transform with no token after the prefix): the fused one-pass kernel.
+    const HaarPlan plan(n, t_.kind == Kind::kHaar ? t_.levels : 0);
+    const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
+    const HaarPass pass{&plan, in.data, y, t, in.s, in.d, p, false, prefetch};
+    haar_parallel(pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
+      haar_qdq_units(pass, q_, begin, end, scratch);
+    });
+  }
+
+ private:
+  TransformAttrs t_;
+  TokenQdq q_;
+  PlanCache plans_;
+};
+
+// --- ONNX Runtime glue ----------------------------------------------------------------------
+
+// An exception as a status. Our own Ort::Exceptions already name the op; others get its name.
+OrtStatus* to_status(const std::exception& e, const char* op) {
+  if (const auto* ort = dynamic_cast<const Ort::Exception*>(&e))
+    return Ort::GetApi().CreateStatus(ort->GetOrtErrorCode(), ort->what());
+  const std::string message = std::string("ai.stamp.") + op + ": " + e.what();
+  const bool input_error = dynamic_cast<const std::invalid_argument*>(&e) != nullptr;
+  return Ort::GetApi().CreateStatus(input_error ? ORT_INVALID_ARGUMENT : ORT_RUNTIME_EXCEPTION, message.c_str());
+}
+
+// The classic custom-op interface in its status-returning form (CreateKernelV2 / ComputeV2),
+// so that no C++ exception crosses into ONNX Runtime.
+template <class Kernel>
+struct KernelHolder {
+  Kernel kernel;
+  explicit KernelHolder(const OrtKernelInfo* info) : kernel(info) {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      kernel.Compute(context);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return to_status(e, Kernel::kName);
+    }
+  }
+};
+
+template <class Kernel>
+struct Op : Ort::CustomOpBase<Op<Kernel>, KernelHolder<Kernel>, /*WithStatus=*/true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** op_kernel) const {
+    try {
+      *op_kernel = new KernelHolder<Kernel>(info);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return to_status(e, Kernel::kName);
+    }
+  }
+  const char* GetName() const { return Kernel::kName; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return Kernel::kOutputs; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
+}  // namespace
+}  // namespace stamp
+
+// Entry point that SessionOptions.register_custom_ops_library looks up.
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (!api) {  // CreateStatus is in every API version
+    return api_base->GetApi(1)->CreateStatus(
+        ORT_FAIL, ("stamp_onnx native ops need ONNX Runtime >= 1.21 (C API version " +
+                   std::to_string(ORT_API_VERSION) + ")").c_str());
+  }
+  Ort::InitApi(api);
+  static const stamp::Op<stamp::SequenceTransformKernel> sequence_transform;
+  static const stamp::Op<stamp::TokenQdqKernel> token_qdq;
+  static const stamp::Op<stamp::TransformQdqKernel> transform_qdq;
+  // A domain must outlive every session that uses it: keep one per registration.
+  static std::mutex mutex;
+  static std::vector<Ort::CustomOpDomain> domains;
+  try {
+    Ort::CustomOpDomain domain(stamp::kDomain);
+    domain.Add(&sequence_transform);
+    domain.Add(&token_qdq);
+    domain.Add(&transform_qdq);
+    Ort::UnownedSessionOptions(options).Add(domain);
+    std::lock_guard<std::mutex> lock(mutex);
+    domains.push_back(std::move(domain));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return stamp::to_status(e, "RegisterCustomOps");
+  }
+}
