@@ -192,10 +192,11 @@ class PlanCache {
 
 // Tokens [p, s) of every batch slice of x, transformed by the plan into out; tokens [0, p) copied.
 // Units of work: (batch slice, block of feature columns).
-void transform_columns(const ColumnTransform& plan, const Input& in, int64_t p, float* out, int64_t cost) {
+void transform_columns(const Ort::KernelContext& ctx, const ColumnTransform& plan, const Input& in, int64_t p,
+                       float* out, int64_t cost) {
   const int64_t block = std::min(in.d, kColumnBlock), blocks = (in.d + block - 1) / block;
   const int64_t slice = in.s * in.d;
-  parallel_for(in.batch * blocks, in.elements() * cost, [&](int64_t begin, int64_t end) {
+  parallel_for(ctx, in.batch * blocks, in.elements() * cost, [&](int64_t begin, int64_t end) {
     float* scratch = thread_scratch(plan.scratch_floats(block));
     for (int64_t u = begin; u < end; ++u) {
       const int64_t j0 = (u % blocks) * block, w = std::min(block, in.d - j0);
@@ -208,14 +209,15 @@ void transform_columns(const ColumnTransform& plan, const Input& in, int64_t p, 
 }
 
 // y = token_qdq(x) row by row (x may be y).
-void quantize(const TokenQdq& q, const float* x, float* y, int64_t s, int64_t d, int64_t rows) {
-  parallel_for(rows, rows * d, [&](int64_t begin, int64_t end) { qdq_rows(q, x, y, s, d, begin, end); });
+void quantize(const Ort::KernelContext& ctx, const TokenQdq& q, const float* x, float* y, int64_t s, int64_t d,
+              int64_t rows) {
+  parallel_for(ctx, rows, rows * d, [&](int64_t begin, int64_t end) { qdq_rows(q, x, y, s, d, begin, end); });
 }
 
 // The Haar passes: units of work = (batch slice, prefix token or chunk of 2^levels tokens).
 template <class Fn>
-void haar_parallel(const HaarPass& pass, int64_t batch, Fn&& units) {
-  parallel_for(batch * pass.units_per_slice(), batch * pass.s * pass.d, [&](int64_t begin, int64_t end) {
+void haar_parallel(const Ort::KernelContext& ctx, const HaarPass& pass, int64_t batch, Fn&& units) {
+  parallel_for(ctx, batch * pass.units_per_slice(), batch * pass.s * pass.d, [&](int64_t begin, int64_t end) {
     units(begin, end, thread_scratch(pass.scratch_floats()));
   });
 }
@@ -247,14 +249,14 @@ class SequenceTransformKernel {
     }
     if (t_.kind != Kind::kHaar) {
       const auto plan = plans_.get(t_, n);
-      transform_columns(*plan, in, p, y, column_cost(t_.kind, n));
+      transform_columns(ctx, *plan, in, p, y, column_cost(t_.kind, n));
       return;
     }
     // Haar: one chunked pass.
     const HaarPlan plan(n, t_.levels);
     const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
     const HaarPass pass{&plan, in.data, y, nullptr, in.s, in.d, p, t_.inverse, prefetch};
-    haar_parallel(pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
+    haar_parallel(ctx, pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
       haar_units(pass, begin, end, scratch);
     });
   }
@@ -279,7 +281,7 @@ class TokenQdqKernel {
     const Input in = read_input(ctx, kName);
     float* y = ctx.GetOutput(0, in.dims).GetTensorMutableData<float>();
     if (in.elements() == 0) return;
-    quantize(q_, in.data, y, in.s, in.d, in.batch * in.s);
+    quantize(ctx, q_, in.data, y, in.s, in.d, in.batch * in.s);
   }
 
  private:
@@ -312,15 +314,15 @@ class TransformQdqKernel {
       // Transform into T (or straight into Y), then quantize the rows into Y (in place if so).
       float* out = t ? t : y;
       const auto plan = plans_.get(t_, n);
-      transform_columns(*plan, in, p, out, column_cost(t_.kind, n));
-      quantize(q_, out, y, in.s, in.d, in.batch * in.s);
+      transform_columns(ctx, *plan, in, p, out, column_cost(t_.kind, n));
+      quantize(ctx, q_, out, y, in.s, in.d, in.batch * in.s);
       return;
     }
     // Haar (and any transform with no token after the prefix): the fused one-pass kernel.
     const HaarPlan plan(n, t_.kind == Kind::kHaar ? t_.levels : 0);
     const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
     const HaarPass pass{&plan, in.data, y, t, in.s, in.d, p, false, prefetch};
-    haar_parallel(pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
+    haar_parallel(ctx, pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
       haar_qdq_units(pass, q_, begin, end, scratch);
     });
   }

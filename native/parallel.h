@@ -1,58 +1,57 @@
-// Splitting a kernel's work across CPU threads: a small persistent pool of std::threads.
+// Splitting a kernel's work across onnxruntime's own intra-op threads.
 //
-// Starting a thread costs ~30 us here, as much as a whole kernel call on a 1 MiB activation, so
-// the worker threads are started once per process and wait for work: they spin briefly after a
-// job (back-to-back kernel calls then start at once) and then sleep on a condition variable.
+// The work goes to the session's thread pool through KernelContext_ParallelFor, so the kernels
+// follow SessionOptions.intra_op_num_threads and never compete with onnxruntime's threads for
+// the cores (a private pool did, and cost several percent of a whole model's latency).
 #pragma once
+
+#include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <vector>
 
 namespace stamp {
 
-// Below this many float elements of work per extra thread, sharing out the work costs more than
-// it saves: tensors under 64K elements run on the calling thread.
-constexpr int64_t kMinWorkPerThread = 32 * 1024;
+// Below this many float elements of work, sharing out the work costs more than it saves: the
+// kernel runs on the calling thread.
+constexpr int64_t kMinParallelWork = 64 * 1024;
+// Ranges handed to the pool: a few per core, so that a late or slowed thread costs less.
+constexpr int64_t kMaxRanges = 16;
 
-// Threads to use, the calling one included: std::thread::hardware_concurrency(), or the
-// environment variable STAMP_ONNX_THREADS when it is a positive integer (e.g. 1 to measure the
-// single-threaded speed).
-int max_threads();
-
-// Runs task(i) for every i in [0, tasks) on the pool and the calling thread; returns when all
-// are done. If the pool is busy with another caller's job, runs them all on the calling thread.
-// `task` must not throw.
-void run_tasks(int tasks, const std::function<void(int)>& task);
-
-// Calls fn(begin, end) on contiguous ranges that cover [0, units) exactly once, in parallel.
-// `work` is the total cost in element operations (it only decides how many threads pay off).
-// There are a few ranges per thread, claimed dynamically, so that a thread that starts late
-// (a sleeping worker takes ~15 us to wake here) or is slowed down costs less.
-// An exception thrown by any range is rethrown here once every range has finished.
 template <class Fn>
-void parallel_for(int64_t units, int64_t work, Fn&& fn) {
+struct RangeJob {
+  Fn* fn;
+  int64_t units, ranges;
+  std::vector<std::exception_ptr> errors;
+
+  static void run(void* self, size_t i) {
+    auto* job = static_cast<RangeJob*>(self);
+    const int64_t r = static_cast<int64_t>(i);
+    try {
+      (*job->fn)(job->units * r / job->ranges, job->units * (r + 1) / job->ranges);
+    } catch (...) {
+      job->errors[i] = std::current_exception();
+    }
+  }
+};
+
+// Calls fn(begin, end) on contiguous ranges that cover [0, units) exactly once, on the session's
+// intra-op threads. `work` is the total cost in element operations (it only decides whether
+// sharing pays off). An exception thrown by a range is rethrown here once all have finished.
+template <class Fn>
+void parallel_for(const Ort::KernelContext& ctx, int64_t units, int64_t work, Fn&& fn) {
   if (units <= 0) return;
-  int64_t threads = max_threads();
-  if (units < threads) threads = units;
-  if (work / kMinWorkPerThread < threads) threads = work / kMinWorkPerThread;
-  if (threads <= 1 || work < 2 * kMinWorkPerThread) {
+  if (units == 1 || work < kMinParallelWork) {
     fn(int64_t{0}, units);
     return;
   }
-  constexpr int64_t kRangesPerThread = 4;
-  const int64_t ranges = std::min(units, threads * kRangesPerThread);
-  std::vector<std::exception_ptr> errors(ranges);
-  run_tasks(static_cast<int>(ranges), [&](int i) {
-    try {
-      fn(units * i / ranges, units * (i + 1) / ranges);
-    } catch (...) {
-      errors[i] = std::current_exception();
-    }
-  });
-  for (auto& error : errors)
+  using F = std::remove_reference_t<Fn>;
+  RangeJob<F> job{&fn, units, std::min(units, kMaxRanges), {}};
+  job.errors.resize(static_cast<size_t>(job.ranges));
+  ctx.ParallelFor(&RangeJob<F>::run, static_cast<size_t>(job.ranges), 0, &job);
+  for (auto& error : job.errors)
     if (error) std::rethrow_exception(error);
 }
 
