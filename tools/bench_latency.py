@@ -4,8 +4,10 @@ For each model the float export is rewritten twice (``--transform none`` and the
 STaMP config) and each variant runs batch 1 through onnxruntime with its default threading,
 the ai.stamp ops as function bodies and, when the library is built, as native kernels. The
 inputs are the model's own evaluation data (``--seq-len`` tokens of text; one photo for
-DINOv2). Median of ``--repeat`` runs after 3 warm-up runs; all sessions live in the same
-process and are timed in turn, round-robin, so that drifts of the machine hit every variant.
+DINOv2). Each variant runs in a process of its own (sessions in one process disturb each
+other: onnxruntime's idle threads of one session spin on the cores the next one needs): 3
+warm-up runs, then the median of ``--repeat`` runs. The variants take turns, ``--rounds``
+times, so drifts of the machine hit all of them; the table holds the median over rounds.
 
     .venv/bin/python tools/bench_latency.py smollm2-135m dinov2-s --seq-len 512
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,21 +50,34 @@ def variants(model: str, out_dir: Path) -> dict[str, tuple[Path, bool]]:
     return rows
 
 
-def bench_model(model: str, out_dir: Path, seq_len: int, repeat: int) -> list[tuple[str, float]]:
-    loaded = load_model(model)
-    feeds = evaluation_samples(loaded, 1, seq_len, seed=0).rows(0, 1)
-    sessions = {}
-    for name, (path, native) in variants(model, out_dir).items():
-        session = runtime.session(path, native)
+def time_variant(path: Path, native: bool, feeds_path: Path, repeat: int) -> float:
+    """Median seconds of ``repeat`` runs of one variant, after 3 warm-up runs (in this process)."""
+    session = runtime.session(path, native)
+    with np.load(feeds_path) as data:
         wanted = {i.name for i in session.get_inputs()}
-        sessions[name] = (session, {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in wanted})
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for round_ in range(repeat + 3):
-        for name, (session, inputs) in sessions.items():
-            start = time.perf_counter()
-            session.run(None, inputs)
-            if round_ >= 3:
-                times[name].append(time.perf_counter() - start)
+        inputs = {k: data[k] for k in data.files if k in wanted}
+    for _ in range(3):
+        session.run(None, inputs)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_model(model: str, out_dir: Path, seq_len: int, repeat: int, rounds: int) -> list[tuple[str, float]]:
+    """Every variant in its own child process, in turn, ``rounds`` times; the median per variant."""
+    loaded = load_model(model)
+    feeds_path = out_dir / f"{loaded.name}.bench.feeds.npz"
+    np.savez(feeds_path, **evaluation_samples(loaded, 1, seq_len, seed=0).rows(0, 1))
+    times: dict[str, list[float]] = {}
+    rows = variants(model, out_dir)
+    for _ in range(rounds):
+        for name, (path, native) in rows.items():
+            child = [sys.executable, __file__, "--child", str(path), str(int(native)), str(feeds_path), str(repeat)]
+            result = subprocess.run(child, capture_output=True, text=True, check=True)
+            times.setdefault(name, []).append(float(result.stdout.split()[-1]))
     return [(name, statistics.median(values)) for name, values in times.items()]
 
 
@@ -72,13 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--out-dir", type=Path, default=Path("out/bench"))
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--rounds", type=int, default=3, help="times each variant's process is run (default 3)")
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":  # one variant, in a child process
+        path, native, feeds, repeat = sys.argv[2:6]
+        print(time_variant(Path(path), native == "1", Path(feeds), int(repeat)))
+        return 0
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if runtime.native_library() is None:
         print("native kernels not built (tools/build_native.sh): only function bodies are timed", file=sys.stderr)
     lines = ["| model | variant | ms | vs float | vs none (same kernels) |", "| --- | --- | ---: | ---: | ---: |"]
     for model in args.models:
-        results = dict(bench_model(model, args.out_dir, args.seq_len, args.repeat))
+        results = dict(bench_model(model, args.out_dir, args.seq_len, args.repeat, args.rounds))
         for name, seconds in results.items():
             kernels = name.split(", ")[-1]
             none = results.get(f"none, {kernels}")
