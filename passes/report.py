@@ -15,6 +15,8 @@ class LayerRecord:
     in_features: int
     out_features: int
     transform: str = "none"
+    feature_transform: str = "none"
+    weight_format: str = "float"  # e.g. "int4 per channel", "int4 block 32"
 
 
 @dataclasses.dataclass(frozen=True)

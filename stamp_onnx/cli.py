@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from stamp_onnx.config import ALLOWED_BITS, TRANSFORMS, StampConfig
+from stamp_onnx.config import ALLOWED_BITS, FEATURE_TRANSFORMS, TRANSFORMS, WEIGHT_BITS, StampConfig
 from stamp_onnx.errors import ConfigError, StampError
 
 logger = logging.getLogger("stamp_onnx")
@@ -89,6 +89,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     bits = ",".join(map(str, ALLOWED_BITS))
     p.add_argument("--hp-bits", type=int, help=f"bits of the first K tokens: {bits} (default {d.hp_bits})")
     p.add_argument("--lp-bits", type=int, help=f"bits of the other tokens: {bits} (default {d.lp_bits})")
+    p.add_argument("--weight-bits", type=int,
+                   help=f"round-to-nearest symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights)")
+    p.add_argument("--weight-block", type=int,
+                   help="weight scales per block of this many input features (default 0: per output channel)")
+    p.add_argument("--feature-transform", help=f"{'|'.join(FEATURE_TRANSFORMS)}: rotate activations along the features, "
+                   "folded into the weights (default none)")
     p.add_argument("--include", help="regex: rewrite only layers whose name matches")
     p.add_argument("--exclude", help="regex: leave layers whose name matches")
     p.add_argument("--config", type=Path, help="JSON file with any of the keys above (flags win)")
@@ -105,7 +111,8 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
     base = StampConfig.from_file(args.config) if args.config else StampConfig()
     changes = {
         key: getattr(args, key)
-        for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude")
+        for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude",
+                    "weight_bits", "weight_block", "feature_transform")
         if getattr(args, key) is not None
     }
     return base.replace(**changes)

@@ -18,6 +18,8 @@ from stamp_onnx.errors import ConfigError
 
 TRANSFORMS = ("haar", "haar2d", "dct", "wht", "none")
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
+FEATURE_TRANSFORMS = ("none", "hadamard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,11 @@ class StampConfig:
         the rest with ``lp_bits``.
     include / exclude: regular expressions searched in layer names; a layer is rewritten
         when it matches ``include`` (if given) and does not match ``exclude`` (if given).
+    weight_bits: round-to-nearest symmetric weight quantization of the rewritten layers
+        (0: float weights); weight_block: per output channel (0) or per block of that many
+        input features. See :mod:`stamp_onnx.weights`.
+    feature_transform: ``hadamard`` rotates each rewritten layer's activation along the
+        features, X -> X R, with R^T folded into the weight (before weight quantization).
     """
 
     transform: str = "haar"
@@ -47,6 +54,9 @@ class StampConfig:
     lp_bits: int = 4
     include: str | None = None
     exclude: str | None = None
+    weight_bits: int = 0
+    weight_block: int = 0
+    feature_transform: str = "none"
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
@@ -73,6 +83,18 @@ class StampConfig:
                     f"{name}={value!r} is not allowed; choose one of "
                     f"{', '.join(map(str, ALLOWED_BITS))}"
                 )
+        if self.weight_bits not in WEIGHT_BITS or isinstance(self.weight_bits, bool):
+            raise ConfigError(
+                f"weight_bits={self.weight_bits!r} is not allowed; choose one of {', '.join(map(str, WEIGHT_BITS))} "
+                "(0: float weights)"
+            )
+        _check_int("weight_block", self.weight_block, low=0, high=1 << 20)
+        if self.weight_block and not self.weight_bits:
+            raise ConfigError(f"weight_block={self.weight_block} needs weight_bits (weights are float)")
+        if self.feature_transform not in FEATURE_TRANSFORMS:
+            raise ConfigError(
+                f"feature_transform={self.feature_transform!r} is not allowed; choose one of {', '.join(FEATURE_TRANSFORMS)}"
+            )
         for name in ("include", "exclude"):
             pattern = getattr(self, name)
             if pattern is None:

@@ -34,7 +34,7 @@ from stamp_onnx import ops, quant, runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.naming import module_of_layer
-from stamp_onnx.reference import sequence_transform, stamp_activation
+from stamp_onnx.reference import layer_weight, sequence_transform, stamp_activation
 
 logger = logging.getLogger(__name__)
 
@@ -160,12 +160,14 @@ def _compare_layer(
 ) -> LayerDiff:
     x, t, q, y = (torch.from_numpy(values[name]) for name in (tap.x, tap.t, tap.q, tap.y))
     bias = linear.bias if tap.has_bias else None
-    whole = torch.nn.functional.linear(stamp_activation(x, config), linear.weight, bias)
+    # x is the quantizer's input: already rotated when there is a feature transform
+    weight = layer_weight(linear.weight, config)
+    whole = torch.nn.functional.linear(stamp_activation(x, config), weight, bias)
     if whole.shape != y.shape:
         raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")
     t_ref = sequence_transform(x, config)
     q_ref = quant.token_qdq(t, config.hp_tokens, config.hp_bits, config.lp_bits)
-    y_ref = sequence_transform(torch.nn.functional.linear(q, linear.weight), config, inverse=True)
+    y_ref = sequence_transform(torch.nn.functional.linear(q, weight), config, inverse=True)
     if bias is not None:
         y_ref = y_ref + bias
     shares = _token_energy(t)
@@ -176,7 +178,9 @@ def _compare_layer(
         qdq_elements=q.numel(),
         output_rel=_rel(y_ref, y),
         sqnr_db=quant.sqnr_db(whole.numpy(), y.numpy()),
-        float_sqnr_db=quant.sqnr_db(torch.nn.functional.linear(x, linear.weight, bias).numpy(), y.numpy()),
+        float_sqnr_db=quant.sqnr_db(
+            torch.nn.functional.linear(x, layer_weight(linear.weight, config, quantized=False), bias).numpy(), y.numpy()
+        ),
         hp_energy=float(shares[: config.hp_tokens].sum()),
         token_energy=tuple(shares.tolist()),
     )

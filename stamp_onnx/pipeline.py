@@ -13,8 +13,10 @@ from passes.convert_opset import ConvertOpsetPass
 from passes.inline_stamp_ops import InlineStampOpsPass
 from passes.insert_sequence_transform import InsertSequenceTransformPass
 from passes.insert_token_qdq import InsertTokenQDQPass
+from passes.quantize_weights import QuantizeWeightsPass
 from passes.record_config import RecordConfigPass
 from passes.report import RewriteReport
+from passes.rotate_features import RotateFeaturesPass
 from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import RewriteError, StampError, first_line
@@ -39,6 +41,8 @@ def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model", 
             ConvertOpsetPass(ops.MIN_OPSET, report),
             InsertTokenQDQPass(config, report),
             InsertSequenceTransformPass(config, report),
+            RotateFeaturesPass(config, report),
+            QuantizeWeightsPass(config, report),
             RecordConfigPass(config, stamp_onnx.__version__),
             *([InlineStampOpsPass()] if inline else []),
         ]

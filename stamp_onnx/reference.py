@@ -9,6 +9,10 @@ rewritten ONNX graph (L^-1 commutes with the feature-axis matmul). The math is
 :mod:`stamp_onnx.transforms` and :mod:`stamp_onnx.quant` themselves, torch branch, float32,
 so this reference and the ONNX function bodies are held to one oracle.
 
+With a feature transform the input is first rotated, x -> x R, and the layer's weight becomes
+R^T W; with weight quantization that weight is fake-quantized (:mod:`stamp_onnx.weights`).
+The hooked layers' weights are swapped for those while the context is open.
+
 Example::
 
     with stamp_reference(model, StampConfig()) as layers:
@@ -23,9 +27,10 @@ import logging
 from collections.abc import Collection, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
-from stamp_onnx import quant, transforms
+from stamp_onnx import quant, transforms, weights
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 
@@ -36,6 +41,32 @@ def sequence_transform(x: torch.Tensor, config: StampConfig, *, inverse: bool = 
     """L x (or L^-1 x) on the token axis (-2), with every transform setting of ``config``."""
     fn = transforms.inverse if inverse else transforms.forward
     return fn(x, config.transform, config.levels, config.prefix_tokens, config.grid_width)
+
+
+def rotate_features(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
+    """x R along the features (axis -1) for ``feature_transform="hadamard"``, else x."""
+    if config.feature_transform == "none":
+        return x
+    r = torch.from_numpy(weights.feature_rotation(int(x.shape[-1])).astype(np.float32)).to(x.dtype)
+    return x @ r
+
+
+def layer_weight(weight: torch.Tensor, config: StampConfig, *, quantized: bool = True) -> torch.Tensor:
+    """The nn.Linear weight (d_out, d_in) the rewritten layer multiplies by: fake_quant(R^T W), transposed.
+
+    ``quantized=False`` leaves out the weight quantization (the float layer on a rotated input).
+    """
+    w = weight.detach().T  # (d_in, d_out), the MatMul layout
+    if config.feature_transform != "none":
+        r = weights.feature_rotation(int(w.shape[0]))
+        w = torch.from_numpy((r.T @ w.double().numpy()).astype(np.float32)).to(weight.dtype)
+    if quantized:
+        w = weights.fake_quantize_weight(w, config.weight_bits, config.weight_block)
+    return w.T.contiguous()
+
+
+def changes_weights(config: StampConfig) -> bool:
+    return bool(config.weight_bits) or config.feature_transform != "none"
 
 
 def stamp_activation(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
@@ -75,11 +106,18 @@ def stamp_reference(
         x = args[0]
         if x.dim() < 2:
             return args
-        return (stamp_activation(x, config), *args[1:])
+        return (stamp_activation(rotate_features(x, config), config), *args[1:])
 
+    originals = {}
+    if changes_weights(config):
+        for name in names:
+            originals[name] = linears[name].weight.data
+            linears[name].weight.data = layer_weight(originals[name], config)
     handles = [linears[name].register_forward_pre_hook(hook) for name in names]
     try:
         yield names
     finally:
         for handle in handles:
             handle.remove()
+        for name, weight in originals.items():
+            linears[name].weight.data = weight

@@ -23,6 +23,7 @@ from stamp_onnx.errors import ConfigError
 LIBRARY_NAME = "libstamp_onnx_ops.so"
 ENV_VAR = "STAMP_NATIVE_LIBRARY"
 PROVIDERS = ["CPUExecutionProvider"]
+MATMULNBITS_ACCURACY = "session.qdq_matmulnbits_accuracy_level"
 NATIVE = "native"
 FUNCTION_BODIES = "function bodies"
 
@@ -40,8 +41,12 @@ def session_options(native: bool = True) -> ort.SessionOptions:
     """SessionOptions with the native kernels registered when ``native`` and the library exists.
 
     ``native=False`` gives plain options: the ai.stamp ops run as their function bodies.
+    Both keep weight-only quantized layers in float arithmetic: onnxruntime fuses an int4/int8
+    DequantizeLinear + MatMul into MatMulNBits, which by default also quantizes the activation
+    to int8 (a second quantizer on top of the model's own); accuracy level 1 computes in fp32.
     """
     options = ort.SessionOptions()
+    options.add_session_config_entry(MATMULNBITS_ACCURACY, "1")
     library = native_library() if native else None
     if library is not None:
         try:

@@ -39,7 +39,8 @@ def test_config_file_and_flags(mlp_path: Path, tmp_path: Path, capsys: pytest.Ca
     assert main(["-q", "quantize", str(mlp_path), "-o", str(out), "--config", str(config), "--lp-bits", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["config"] == {
-        "transform": "wht", "levels": 3, "prefix_tokens": 1, "grid_width": 0, "hp_tokens": 2, "hp_bits": 8, "lp_bits": 2, "include": None, "exclude": None
+        "transform": "wht", "levels": 3, "prefix_tokens": 1, "grid_width": 0, "hp_tokens": 2, "hp_bits": 8, "lp_bits": 2,
+        "include": None, "exclude": None, "weight_bits": 0, "weight_block": 0, "feature_transform": "none",
     }
 
 
@@ -51,6 +52,9 @@ BAD_FLAGS = [
     (["--transform", "fft"], "transform='fft'"),
     (["--include", "("], "not a valid regular expression"),
     (["--levels", "three"], "invalid int value"),
+    (["--weight-bits", "16"], "weight_bits=16"),
+    (["--weight-block", "32"], "needs weight_bits"),
+    (["--feature-transform", "quarot"], "feature_transform='quarot'"),
 ]
 
 

@@ -23,7 +23,7 @@ def usage_commands() -> list[list[str]]:
     section = README.split("## Usage", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
     assert block is not None, "README's Usage section has no sh block"
-    return [shlex.split(line)[1:] for line in block.group(1).splitlines() if line.startswith("stamp-onnx ")]
+    return [shlex.split(line, comments=True)[1:] for line in block.group(1).splitlines() if line.startswith("stamp-onnx ")]
 
 
 def test_quick_start_has_exactly_the_two_make_commands() -> None:
@@ -41,7 +41,7 @@ def test_quick_start_has_exactly_the_two_make_commands() -> None:
 def test_usage_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     commands = usage_commands()
-    assert [c[0] for c in commands] == ["export", "quantize", "quantize", "inspect", "validate", "eval"]
+    assert [c[0] for c in commands] == ["export", "quantize", "quantize", "quantize", "quantize", "inspect", "validate", "eval"]
     for argv in commands:
         argv = ["tiny-llama" if a == "smollm2-135m" else a for a in argv]
         assert main(["-q", *argv]) == 0, argv

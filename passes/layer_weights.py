@@ -1,0 +1,97 @@
+"""The constant weight of a linear layer in MatMul layout, (d_in, d_out), read and replaced.
+
+Shared by the passes that change weights. A Gemm with transB=1 stores W^T; the helpers hide
+that. Only initializers (or values with a constant) are read; the original initializer is left
+in place for any other user (a tied embedding) and dropped when nothing uses it any more.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from passes.linear_layers import LAYER_KEY, LINEAR_OPS
+from stamp_onnx import ops
+from stamp_onnx.errors import RewriteError
+
+QUANTIZERS = (ops.TOKEN_QDQ, ops.TRANSFORM_QDQ)
+
+
+def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
+    """(layer name, linear node, its activation quantizer) of every rewritten layer, in graph order."""
+    found = []
+    for node in graph:
+        layer = node.metadata_props.get(LAYER_KEY)
+        if node.op_type not in LINEAR_OPS or layer is None or node.inputs[0] is None:
+            continue
+        quantizer = node.inputs[0].producer()
+        if quantizer is not None and quantizer.domain == ops.DOMAIN and quantizer.op_type in QUANTIZERS:
+            found.append((layer, node, quantizer))
+    return found
+
+
+def is_transposed(node: ir.Node) -> bool:
+    attr = node.attributes.get("transB")
+    return node.op_type == "Gemm" and attr is not None and attr.as_int() != 0
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    """The array of an initializer, a Constant node's output or a Transpose of either."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is None or producer.domain not in ("", "ai.onnx"):
+        return None
+    if producer.op_type == "Constant" and producer.attributes.get("value") is not None:
+        return producer.attributes["value"].as_tensor().numpy()
+    if producer.op_type == "Transpose":
+        inner = _constant(producer.inputs[0])
+        perm = producer.attributes.get("perm")
+        return None if inner is None else np.transpose(inner, None if perm is None else perm.as_ints())
+    return None
+
+
+def read_weight(node: ir.Node) -> np.ndarray:
+    """W (d_in, d_out) of ``node`` as float32 (read from memory or external data)."""
+    array = _constant(node.inputs[1])
+    if array is None:
+        raise RewriteError(
+            f"layer {node.name!r}: its weight is not a constant this pass can read; weight quantization "
+            "and feature transforms need an initializer (re-export the model with constant folding)"
+        )
+    array = array.astype(np.float32)
+    return array.T if is_transposed(node) else array
+
+
+def stored(node: ir.Node, w: np.ndarray) -> np.ndarray:
+    """``w`` (d_in, d_out) in the layout ``node`` stores its weight in."""
+    return np.ascontiguousarray(w.T if is_transposed(node) else w)
+
+
+def replace_input(graph: ir.Graph, node: ir.Node, index: int, new: ir.Value) -> None:
+    """Point input ``index`` of ``node`` at ``new``; drop what fed the old input if nothing else uses it."""
+    old = node.inputs[index]
+    node.replace_input_with(index, new)
+    _drop_if_unused(graph, old)
+
+
+def _drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
+    if value is None or value.uses() or value.is_graph_output():
+        return
+    if value.is_initializer() and value.name:
+        graph.initializers.pop(value.name)
+        return
+    producer = value.producer()
+    if producer is not None and producer.op_type in ("Transpose", "Constant") and len(producer.outputs) == 1:
+        inputs = list(producer.inputs)
+        graph.remove(producer, safe=True)
+        for inner in inputs:
+            _drop_if_unused(graph, inner)
+
+
+def add_initializer(graph: ir.Graph, name: str, tensor: ir.TensorProtocol) -> ir.Value:
+    value = ir.Value(name=name, shape=ir.Shape(tensor.shape.numpy()), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value

@@ -1,0 +1,66 @@
+"""RotateFeaturesPass: rotate each rewritten layer's activation along the features, X -> X R.
+
+Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
+After::    x ──► MatMul(R) ──► TransformQDQ / TokenQDQ ──► MatMul(R^T W)
+
+R is the orthonormal d x d matrix of :func:`stamp_onnx.weights.feature_rotation` (one
+initializer per feature size, shared by the layers); R^T W is a new initializer (the original
+stays if something else uses it, e.g. a tied embedding). The activation is quantized after the
+rotation, so outlier channels are spread over all features first; in float the layer is
+unchanged (X R R^T W = X W). The rotation runs online as a plain MatMul (O(d^2) per token; a
+structured kernel would take O(d (m + 2^k))). Runs after the quantizer insertion, before
+weight quantization (which then quantizes R^T W). Does nothing for ``feature_transform="none"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from passes.layer_weights import (
+    add_initializer,
+    read_weight,
+    replace_input,
+    rewritten_layers,
+    stored,
+)
+from passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from passes.report import RewriteReport
+from stamp_onnx.config import StampConfig
+from stamp_onnx.weights import feature_rotation
+
+
+class RotateFeaturesPass(ir.passes.InPlacePass):
+    def __init__(self, config: StampConfig, report: RewriteReport) -> None:
+        super().__init__()
+        self.config = config
+        self.report = report
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.config.feature_transform == "none":
+            return ir.passes.PassResult(model, modified=False)
+        graph = model.graph
+        fresh = unique_namer(graph)
+        rotations: dict[int, ir.Value] = {}
+        count = 0
+        for layer, node, quantizer in rewritten_layers(graph):
+            w = read_weight(node)
+            d = w.shape[0]
+            r = feature_rotation(d)
+            if d not in rotations:
+                rotations[d] = add_initializer(graph, fresh(f"stamp_feature_rotation_{d}"), ir.tensor(r.astype(np.float32)))
+            folded = (r.T @ w.astype(np.float64)).astype(np.float32)
+            new_weight = add_initializer(graph, fresh(f"{layer}/rotated_weight"), ir.tensor(stored(node, folded)))
+            replace_input(graph, node, 1, new_weight)
+
+            x = quantizer.inputs[0]
+            assert x is not None
+            rotate = ir.Node("", "MatMul", [x, rotations[d]], name=fresh(f"{layer}/FeatureRotation"),
+                             metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer})
+            out = rotate.outputs[0]
+            out.name, out.type, out.shape = fresh(f"{layer}/rotated_input"), x.type, x.shape
+            graph.insert_before(quantizer, rotate)
+            quantizer.replace_input_with(0, out)
+            self.report.layer(layer).feature_transform = self.config.feature_transform
+            count += 1
+        return ir.passes.PassResult(model, modified=count > 0)
