@@ -132,6 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from passes.quantize_weights import weight_format
     from stamp_onnx.pipeline import quantize_file
 
     config = config_from_args(args)
@@ -141,7 +142,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 0
     print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}")
     print(f"  transform={config.transform} levels={config.levels} prefix={config.prefix_tokens} K={config.hp_tokens} "
-          f"bits={config.hp_bits}/{config.lp_bits}")
+          f"bits={config.hp_bits}/{config.lp_bits} features={config.feature_transform} "
+          f"weights={weight_format(config)}")
     if report.opset_from != report.opset_to:
         print(f"  opset converted {report.opset_from} -> {report.opset_to}")
     if report.skipped:

@@ -67,6 +67,10 @@ def config_label(config: StampConfig) -> str:
     if config.prefix_tokens:
         parts.append(f"P={config.prefix_tokens}")
     parts += [f"K={config.hp_tokens}", f"{config.hp_bits}/{config.lp_bits}"]
+    if config.feature_transform != "none":
+        parts.append(config.feature_transform)
+    if config.weight_bits:
+        parts.append(f"W{config.weight_bits}" + (f" b{config.weight_block}" if config.weight_block else ""))
     return ", ".join(parts)
 
 

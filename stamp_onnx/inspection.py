@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from passes.linear_layers import LAYER_KEY
+from passes.linear_layers import LAYER_KEY, PASS_KEY
 from passes.record_config import recorded_config
 from stamp_onnx import ops
 
@@ -27,6 +27,8 @@ class LayerSummary:
     hp_bits: int
     lp_bits: int
     average_bits: float
+    feature_transform: str = "none"
+    weight_format: str = "float"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +49,14 @@ class ModelSummary:
             lines.append("recorded config: " + ", ".join(f"{k}={v}" for k, v in sorted(self.config.items())))
         if self.layers:
             width = max(len(layer.name) for layer in self.layers)
-            lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}")
+            lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}"
+                         "  features  weights")
             for layer in self.layers:
                 levels = str(layer.levels) if layer.transform.startswith("haar") else "-"
                 lines.append(
                     f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
-                    f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}"
+                    f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}  "
+                    f"{layer.feature_transform:<8}  {layer.weight_format}"
                 )
         lines.append("op counts: " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
         if self.functions:
@@ -80,6 +84,7 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
             qdq[layer], transform[layer] = spec.qdq, spec.transform
         elif isinstance(spec, ops.TokenQDQSpec):
             qdq[layer] = spec
+    features, weight_formats = _weight_side(model)
     layers = []
     for name, q in qdq.items():
         t = transform.get(name)
@@ -93,6 +98,8 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
                 hp_bits=q.hp_bits,
                 lp_bits=q.lp_bits,
                 average_bits=average_bits(q.hp_tokens, q.hp_bits, q.lp_bits, seq_len),
+                feature_transform=features.get(name, "none"),
+                weight_format=weight_formats.get(name, "float"),
             )
         )
     config = recorded_config(model)
@@ -104,3 +111,22 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
         seq_len=seq_len,
         opset=model.opset_imports.get("", 0),
     )
+
+
+def _weight_side(model: ir.Model) -> tuple[dict[str, str], dict[str, str]]:
+    """Per layer: its feature transform and weight format, read from the nodes the passes inserted."""
+    features: dict[str, str] = {}
+    formats: dict[str, str] = {}
+    for node in model.graph:
+        layer = node.metadata_props.get(LAYER_KEY)
+        inserted_by = node.metadata_props.get(PASS_KEY)
+        if layer is None:
+            continue
+        if inserted_by == "RotateFeaturesPass":
+            features[layer] = "hadamard"
+        elif inserted_by == "QuantizeWeightsPass" and node.inputs[0] is not None:
+            storage = node.inputs[0].dtype
+            block = node.attributes.get("block_size")
+            kind = f"block {block.as_int()}" if block is not None and block.as_int() else "per channel"
+            formats[layer] = f"{'int4' if storage == ir.DataType.INT4 else 'int8'} {kind}"
+    return features, formats

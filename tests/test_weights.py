@@ -16,7 +16,9 @@ from torch_models import tiny_llama, tiny_llama_onnx
 from stamp_onnx import weights
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
+from stamp_onnx.inspection import summarize
 from stamp_onnx.layer_check import per_layer_diffs
+from stamp_onnx.model_io import load_model
 from stamp_onnx.models import sample_inputs
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.reference import layer_weight, stamp_reference
@@ -80,7 +82,10 @@ def test_without_quantization_every_composition_is_the_float_model(transform: st
 
 def test_passes_structure(tmp_path: Path) -> None:
     config = StampConfig(hp_tokens=8, weight_bits=4, weight_block=16, feature_transform="hadamard")
-    proto = onnx.load(str(_rewrite(config, tmp_path)))
+    path = _rewrite(config, tmp_path)
+    summary = summarize(load_model(path))
+    assert {(layer.feature_transform, layer.weight_format) for layer in summary.layers} == {("hadamard", "int4 block 16")}
+    proto = onnx.load(str(path))
     counts = collections.Counter(node.op_type for node in proto.graph.node)
     layers = sum(1 for node in proto.graph.node if node.op_type == "TransformQDQ")
     assert counts["DequantizeLinear"] == layers
