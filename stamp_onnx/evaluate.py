@@ -55,7 +55,7 @@ def parse_config_spec(spec: str) -> StampConfig:
             raise ConfigError(
                 f"config spec {spec!r}: {item!r} is not key=value with a key among {', '.join(sorted(_FIELDS))}"
             )
-        changes[key] = value if key in ("include", "exclude", "transform") else _int(spec, key, value)
+        changes[key] = value if key in ("include", "exclude", "transform", "feature_transform") else _int(spec, key, value)
     return StampConfig().replace(**changes)
 
 

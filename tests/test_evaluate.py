@@ -14,6 +14,10 @@ def test_specs_parse_to_configs() -> None:
     assert parse_config_spec("haar,prefix_tokens=1") == StampConfig(prefix_tokens=1)
     assert parse_config_spec("none, hp-tokens=0") == StampConfig(transform="none", hp_tokens=0)
     assert parse_config_spec("dct,exclude=lm_head,lp_bits=3") == StampConfig(transform="dct", exclude="lm_head", lp_bits=3)
+    spec = "none,weight_bits=4,weight_block=32,feature_transform=hadamard"
+    config = StampConfig(transform="none", weight_bits=4, weight_block=32, feature_transform="hadamard")
+    assert parse_config_spec(spec) == config
+    assert config_label(config) == "none, K=64, 8/4, hadamard, W4 b32"
 
 
 @pytest.mark.parametrize(
