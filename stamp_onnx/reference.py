@@ -108,11 +108,13 @@ def stamp_reference(
             return args
         return (stamp_activation(rotate_features(x, config), config), *args[1:])
 
+    # Each hooked layer gets a Parameter of its own (not new data in the old one): a weight tied
+    # to an embedding (an LM head) must not change the embedding, as the ONNX rewrite does not.
     originals = {}
     if changes_weights(config):
         for name in names:
-            originals[name] = linears[name].weight.data
-            linears[name].weight.data = layer_weight(originals[name], config)
+            originals[name] = linears[name].weight
+            linears[name].weight = torch.nn.Parameter(layer_weight(originals[name], config), requires_grad=False)
     handles = [linears[name].register_forward_pre_hook(hook) for name in names]
     try:
         yield names
@@ -120,4 +122,4 @@ def stamp_reference(
         for handle in handles:
             handle.remove()
         for name, weight in originals.items():
-            linears[name].weight.data = weight
+            linears[name].weight = weight

@@ -124,6 +124,19 @@ def test_reference_swaps_the_weights_in_and_out() -> None:
     torch.testing.assert_close(linear.weight.detach(), before)
 
 
+def test_reference_leaves_a_tied_embedding_alone() -> None:
+    """An LM head tied to the embedding: the head's weight changes, the embedding's must not."""
+    embed = torch.nn.Embedding(10, 8)
+    head = torch.nn.Linear(8, 10, bias=False)
+    head.weight = embed.weight
+    module = torch.nn.ModuleDict({"embed": embed, "head": head})
+    before = embed.weight.detach().clone()
+    with stamp_reference(module, StampConfig(weight_bits=4, feature_transform="hadamard")):
+        torch.testing.assert_close(embed.weight.detach(), before)
+        assert not torch.equal(head.weight.detach(), before)
+    assert head.weight is embed.weight
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"weight_bits": 1}, "weight_bits=1 is not allowed"),
     ({"weight_bits": 16}, "weight_bits=16 is not allowed"),
