@@ -4,13 +4,10 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "gemm.h"
+
 namespace stamp {
 namespace {
-
-// y += a * x over w features.
-inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t w) {
-  for (int64_t j = 0; j < w; ++j) y[j] += a * x[j];
-}
 
 // (a, b) = (a + b, a - b) over w features: one unnormalised Hadamard butterfly, in place.
 inline void add_sub(float* __restrict a, float* __restrict b, int64_t w) {
@@ -28,41 +25,33 @@ inline void scale_copy(const float* __restrict x, float* __restrict y, float k, 
 // --- DCT ----------------------------------------------------------------------------------
 
 // Orthonormal DCT-II as a dense n x n matrix (transforms._dct_matrix: built in double, used in
-// float32), applied as a blocked product: kRows output rows accumulate in scratch while the
-// input rows stream past once per block.
+// float32), applied by the blocked matrix product of gemm.cc.
 class Dct final : public ColumnTransform {
  public:
-  Dct(int64_t n, bool inverse) : n_(n), a_(static_cast<size_t>(n * n)) {
+  Dct(int64_t n, bool inverse) : n_(n) {
+    std::vector<float> a(static_cast<size_t>(n * n));
     const double pi = std::acos(-1.0), inv_sqrt2 = 1.0 / std::sqrt(2.0), norm = std::sqrt(2.0 / n);
     for (int64_t k = 0; k < n; ++k) {
       for (int64_t t = 0; t < n; ++t) {
         // Same operation order as numpy: pi * (2t + 1) * k / (2n), cos, * sqrt(2 / n).
         double m = std::cos(pi * static_cast<double>(2 * t + 1) * static_cast<double>(k) / static_cast<double>(2 * n)) * norm;
         if (k == 0) m *= inv_sqrt2;
-        // The inverse is the transpose: store it row-major so both directions stream rows.
-        a_[inverse ? t * n + k : k * n + t] = static_cast<float>(m);
+        // The inverse is the transpose.
+        a[inverse ? t * n + k : k * n + t] = static_cast<float>(m);
       }
     }
+    panels_ = pack_panels(a.data(), n);
   }
 
-  int64_t scratch_floats(int64_t w) const override { return kRows * w; }
+  int64_t scratch_floats(int64_t w) const override { return matmul_scratch_floats(w); }
 
   void apply(const float* x, float* y, int64_t ld, int64_t w, float* scratch) const override {
-    for (int64_t i0 = 0; i0 < n_; i0 += kRows) {
-      const int64_t rows = std::min(kRows, n_ - i0);
-      std::fill(scratch, scratch + rows * w, 0.0f);
-      for (int64_t k = 0; k < n_; ++k) {
-        const float* xk = x + k * ld;
-        for (int64_t r = 0; r < rows; ++r) axpy(a_[(i0 + r) * n_ + k], xk, scratch + r * w, w);
-      }
-      for (int64_t r = 0; r < rows; ++r) copy_row(scratch + r * w, y + (i0 + r) * ld, w);
-    }
+    matmul(panels_.data(), n_, x, y, ld, w, scratch);
   }
 
  private:
-  static constexpr int64_t kRows = 8;
   int64_t n_;
-  std::vector<float> a_;  // the matrix (forward) or its transpose (inverse), row-major
+  std::vector<float> panels_;  // the matrix (forward) or its transpose (inverse), packed
 };
 
 // --- WHT ----------------------------------------------------------------------------------
