@@ -14,8 +14,6 @@ from passes.linear_layers import LAYER_KEY, LINEAR_OPS
 from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
 
-QUANTIZERS = (ops.TOKEN_QDQ, ops.TRANSFORM_QDQ)
-
 
 def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
     """(layer name, linear node, its activation quantizer) of every rewritten layer, in graph order."""
@@ -25,7 +23,7 @@ def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
         if node.op_type not in LINEAR_OPS or layer is None or node.inputs[0] is None:
             continue
         quantizer = node.inputs[0].producer()
-        if quantizer is not None and quantizer.domain == ops.DOMAIN and quantizer.op_type in QUANTIZERS:
+        if quantizer is not None and quantizer.domain == ops.DOMAIN and quantizer.op_type in ops.QUANTIZERS:
             found.append((layer, node, quantizer))
     return found
 

@@ -100,7 +100,7 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
     taps = []
     for node in graph.node:
         layer = _layer(node)
-        if node.domain != ops.DOMAIN or node.op_type not in (ops.TOKEN_QDQ, ops.TRANSFORM_QDQ) or layer is None:
+        if node.domain != ops.DOMAIN or node.op_type not in ops.QUANTIZERS or layer is None:
             continue
         x = t = node.input[0]
         if node.op_type == ops.TRANSFORM_QDQ:

@@ -53,6 +53,7 @@ DOMAIN_VERSION = 1
 SEQUENCE_TRANSFORM = "SequenceTransform"
 TOKEN_QDQ = "TokenQDQ"
 TRANSFORM_QDQ = "TransformQDQ"
+QUANTIZERS = (TOKEN_QDQ, TRANSFORM_QDQ)  # the ops that quantize a layer's activation
 MIN_OPSET = 21  # QuantizeLinear/DequantizeLinear with uint4 and computed per-axis scales
 _INT64_MAX = np.iinfo(np.int64).max
 _WHT_BITS = 31  # WHT bodies support s < 2^31 tokens

@@ -196,7 +196,7 @@ def _read_metadata(path: str | Path) -> tuple[StampConfig | None, list[str]]:
         raise ValidationError(f"{path}: the recorded config is invalid: {err}") from err
     layers: set[str] = set()
     for node in proto.graph.node:
-        if node.domain == ops.DOMAIN and node.op_type in (ops.TOKEN_QDQ, ops.TRANSFORM_QDQ):
+        if node.domain == ops.DOMAIN and node.op_type in ops.QUANTIZERS:
             name = {p.key: p.value for p in node.metadata_props}.get(LAYER_KEY)
             if name is not None:
                 layers.add(module_of_layer(name))  # a module called twice: one hook
