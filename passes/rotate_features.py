@@ -4,7 +4,8 @@ Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
 After::    x ──► MatMul(R) ──► TransformQDQ / TokenQDQ ──► MatMul(R^T W)
 
 R is the orthonormal d x d matrix of :func:`stamp_onnx.weights.feature_rotation` (one
-initializer per feature size, shared by the layers); R^T W is a new initializer (the original
+initializer per feature size, shared by the layers). Layers that read the same activation
+(q/k/v, gate/up) share one rotation node, so x R is computed once. R^T W is a new initializer (the original
 stays if something else uses it, e.g. a tied embedding). The activation is quantized after the
 rotation, so outlier channels are spread over all features first; in float the layer is
 unchanged (X R R^T W = X W). The rotation runs online as a plain MatMul (O(d^2) per token; a
@@ -42,6 +43,7 @@ class RotateFeaturesPass(ir.passes.InPlacePass):
         graph = model.graph
         fresh = unique_namer(graph)
         rotations: dict[int, ir.Value] = {}
+        rotated: dict[ir.Value, ir.Value] = {}  # activation -> its rotation, shared by its layers
         count = 0
         for layer, node, quantizer in rewritten_layers(graph):
             w = read_weight(node)
@@ -55,12 +57,14 @@ class RotateFeaturesPass(ir.passes.InPlacePass):
 
             x = quantizer.inputs[0]
             assert x is not None
-            rotate = ir.Node("", "MatMul", [x, rotations[d]], name=fresh(f"{layer}/FeatureRotation"),
-                             metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer})
-            out = rotate.outputs[0]
-            out.name, out.type, out.shape = fresh(f"{layer}/rotated_input"), x.type, x.shape
-            graph.insert_before(quantizer, rotate)
-            quantizer.replace_input_with(0, out)
+            if x not in rotated:  # the first of its layers in graph order: before all their quantizers
+                rotate = ir.Node("", "MatMul", [x, rotations[d]], name=fresh(f"{layer}/FeatureRotation"),
+                                 metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer})
+                out = rotate.outputs[0]
+                out.name, out.type, out.shape = fresh(f"{layer}/rotated_input"), x.type, x.shape
+                graph.insert_before(quantizer, rotate)
+                rotated[x] = out
+            quantizer.replace_input_with(0, rotated[x])
             self.report.layer(layer).feature_transform = self.config.feature_transform
             count += 1
         return ir.passes.PassResult(model, modified=count > 0)

@@ -12,6 +12,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from passes.layer_weights import rewritten_layers
 from passes.linear_layers import LAYER_KEY, PASS_KEY
 from passes.record_config import recorded_config
 from stamp_onnx import ops
@@ -114,19 +115,20 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
 
 
 def _weight_side(model: ir.Model) -> tuple[dict[str, str], dict[str, str]]:
-    """Per layer: its feature transform and weight format, read from the nodes the passes inserted."""
+    """Per layer: its feature transform and weight format, read from what feeds its quantizer and weight.
+
+    A rotation can be shared by the layers that read the same activation, so it is found through
+    each layer's quantizer input, not by the layer named in the rotation node's provenance.
+    """
     features: dict[str, str] = {}
     formats: dict[str, str] = {}
-    for node in model.graph:
-        layer = node.metadata_props.get(LAYER_KEY)
-        inserted_by = node.metadata_props.get(PASS_KEY)
-        if layer is None:
-            continue
-        if inserted_by == "RotateFeaturesPass":
+    for layer, node, quantizer in rewritten_layers(model.graph):
+        rotation = quantizer.inputs[0].producer() if quantizer.inputs[0] is not None else None
+        if rotation is not None and rotation.metadata_props.get(PASS_KEY) == "RotateFeaturesPass":
             features[layer] = "hadamard"
-        elif inserted_by == "QuantizeWeightsPass" and node.inputs[0] is not None:
-            storage = node.inputs[0].dtype
-            block = node.attributes.get("block_size")
+        dq = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if dq is not None and dq.metadata_props.get(PASS_KEY) == "QuantizeWeightsPass" and dq.inputs[0] is not None:
+            block = dq.attributes.get("block_size")
             kind = f"block {block.as_int()}" if block is not None and block.as_int() else "per channel"
-            formats[layer] = f"{'int4' if storage == ir.DataType.INT4 else 'int8'} {kind}"
+            formats[layer] = f"{'int4' if dq.inputs[0].dtype == ir.DataType.INT4 else 'int8'} {kind}"
     return features, formats

@@ -90,7 +90,11 @@ def test_passes_structure(tmp_path: Path) -> None:
     layers = sum(1 for node in proto.graph.node if node.op_type == "TransformQDQ")
     assert counts["DequantizeLinear"] == layers
     rotations = [n for n in proto.graph.node if n.op_type == "MatMul" and n.name.endswith("/FeatureRotation")]
-    assert len(rotations) == layers
+    # one per activation: per block q/k/v share one, o one, gate/up share one, down one; lm_head one
+    assert len(rotations) == 4 * 2 + 1 < layers
+    rotated_inputs = {n.output[0] for n in rotations}
+    quantizers = [n for n in proto.graph.node if n.op_type == "TransformQDQ"]
+    assert all(n.input[0] in rotated_inputs for n in quantizers)
     shared = {n.input[1] for n in rotations}
     assert all(name.startswith("stamp_feature_rotation_") for name in shared) and len(shared) <= 3  # one per width
     int4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4]
