@@ -10,7 +10,7 @@ stays if something else uses it, e.g. a tied embedding). The activation is quant
 rotation, so outlier channels are spread over all features first; in float the layer is
 unchanged (X R R^T W = X W). The rotation runs online as a plain MatMul (O(d^2) per token; a
 structured kernel would take O(d (m + 2^k))). Runs after the quantizer insertion, before
-weight quantization (which then quantizes R^T W). Does nothing for ``feature_transform="none"``.
+weight quantization (which then quantizes R^T W). Does nothing unless ``feature_transform="hadamard"``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class RotateFeaturesPass(ir.passes.InPlacePass):
         self.report = report
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.config.feature_transform == "none":
+        if self.config.feature_transform != "hadamard":
             return ir.passes.PassResult(model, modified=False)
         graph = model.graph
         fresh = unique_namer(graph)

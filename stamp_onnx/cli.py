@@ -20,6 +20,7 @@ from stamp_onnx.errors import ConfigError, StampError
 
 logger = logging.getLogger("stamp_onnx")
 DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_WINDOWS = 4  # eval/validate/demo --windows; export's calibration data avoids these windows
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a PyTorch model to ONNX (dynamo exporter)")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or transformers dir (default {DEFAULT_MODEL})")
     p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
+                   help="also write calibration inputs from the model's own data (for quantize --calibration)")
+    p.add_argument("--calibration-samples", type=int, default=8, help="samples in --calibration-data (default 8)")
+    p.add_argument("--calibration-seq-len", type=int, default=256,
+                   help="tokens per text sample in --calibration-data (default 256); the windows are held out from "
+                   f"an evaluation of --windows {DEFAULT_WINDOWS} at that length")
 
     p = sub.add_parser("quantize", help="rewrite every linear layer of an ONNX model with STaMP")
     p.add_argument("input", type=Path)
@@ -45,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--inline", action="store_true",
                    help="lower the ai.stamp ops into standard ONNX ops (QDQ pairs in the main graph)")
+    p.add_argument("--calibration", type=Path, metavar="FILE.npz",
+                   help="calibration inputs (arrays named after the model inputs, one sample per row), for smoothquant")
     p.add_argument("--json", action="store_true", help="print the rewrite report as JSON")
 
     p = sub.add_parser("inspect", help="show what a rewritten model holds, per layer")
@@ -93,8 +102,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help=f"round-to-nearest symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights)")
     p.add_argument("--weight-block", type=int,
                    help="weight scales per block of this many input features (default 0: per output channel)")
-    p.add_argument("--feature-transform", help=f"{'|'.join(FEATURE_TRANSFORMS)}: rotate activations along the features, "
-                   "folded into the weights (default none)")
+    p.add_argument("--feature-transform", help=f"{'|'.join(FEATURE_TRANSFORMS)}: rotate (hadamard) or rescale (smoothquant) "
+                   "activations along the features, folded into the weights (default none)")
+    p.add_argument("--alpha", dest="smooth_alpha", type=float,
+                   help=f"smoothquant migration strength in [0, 1] (default {d.smooth_alpha})")
     p.add_argument("--include", help="regex: rewrite only layers whose name matches")
     p.add_argument("--exclude", help="regex: leave layers whose name matches")
     p.add_argument("--config", type=Path, help="JSON file with any of the keys above (flags win)")
@@ -102,7 +113,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per evaluation window (default 256)")
-    p.add_argument("--windows", type=int, default=4, help="number of text windows (default 4)")
+    p.add_argument("--windows", type=int, default=DEFAULT_WINDOWS, help=f"number of text windows (default {DEFAULT_WINDOWS})")
     p.add_argument("--no-native", dest="native", action="store_false",
                    help="run the ai.stamp ops as their ONNX function bodies even when the native kernels are built")
 
@@ -112,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
     changes = {
         key: getattr(args, key)
         for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude",
-                    "weight_bits", "weight_block", "feature_transform")
+                    "weight_bits", "weight_block", "feature_transform", "smooth_alpha")
         if getattr(args, key) is not None
     }
     return base.replace(**changes)
@@ -127,7 +138,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stamp_onnx.export import export_onnx
     from stamp_onnx.models import load_model
 
-    export_onnx(load_model(args.model), args.output)  # logs the path and time
+    loaded = load_model(args.model)
+    if args.calibration_data is not None:
+        from stamp_onnx.calibration import save_feeds
+        from stamp_onnx.models import calibration_samples
+
+        if not args.calibration_data.parent.is_dir():
+            raise ConfigError(f"folder of --calibration-data {args.calibration_data} does not exist; create it first")
+        samples = calibration_samples(loaded, args.calibration_samples, args.calibration_seq_len, held_out=DEFAULT_WINDOWS)
+        save_feeds(args.calibration_data, samples.feeds)
+        logger.info("wrote %d calibration samples (%s) to %s", len(samples), samples.description, args.calibration_data)
+    export_onnx(loaded, args.output)  # logs the path and time
     return 0
 
 
@@ -136,13 +157,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from stamp_onnx.pipeline import quantize_file
 
     config = config_from_args(args)
-    report = quantize_file(args.input, args.output, config, inline=args.inline)
+    feeds = None
+    if args.calibration is not None:
+        from stamp_onnx.calibration import load_feeds
+
+        feeds = load_feeds(args.calibration)
+    report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds)
     if args.json:
         print(json.dumps({"config": json.loads(config.to_json()), **report.to_dict()}, indent=2))
         return 0
     print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}")
     print(f"  transform={config.transform} levels={config.levels} prefix={config.prefix_tokens} K={config.hp_tokens} "
-          f"bits={config.hp_bits}/{config.lp_bits} features={config.feature_transform} "
+          f"bits={config.hp_bits}/{config.lp_bits} features={config.feature_transform}"
+          f"{f' alpha={config.smooth_alpha}' if config.feature_transform == 'smoothquant' else ''} "
           f"weights={weight_format(config)}")
     if report.opset_from != report.opset_to:
         print(f"  opset converted {report.opset_from} -> {report.opset_to}")

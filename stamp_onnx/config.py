@@ -19,7 +19,8 @@ from stamp_onnx.errors import ConfigError
 TRANSFORMS = ("haar", "haar2d", "dct", "wht", "none")
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
-FEATURE_TRANSFORMS = ("none", "hadamard")
+FEATURE_TRANSFORMS = ("none", "hadamard", "smoothquant")
+CALIBRATED_FEATURE_TRANSFORMS = ("smoothquant",)  # need calibration data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class StampConfig:
     weight_bits: int = 0
     weight_block: int = 0
     feature_transform: str = "none"
+    smooth_alpha: float = 0.5
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
@@ -95,6 +97,14 @@ class StampConfig:
             raise ConfigError(
                 f"feature_transform={self.feature_transform!r} is not allowed; choose one of {', '.join(FEATURE_TRANSFORMS)}"
             )
+        alpha = self.smooth_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ConfigError(f"smooth_alpha={alpha!r} is not allowed; use a number in [0, 1]")
+        object.__setattr__(self, "smooth_alpha", float(alpha))
+        if self.smooth_alpha != 0.5 and self.feature_transform != "smoothquant":
+            raise ConfigError(
+                f"smooth_alpha={self.smooth_alpha} only applies to feature_transform smoothquant, not {self.feature_transform!r}"
+            )
         for name in ("include", "exclude"):
             pattern = getattr(self, name)
             if pattern is None:
@@ -121,6 +131,11 @@ class StampConfig:
             raise ConfigError(f"tokens={tokens} must be positive")
         k = min(self.hp_tokens, tokens)
         return (k * self.hp_bits + (tokens - k) * self.lp_bits) / tokens
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when the rewrite needs statistics of the float model on calibration data."""
+        return self.feature_transform in CALIBRATED_FEATURE_TRANSFORMS
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

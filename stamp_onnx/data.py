@@ -86,24 +86,29 @@ def token_stream(tokenizer: Any, corpus: Corpus) -> np.ndarray:
 _STREAMS: dict[tuple[Any, ...], tuple[Any, np.ndarray]] = {}
 
 
-def window_starts(n_tokens: int, n_windows: int, window: int, seed: int | None = None) -> list[int]:
+def window_starts(n_tokens: int, n_windows: int, window: int, seed: int | None = None, avoid: int = 0) -> list[int]:
     """Start offsets of ``n_windows`` non-overlapping windows in a stream of ``n_tokens``.
 
     ``seed=None``: evenly spaced slots (the documented evaluation set). An integer seed picks
-    ``n_windows`` distinct slots at random (sorted), for varied sample inputs.
+    ``n_windows`` distinct slots at random (sorted), for varied sample inputs. ``avoid``: leave
+    out the slots an evenly spaced set of that many windows takes (calibration data held out
+    from an evaluation of ``avoid`` windows of the same length).
     """
     if n_windows < 1 or window < 1:
         raise ValueError(f"n_windows and window must be >= 1, got {n_windows} and {window}")
     slots = n_tokens // window
-    if slots < n_windows:
+    taken = {i * slots // avoid for i in range(avoid)} if avoid else set()
+    free = [slot for slot in range(slots) if slot not in taken]
+    if len(free) < n_windows:
+        held = f" besides the {len(taken)} held out for evaluation" if taken else ""
         raise ValueError(
-            f"the corpus has {n_tokens} tokens: room for {slots} windows of {window}, "
+            f"the corpus has {n_tokens} tokens: room for {len(free)} windows of {window}{held}, "
             f"{n_windows} asked; use fewer or shorter windows"
         )
     if seed is None:
-        chosen = [i * slots // n_windows for i in range(n_windows)]
+        chosen = [free[i * len(free) // n_windows] for i in range(n_windows)]
     else:
-        chosen = sorted(np.random.default_rng(seed).choice(slots, size=n_windows, replace=False).tolist())
+        chosen = sorted(np.random.default_rng(seed).choice(free, size=n_windows, replace=False).tolist())
     return [slot * window for slot in chosen]
 
 
@@ -114,8 +119,11 @@ def text_windows(
     *,
     corpus: Corpus | None = None,
     seed: int | None = None,
+    avoid: int = 0,
 ) -> np.ndarray:
     """Token windows of real text, int64 (n_windows, window); deterministic for a given seed.
+
+    ``avoid``: none of the windows is one of the ``avoid`` evenly spaced evaluation windows.
 
     Example: ``text_windows(tok, 8, 512)`` -> (8, 512), the same 8 windows on every call.
     """
@@ -125,7 +133,7 @@ def text_windows(
     if body < 1:
         raise ValueError(f"window={window} leaves no room for text besides {len(prefix) + len(suffix)} special tokens")
     stream = token_stream(tokenizer, corpus)
-    starts = window_starts(len(stream), n_windows, body, seed)
+    starts = window_starts(len(stream), n_windows, body, seed, avoid)
     rows = [np.concatenate([prefix, stream[s : s + body], suffix]) for s in starts]
     return np.stack(rows).astype(np.int64)
 

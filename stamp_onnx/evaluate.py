@@ -26,7 +26,7 @@ from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
 from stamp_onnx.export import SOURCE_KEY, export_onnx
 from stamp_onnx.model_io import read_header
-from stamp_onnx.models import BUILTIN_MODELS, load_model
+from stamp_onnx.models import BUILTIN_MODELS, CALIBRATION_SAMPLES, calibration_samples, load_model
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.validate import (
     ONNX_VS_FLOAT,
@@ -55,7 +55,10 @@ def parse_config_spec(spec: str) -> StampConfig:
             raise ConfigError(
                 f"config spec {spec!r}: {item!r} is not key=value with a key among {', '.join(sorted(_FIELDS))}"
             )
-        changes[key] = value if key in ("include", "exclude", "transform", "feature_transform") else _int(spec, key, value)
+        if key in ("include", "exclude", "transform", "feature_transform"):
+            changes[key] = value
+        else:
+            changes[key] = _number(spec, key, value, float if _FIELDS[key].type in (float, "float") else int)
     return StampConfig().replace(**changes)
 
 
@@ -67,7 +70,9 @@ def config_label(config: StampConfig) -> str:
     if config.prefix_tokens:
         parts.append(f"P={config.prefix_tokens}")
     parts += [f"K={config.hp_tokens}", f"{config.hp_bits}/{config.lp_bits}"]
-    if config.feature_transform != "none":
+    if config.feature_transform == "smoothquant":
+        parts.append(f"smoothquant a={config.smooth_alpha:g}")
+    elif config.feature_transform != "none":
         parts.append(config.feature_transform)
     if config.weight_bits:
         parts.append(f"W{config.weight_bits}" + (f" b{config.weight_block}" if config.weight_block else ""))
@@ -95,6 +100,8 @@ def evaluate_configs(
     is reused when its model, config, data size and float export are unchanged. ``fresh``
     recomputes everything but the float export (delete that file to export again). ``native``
     runs the ai.stamp ops with the native kernels when built; what ran them is part of the key.
+    Configs that need calibration (smoothquant) calibrate on :data:`CALIBRATION_SAMPLES` samples
+    of the model's data held out from the evaluation windows (:func:`calibration_samples`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if model.endswith(".onnx"):
@@ -108,10 +115,15 @@ def evaluate_configs(
     else:
         logger.info("exporting %s to %s", loaded.name, float_path)
         export_onnx(loaded, float_path)
+    calibration = None
+    if any(config.needs_calibration for config in configs):
+        calibration = calibration_samples(loaded, CALIBRATION_SAMPLES, seq_len, held_out=n_windows)
     reports = []
     for config in tqdm(configs, desc="configs", unit="config", disable=None):
+        feeds = calibration.feeds if calibration is not None and config.needs_calibration else None
         key = _cache_key(loaded.name, config, float_path, seq_len=seq_len, n_windows=n_windows,
-                         kernels=runtime.kernels(native))
+                         kernels=runtime.kernels(native),
+                         calibration=calibration.description if feeds is not None and calibration else None)
         stem = f"{loaded.name}.{config.transform}.{hashlib.sha256(key.encode()).hexdigest()[:10]}"
         saved = out_dir / f"{stem}.report.json"
         if not fresh and (report := _load_saved(saved, key)) is not None:
@@ -119,7 +131,7 @@ def evaluate_configs(
             reports.append(report)
             continue
         path = out_dir / f"{stem}.onnx"
-        quantize_file(float_path, path, config)
+        quantize_file(float_path, path, config, calibration_feeds=feeds)
         report = validate(loaded, path, float_onnx_path=float_path, seq_len=seq_len, n_windows=n_windows, native=native)
         _save(saved, key, report)
         reports.append(report)
@@ -139,12 +151,18 @@ def _source_model(path: Path) -> str:
 
 
 def _cache_key(
-    name: str, config: StampConfig, float_path: Path, *, seq_len: int, n_windows: int, kernels: str
+    name: str, config: StampConfig, float_path: Path, *, seq_len: int, n_windows: int, kernels: str,
+    calibration: str | None = None,
 ) -> str:
     stat = float_path.stat()
-    return json.dumps({"model": name, "config": json.loads(config.to_json()), "seq_len": seq_len,
-                       "n_windows": n_windows, "float_onnx": [stat.st_size, stat.st_mtime_ns],
-                       "kernels": kernels}, sort_keys=True)
+    fields = json.loads(config.to_json())
+    if not config.needs_calibration:
+        fields.pop("smooth_alpha")  # unused (and fixed at its default) there: keeps earlier saved results valid
+    key = {"model": name, "config": fields, "seq_len": seq_len, "n_windows": n_windows,
+           "float_onnx": [stat.st_size, stat.st_mtime_ns], "kernels": kernels}
+    if calibration is not None:
+        key["calibration"] = calibration
+    return json.dumps(key, sort_keys=True)
 
 
 def _load_saved(path: Path, key: str) -> ValidationReport | None:
@@ -291,8 +309,8 @@ def _f(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.2f}"
 
 
-def _int(spec: str, key: str, value: str) -> int:
+def _number(spec: str, key: str, value: str, kind: type[int] | type[float]) -> int | float:
     try:
-        return int(value)
+        return kind(value)
     except ValueError as err:
-        raise ConfigError(f"config spec {spec!r}: {key}={value!r} is not an integer") from err
+        raise ConfigError(f"config spec {spec!r}: {key}={value!r} is not {'an integer' if kind is int else 'a number'}") from err

@@ -16,6 +16,7 @@ from passes.layer_weights import rewritten_layers
 from passes.linear_layers import LAYER_KEY, PASS_KEY
 from passes.record_config import recorded_config
 from stamp_onnx import ops
+from stamp_onnx.smoothing import SCALE_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +124,12 @@ def _weight_side(model: ir.Model) -> tuple[dict[str, str], dict[str, str]]:
     features: dict[str, str] = {}
     formats: dict[str, str] = {}
     for layer, node, quantizer in rewritten_layers(model.graph):
-        rotation = quantizer.inputs[0].producer() if quantizer.inputs[0] is not None else None
-        if rotation is not None and rotation.metadata_props.get(PASS_KEY) == "RotateFeaturesPass":
+        before = quantizer.inputs[0].producer() if quantizer.inputs[0] is not None else None
+        made_by = before.metadata_props.get(PASS_KEY) if before is not None else None
+        if made_by == "RotateFeaturesPass":
             features[layer] = "hadamard"
+        elif SCALE_KEY in quantizer.metadata_props:  # s divides the activation: online, or folded upstream
+            features[layer] = "smoothquant" + (" (online)" if made_by == "SmoothFeaturesPass" else " (folded)")
         dq = node.inputs[1].producer() if node.inputs[1] is not None else None
         if dq is not None and dq.metadata_props.get(PASS_KEY) == "QuantizeWeightsPass" and dq.inputs[0] is not None:
             block = dq.attributes.get("block_size")

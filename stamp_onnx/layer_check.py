@@ -35,6 +35,7 @@ from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.naming import module_of_layer
 from stamp_onnx.reference import layer_weight, sequence_transform, stamp_activation
+from stamp_onnx.smoothing import SCALE_KEY, decode_scale
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class LayerTap:
     q: str  # the TokenQDQ output
     y: str  # the layer's output (after the inverse transform)
     has_bias: bool
+    scale: np.ndarray | None = None  # SmoothQuant's s, as the quantizer records it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +117,12 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
         after = [n for n in consumers.get(y, []) if _is_transform(n, inverse=True) and _layer(n) == layer]
         if after:
             y = after[0].output[0]
-        taps.append(LayerTap(layer, module_of_layer(layer), x, t, node.output[0], y, has_bias))
+        recorded = next((p.value for p in node.metadata_props if p.key == SCALE_KEY), None)
+        try:
+            scale = None if recorded is None else decode_scale(recorded)
+        except ValueError as err:
+            raise ValidationError(f"layer {layer!r}: {err}") from err
+        taps.append(LayerTap(layer, module_of_layer(layer), x, t, node.output[0], y, has_bias, scale))
     return taps
 
 
@@ -160,8 +167,8 @@ def _compare_layer(
 ) -> LayerDiff:
     x, t, q, y = (torch.from_numpy(values[name]) for name in (tap.x, tap.t, tap.q, tap.y))
     bias = linear.bias if tap.has_bias else None
-    # x is the quantizer's input: already rotated when there is a feature transform
-    weight = layer_weight(linear.weight, config)
+    # x is the quantizer's input: already rotated (or smoothed) when there is a feature transform
+    weight = layer_weight(linear.weight, config, scale=tap.scale)
     whole = torch.nn.functional.linear(stamp_activation(x, config), weight, bias)
     if whole.shape != y.shape:
         raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")
@@ -179,7 +186,7 @@ def _compare_layer(
         output_rel=_rel(y_ref, y),
         sqnr_db=quant.sqnr_db(whole.numpy(), y.numpy()),
         float_sqnr_db=quant.sqnr_db(
-            torch.nn.functional.linear(x, layer_weight(linear.weight, config, quantized=False), bias).numpy(), y.numpy()
+            torch.nn.functional.linear(x, layer_weight(linear.weight, config, scale=tap.scale, quantized=False), bias).numpy(), y.numpy()
         ),
         hp_energy=float(shares[: config.hp_tokens].sum()),
         token_energy=tuple(shares.tolist()),

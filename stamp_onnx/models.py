@@ -345,6 +345,37 @@ def evaluation_samples(loaded: LoadedModel, n: int, seq_len: int, seed: int) -> 
     return Samples(with_attention_mask(loaded, ids), corpus.name)
 
 
+CALIBRATION_SAMPLES = 8
+CALIBRATION_SEED = 1
+
+
+def calibration_samples(loaded: LoadedModel, n: int, seq_len: int, *, held_out: int) -> Samples:
+    """``n`` samples to calibrate on (SmoothQuant's statistics), apart from the evaluation data where it can be.
+
+    Text: ``n`` windows of the corpus, none of them one of the ``held_out`` evenly spaced
+    windows an evaluation of ``held_out`` windows of ``seq_len`` tokens uses. Random-id models:
+    another seed. Image and speech models: their own samples with another seed; the photos and
+    sentences are few and fixed, so these overlap the evaluation's (image crops differ past 14).
+    """
+    if n < 1:
+        raise ConfigError(f"calibration samples={n} is not allowed; use a positive integer")
+    if loaded.samples is not None:
+        samples = loaded.samples(n, CALIBRATION_SEED)
+        return Samples(samples.feeds, samples.description + " (calibration)")
+    if loaded.tokenizer is None:
+        return Samples(sample_inputs(loaded, n, seq_len, CALIBRATION_SEED), f"random token ids (seed {CALIBRATION_SEED})")
+    from stamp_onnx.data import load_corpus, text_windows
+
+    if not 1 <= seq_len <= loaded.max_length:
+        raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")
+    corpus = load_corpus()
+    try:
+        ids = text_windows(loaded.tokenizer, n, seq_len, corpus=corpus, avoid=held_out)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return Samples(with_attention_mask(loaded, ids), f"{corpus.name}, {n} windows held out from {held_out} evaluation windows")
+
+
 def with_attention_mask(loaded: LoadedModel, input_ids: np.ndarray) -> dict[str, np.ndarray]:
     """The feed dict for ``input_ids``: adds an all-ones mask if the model takes one."""
     feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
@@ -13,23 +14,34 @@ from passes.convert_opset import ConvertOpsetPass
 from passes.inline_stamp_ops import InlineStampOpsPass
 from passes.insert_sequence_transform import InsertSequenceTransformPass
 from passes.insert_token_qdq import InsertTokenQDQPass
+from passes.linear_layers import LINEAR_OPS, is_constant
 from passes.quantize_weights import QuantizeWeightsPass
 from passes.record_config import RecordConfigPass
 from passes.report import RewriteReport
 from passes.rotate_features import RotateFeaturesPass
+from passes.smooth_features import SmoothFeaturesPass
 from stamp_onnx import ops
+from stamp_onnx.calibration import Calibration, calibrate
 from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import RewriteError, StampError, first_line
+from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
 from stamp_onnx.model_io import check_output_path, load_model, save_model
 
 logger = logging.getLogger(__name__)
 
 
-def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model", inline: bool = False) -> RewriteReport:
+def rewrite(
+    model: ir.Model,
+    config: StampConfig,
+    *,
+    source: str = "the model",
+    inline: bool = False,
+    calibration: Calibration | None = None,
+) -> RewriteReport:
     """Rewrite every selected linear layer of ``model`` in place; return what was done.
 
     ``inline`` lowers the ai.stamp ops into standard ONNX ops in the main graph (QDQ pairs
-    visible) for runtimes without function or custom-op support.
+    visible) for runtimes without function or custom-op support. ``calibration``: statistics
+    of this float model (:func:`stamp_onnx.calibration.calibrate`), for configs that need them.
     """
     for node in model.graph:
         if node.domain == ops.DOMAIN:
@@ -42,6 +54,7 @@ def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model", 
             InsertTokenQDQPass(config, report),
             InsertSequenceTransformPass(config, report),
             RotateFeaturesPass(config, report),
+            SmoothFeaturesPass(config, report, calibration),
             QuantizeWeightsPass(config, report),
             RecordConfigPass(config, stamp_onnx.__version__),
             *([InlineStampOpsPass()] if inline else []),
@@ -64,16 +77,42 @@ def rewrite(model: ir.Model, config: StampConfig, *, source: str = "the model", 
 
 
 def quantize_file(
-    in_path: str | Path, out_path: str | Path, config: StampConfig, *, inline: bool = False
+    in_path: str | Path,
+    out_path: str | Path,
+    config: StampConfig,
+    *,
+    inline: bool = False,
+    calibration_feeds: dict[str, np.ndarray] | None = None,
 ) -> RewriteReport:
-    """Read ``in_path``, rewrite it with ``config``, write ``out_path`` (the input is never touched)."""
+    """Read ``in_path``, rewrite it with ``config``, write ``out_path`` (the input is never touched).
+
+    ``calibration_feeds``: model inputs (one sample per row) to calibrate on; required exactly
+    when ``config.needs_calibration``.
+    """
     out = check_output_path(in_path, out_path)
+    if config.needs_calibration and calibration_feeds is None:
+        raise ConfigError(f"feature transform {config.feature_transform} needs calibration data: pass --calibration FILE.npz "
+                          "(arrays named after the model inputs; `stamp-onnx export MODEL --calibration-data FILE.npz` writes one)")
+    if calibration_feeds is not None and not config.needs_calibration:
+        raise ConfigError(f"calibration data is only used by feature transform smoothquant, not {config.feature_transform!r}; "
+                          "drop --calibration")
     logger.info("loading %s", in_path)
     model = load_model(in_path)
-    report = rewrite(model, config, source=str(in_path), inline=inline)
+    calibration = None
+    if calibration_feeds is not None:
+        logger.info("calibrating %s", in_path)
+        calibration = calibrate(in_path, calibration_feeds, _linear_inputs(model))
+    report = rewrite(model, config, source=str(in_path), inline=inline, calibration=calibration)
     logger.info("rewrote %d linear layers; checking (onnx.checker, full) and writing %s", len(report.rewritten), out)
     save_model(model, out)
     return report
+
+
+def _linear_inputs(model: ir.Model) -> list[str]:
+    """Names of the activations read by MatMul/Gemm nodes with a constant weight (what calibration measures)."""
+    return [node.inputs[0].name for node in model.graph
+            if node.op_type in LINEAR_OPS and node.inputs[0] is not None and node.inputs[0].name
+            and len(node.inputs) > 1 and is_constant(node.inputs[1])]
 
 
 def _infer_shapes(model: ir.Model) -> None:

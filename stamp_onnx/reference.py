@@ -10,8 +10,10 @@ rewritten ONNX graph (L^-1 commutes with the feature-axis matmul). The math is
 so this reference and the ONNX function bodies are held to one oracle.
 
 With a feature transform the input is first rotated, x -> x R, and the layer's weight becomes
-R^T W; with weight quantization that weight is fake-quantized (:mod:`stamp_onnx.weights`).
-The hooked layers' weights are swapped for those while the context is open.
+R^T W (``hadamard``), or divided per channel, x -> x / s, with the weight diag(s) W
+(``smoothquant``; s per module, as the rewritten model records it); with weight quantization
+that weight is fake-quantized (:mod:`stamp_onnx.weights`). The hooked layers' weights are
+swapped for those while the context is open.
 
 Example::
 
@@ -23,14 +25,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from stamp_onnx import quant, transforms, weights
+from stamp_onnx import quant, smoothing, transforms, weights
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 
@@ -43,26 +46,40 @@ def sequence_transform(x: torch.Tensor, config: StampConfig, *, inverse: bool = 
     return fn(x, config.transform, config.levels, config.prefix_tokens, config.grid_width)
 
 
-def rotate_features(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
-    """x R along the features (axis -1) for ``feature_transform="hadamard"``, else x."""
-    if config.feature_transform == "none":
-        return x
-    r = torch.from_numpy(weights.feature_rotation(int(x.shape[-1])).astype(np.float32)).to(x.dtype)
-    return x @ r
+def transform_features(x: torch.Tensor, config: StampConfig, scale: np.ndarray | None = None) -> torch.Tensor:
+    """The quantizer's input: x R (``hadamard``), x / s (``smoothquant``, ``scale`` = s) or x, along axis -1."""
+    if config.feature_transform == "hadamard":
+        r = torch.from_numpy(weights.feature_rotation(int(x.shape[-1])).astype(np.float32)).to(x.dtype)
+        return x @ r
+    if config.feature_transform == "smoothquant":
+        return x / torch.from_numpy(_needs_scale(scale)).to(x.dtype)
+    return x
 
 
-def layer_weight(weight: torch.Tensor, config: StampConfig, *, quantized: bool = True) -> torch.Tensor:
-    """The nn.Linear weight (d_out, d_in) the rewritten layer multiplies by: fake_quant(R^T W), transposed.
+def layer_weight(
+    weight: torch.Tensor, config: StampConfig, *, scale: np.ndarray | None = None, quantized: bool = True
+) -> torch.Tensor:
+    """The nn.Linear weight (d_out, d_in) the rewritten layer multiplies by: fake_quant(R^T W or diag(s) W), transposed.
 
-    ``quantized=False`` leaves out the weight quantization (the float layer on a rotated input).
+    ``scale``: the layer's SmoothQuant s. ``quantized=False`` leaves out the weight quantization
+    (the float layer on a transformed input).
     """
     w = weight.detach().T  # (d_in, d_out), the MatMul layout
-    if config.feature_transform != "none":
+    if config.feature_transform == "hadamard":
         r = weights.feature_rotation(int(w.shape[0]))
         w = torch.from_numpy((r.T @ w.double().numpy()).astype(np.float32)).to(weight.dtype)
+    elif config.feature_transform == "smoothquant":
+        w = torch.from_numpy(smoothing.smoothed_weight(w.float().numpy(), _needs_scale(scale))).to(weight.dtype)
     if quantized:
         w = weights.fake_quantize_weight(w, config.weight_bits, config.weight_block)
     return w.T.contiguous()
+
+
+def _needs_scale(scale: np.ndarray | None) -> np.ndarray:
+    if scale is None:
+        raise ValidationError("a smoothquant layer needs its scale s: read it from the rewritten model "
+                              f"({smoothing.SCALE_KEY} on its quantizer)")
+    return np.asarray(scale, dtype=np.float32)
 
 
 def changes_weights(config: StampConfig) -> bool:
@@ -81,11 +98,13 @@ def stamp_reference(
     config: StampConfig,
     *,
     layers: Collection[str] | None = None,
+    scales: Mapping[str, np.ndarray] | None = None,
 ) -> Iterator[list[str]]:
     """Hook every nn.Linear selected by ``config.selects(name)``; yields the hooked names.
 
     ``layers``: hook exactly these module names instead (e.g. the layers a rewritten ONNX
     model records); a name that is not an nn.Linear of ``module`` raises ValidationError.
+    ``scales``: SmoothQuant's s by module name (needed by ``feature_transform="smoothquant"``).
     The hooks are removed on exit, also when the body raises.
     """
     linears = {name: sub for name, sub in module.named_modules() if isinstance(sub, torch.nn.Linear)}
@@ -102,11 +121,18 @@ def stamp_reference(
     if not names:
         logger.warning("no linear layer selected: the STaMP reference equals the float model")
 
-    def hook(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    scales = scales or {}
+    if config.feature_transform == "smoothquant":
+        missing = [name for name in names if name not in scales]
+        if missing:
+            raise ValidationError(f"{len(missing)} smoothquant layer(s) have no scale s (e.g. {missing[0]!r}); "
+                                  "pass the scales the rewritten model records")
+
+    def hook(name: str, _: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
         if x.dim() < 2:
             return args
-        return (stamp_activation(rotate_features(x, config), config), *args[1:])
+        return (stamp_activation(transform_features(x, config, scales.get(name)), config), *args[1:])
 
     # Each hooked layer gets a Parameter of its own (not new data in the old one): a weight tied
     # to an embedding (an LM head) must not change the embedding, as the ONNX rewrite does not.
@@ -114,8 +140,9 @@ def stamp_reference(
     if changes_weights(config):
         for name in names:
             originals[name] = linears[name].weight
-            linears[name].weight = torch.nn.Parameter(layer_weight(originals[name], config), requires_grad=False)
-    handles = [linears[name].register_forward_pre_hook(hook) for name in names]
+            weight = layer_weight(originals[name], config, scale=scales.get(name))
+            linears[name].weight = torch.nn.Parameter(weight, requires_grad=False)
+    handles = [linears[name].register_forward_pre_hook(functools.partial(hook, name)) for name in names]
     try:
         yield names
     finally:

@@ -30,10 +30,13 @@ Metrics accumulate batch by batch (:mod:`stamp_onnx.metrics`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,7 @@ from stamp_onnx.model_io import read_header
 from stamp_onnx.models import LoadedModel, Samples, evaluation_samples, load_model
 from stamp_onnx.naming import module_of_layer
 from stamp_onnx.reference import stamp_reference
+from stamp_onnx.smoothing import SCALE_KEY, decode_scale
 
 logger = logging.getLogger(__name__)
 
@@ -181,13 +185,14 @@ class ValidationReport:
 
 def read_stamp_metadata(path: str | Path) -> tuple[StampConfig, list[str]]:
     """The config a model was rewritten with and the module names of its rewritten layers."""
-    config, layers = _read_metadata(path)
+    config, layers, _ = _read_metadata(path)
     if config is None:
         raise ValidationError(f"{path} has no {CONFIG_KEY!r} metadata: it was not written by stamp-onnx quantize")
     return config, layers
 
 
-def _read_metadata(path: str | Path) -> tuple[StampConfig | None, list[str]]:
+def _read_metadata(path: str | Path) -> tuple[StampConfig | None, list[str], dict[str, np.ndarray]]:
+    """The recorded config, the rewritten modules and their SmoothQuant scales (by module)."""
     proto = read_header(path, ValidationError)
     text = {p.key: p.value for p in proto.metadata_props}.get(CONFIG_KEY)
     try:
@@ -195,12 +200,23 @@ def _read_metadata(path: str | Path) -> tuple[StampConfig | None, list[str]]:
     except ConfigError as err:
         raise ValidationError(f"{path}: the recorded config is invalid: {err}") from err
     layers: set[str] = set()
+    scales: dict[str, np.ndarray] = {}
     for node in proto.graph.node:
         if node.domain == ops.DOMAIN and node.op_type in ops.QUANTIZERS:
-            name = {p.key: p.value for p in node.metadata_props}.get(LAYER_KEY)
+            props = {p.key: p.value for p in node.metadata_props}
+            name = props.get(LAYER_KEY)
             if name is not None:
                 layers.add(module_of_layer(name))  # a module called twice: one hook
-    return config, sorted(layers)
+                if SCALE_KEY in props:
+                    scales[module_of_layer(name)] = _decode(path, name, props[SCALE_KEY])
+    return config, sorted(layers), scales
+
+
+def _decode(path: str | Path, layer: str, text: str) -> np.ndarray:
+    try:
+        return decode_scale(text)
+    except ValueError as err:
+        raise ValidationError(f"{path}: layer {layer!r}: {err}") from err
 
 
 def validate(
@@ -225,7 +241,7 @@ def validate(
     the ai.stamp ops with the native kernels when they were built (else the function bodies).
     """
     start = time.perf_counter()
-    recorded, layers = _read_metadata(rewritten_onnx_path)
+    recorded, layers, scales = _read_metadata(rewritten_onnx_path)
     config = config or recorded
     if config is None:
         raise ValidationError(
@@ -245,10 +261,11 @@ def validate(
             floated = _session(export_onnx(loaded, Path(tmp) / f"{loaded.name}.onnx"))
     else:
         floated = _session(float_onnx_path)
-    with stamp_reference(loaded.module, config, layers=layers or None) as hooked:
+    with stamp_reference(loaded.module, config, layers=layers or None, scales=scales) as hooked:
         pass  # resolve and check the layer names once, before the long loop
 
-    diffs, nll, texts = _compare(loaded, samples, batch, (floated, rewritten), config, hooked)
+    reference = functools.partial(stamp_reference, loaded.module, config, layers=hooked, scales=scales)
+    diffs, nll, texts = _compare(loaded, samples, batch, (floated, rewritten), config, reference)
     layer_diffs = []
     if per_layer:
         layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, samples.rows(0, batch), native=native)
@@ -301,13 +318,12 @@ def _run_all(
     feeds: dict[str, np.ndarray],
     floated: ort.InferenceSession,
     rewritten: ort.InferenceSession,
-    config: StampConfig,
-    hooked: list[str],
+    reference: Callable[[], AbstractContextManager[list[str]]],
 ) -> list[np.ndarray]:
     tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
     with torch.no_grad():
         float_torch = loaded.module(**tensors)[0].numpy()
-        with stamp_reference(loaded.module, config, layers=hooked):
+        with reference():
             stamp_torch = loaded.module(**tensors)[0].numpy()
     return [float_torch, _run(floated, feeds), stamp_torch, _run(rewritten, feeds)]
 
@@ -318,7 +334,7 @@ def _compare(
     batch: int,
     sessions: tuple[ort.InferenceSession, ort.InferenceSession],
     config: StampConfig,
-    hooked: list[str],
+    reference: Callable[[], AbstractContextManager[list[str]]],
 ) -> tuple[dict[str, RunningDiff], dict[str, RunningNLL], dict[str, list[str]]]:
     """Run the four variants batch by batch; accumulate the comparisons, NLLs and transcripts."""
     causal = loaded.kind == "causal-lm"
@@ -328,7 +344,7 @@ def _compare(
     texts: dict[str, list[str]] = {k: [] for k in VARIANTS} if loaded.transcribe else {}
     for lo in tqdm(range(0, len(samples), batch), desc="validate", unit="batch", disable=None):
         feeds = samples.rows(lo, lo + batch)
-        outs = dict(zip(VARIANTS, _run_all(loaded, feeds, *sessions, config, hooked), strict=True))
+        outs = dict(zip(VARIANTS, _run_all(loaded, feeds, *sessions, reference), strict=True))
         ref = outs["float torch"]
         diffs["float"].update(ref, outs["float ONNX"])
         diffs["ref"].update(outs["STaMP torch reference"], outs["STaMP ONNX"])

@@ -1,0 +1,170 @@
+"""SmoothFeaturesPass: SmoothQuant, each rewritten layer's activation divided per channel by s.
+
+Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
+After::    x / s ──► TransformQDQ / TokenQDQ ──► MatMul(diag(s) W)
+
+s comes from calibration statistics (:mod:`stamp_onnx.smoothing`, :mod:`stamp_onnx.calibration`);
+layers that read one activation or belong to one module share it. The division is folded
+offline where the activation is made by a per-channel scale that nothing else reads:
+
+- ``Mul(x, c)`` with a constant c of d elements along the last axis (the weight of an
+  RMSNorm as the exporter writes it: the q/k/v and gate/up inputs of a LLaMA block): c / s;
+- ``LayerNormalization`` over the last axis with constant scale (and bias): both / s
+  (a pre-LN ViT's attention and MLP inputs).
+
+Elsewhere (the attention output before o_proj, the SwiGLU product before down_proj, a
+post-LN encoder's block input that also feeds the residual) a ``Div(x, s)`` node runs
+online, shared by the group's quantizers: an O(d) elementwise op per token. diag(s) W is a new
+initializer; the original stays if anything else reads it. Each quantizer records its s
+(:data:`stamp_onnx.smoothing.SCALE_KEY`). Runs where RotateFeaturesPass does, before weight
+quantization. Does nothing unless ``feature_transform="smoothquant"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from passes.layer_weights import (
+    add_initializer,
+    read_weight,
+    replace_input,
+    rewritten_layers,
+    stored,
+)
+from passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from passes.report import RewriteReport
+from stamp_onnx.calibration import Calibration
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import RewriteError
+from stamp_onnx.naming import module_of_layer
+from stamp_onnx.smoothing import (
+    SCALE_KEY,
+    encode_scale,
+    smooth_scales,
+    smoothed_weight,
+    weight_amax,
+)
+
+_Layer = tuple[str, ir.Node, ir.Node]  # (layer name, linear node, its quantizer)
+
+
+class SmoothFeaturesPass(ir.passes.InPlacePass):
+    def __init__(self, config: StampConfig, report: RewriteReport, calibration: Calibration | None) -> None:
+        super().__init__()
+        self.config = config
+        self.report = report
+        self.calibration = calibration
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.config.feature_transform != "smoothquant":
+            return ir.passes.PassResult(model, modified=False)
+        if self.calibration is None:
+            raise RewriteError("feature transform smoothquant needs calibration statistics; pass calibration data "
+                               "(quantize --calibration FILE.npz)")
+        graph = model.graph
+        fresh = unique_namer(graph)
+        groups = _groups(rewritten_layers(graph))
+        for group in groups:
+            activations = list(dict.fromkeys(quantizer.inputs[0] for _, _, quantizer in group))
+            weights = [read_weight(node) for _, node, _ in group]
+            act = np.max([self._amax(x, group[0][0], weights[0].shape[0]) for x in activations if x is not None], axis=0)
+            scale = smooth_scales(act, np.max([weight_amax(w) for w in weights], axis=0), self.config.smooth_alpha)
+            for (layer, node, quantizer), w in zip(group, weights, strict=True):
+                new = add_initializer(graph, fresh(f"{layer}/smoothed_weight"),
+                                      ir.tensor(stored(node, smoothed_weight(w, scale))))
+                replace_input(graph, node, 1, new)
+                quantizer.metadata_props[SCALE_KEY] = encode_scale(scale)
+            for x in activations:
+                assert x is not None
+                quantizers = [q for _, _, q in group if q.inputs[0] is x]
+                where = _fold(graph, fresh, x, scale, quantizers) or _divide(graph, fresh, x, scale, quantizers, group[0][0])
+                for layer, _, quantizer in group:
+                    if quantizer in quantizers:
+                        self.report.layer(layer).feature_transform = f"smoothquant ({where})"
+        return ir.passes.PassResult(model, modified=bool(groups))
+
+    def _amax(self, x: ir.Value | None, layer: str, d: int) -> np.ndarray:
+        assert self.calibration is not None and x is not None
+        amax = self.calibration.amax.get(x.name or "")
+        if amax is None:
+            raise RewriteError(f"layer {layer!r}: no calibration statistics for its input {x.name!r}; "
+                               "calibrate on the same float model that is being rewritten")
+        if amax.shape != (d,):
+            raise RewriteError(f"layer {layer!r}: calibration statistics of {x.name!r} have shape {amax.shape}, expected ({d},)")
+        return amax
+
+
+def _groups(layers: list[_Layer]) -> list[list[_Layer]]:
+    """Layers that must share s: connected by a shared activation or a shared module."""
+    parent: dict[object, object] = {}
+
+    def root(key: object) -> object:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for layer, _, quantizer in layers:
+        parent[root(("module", module_of_layer(layer)))] = root(("value", id(quantizer.inputs[0])))
+    grouped: dict[object, list[_Layer]] = {}
+    for item in layers:
+        grouped.setdefault(root(("value", id(item[2].inputs[0]))), []).append(item)
+    return list(grouped.values())
+
+
+def _fold(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.ndarray, quantizers: list[ir.Node]) -> str | None:
+    """Divide the per-channel constant that makes ``x`` by ``scale``; where it went, or None if it cannot."""
+    producer = x.producer()
+    if producer is None or x.is_graph_output() or {use.node for use in x.uses()} != set(quantizers):
+        return None
+    if producer.domain not in ("", "ai.onnx") or producer.op_type not in ("Mul", "LayerNormalization"):
+        return None
+    d = scale.shape[0]
+    if producer.op_type == "Mul":
+        consts = [i for i, v in enumerate(producer.inputs) if _channel_constant(v, d) is not None]
+        if len(consts) != 1:
+            return None
+        slots = consts
+    else:
+        axis = producer.attributes.get("axis")
+        rank = None if x.shape is None else len(x.shape)
+        if axis is not None and axis.as_int() not in (-1, (rank or 0) - 1):
+            return None
+        slots = [i for i in (1, 2) if i < len(producer.inputs) and producer.inputs[i] is not None]
+        if not slots or any(_channel_constant(producer.inputs[i], d) is None for i in slots):
+            return None
+    for i in slots:
+        value = producer.inputs[i]
+        c = _channel_constant(value, d)
+        assert c is not None and value is not None
+        divided = (c.astype(np.float64) / scale.astype(np.float64).reshape(c.shape)).astype(np.float32)
+        new = add_initializer(graph, fresh(f"{value.name or 'constant'}/smoothed"), ir.tensor(divided))
+        replace_input(graph, producer, i, new)
+    return f"folded into {producer.op_type} {producer.name}"
+
+
+def _channel_constant(value: ir.Value | None, d: int) -> np.ndarray | None:
+    """The float32 initializer ``value`` when it holds d numbers along the last axis only."""
+    if value is None or value.const_value is None or value.dtype != ir.DataType.FLOAT:
+        return None
+    array = value.const_value.numpy()
+    if array.size != d or array.shape[-1:] != (d,):
+        return None
+    return array
+
+
+def _divide(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.ndarray, quantizers: list[ir.Node], layer: str) -> str:
+    """Insert Div(x, s) before the first of ``quantizers``; they read its output."""
+    s = add_initializer(graph, fresh(f"{layer}/smooth_scale"), ir.tensor(scale))
+    div = ir.Node("", "Div", [x, s], name=fresh(f"{layer}/SmoothDivide"),
+                  metadata_props={PASS_KEY: SmoothFeaturesPass.__name__, LAYER_KEY: layer})
+    out = div.outputs[0]
+    out.name, out.type, out.shape = fresh(f"{layer}/smoothed_input"), x.type, x.shape
+    graph.insert_before(quantizers[0], div)
+    for quantizer in quantizers:
+        quantizer.replace_input_with(0, out)
+    return "online Div"
