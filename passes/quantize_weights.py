@@ -9,6 +9,12 @@ per block of ``weight_block`` input features (axis = the input axis, block_size)
 :func:`stamp_onnx.weights.quantize_weight`; a DequantizeLinear of the ONNX spec then gives
 exactly its ``w_hat``. Runs after RotateFeaturesPass, so a rotated layer quantizes R^T W.
 Does nothing for ``weight_bits=0``.
+
+``weight_method="gptq"`` chooses the codes with :func:`stamp_onnx.gptq.gptq_quantize` instead,
+from H = sum x^T x of the layer's input on the calibration data, taken into the frame the
+weight now lives in: R^T H R after a rotation, diag(1/s) H diag(1/s) after SmoothQuant (the
+layer computes (x R)(R^T W) or (x / s)(diag(s) W)). The DequantizeLinear records the method
+(:data:`METHOD_KEY`).
 """
 
 from __future__ import annotations
@@ -27,22 +33,46 @@ from passes.layer_weights import (
 )
 from passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
 from passes.report import RewriteReport
+from stamp_onnx.calibration import Calibration
 from stamp_onnx.config import StampConfig
-from stamp_onnx.weights import quantize_weight
+from stamp_onnx.errors import RewriteError
+from stamp_onnx.gptq import gptq_quantize
+from stamp_onnx.smoothing import SCALE_KEY, decode_scale
+from stamp_onnx.weights import dequantize_linear, feature_rotation, quantize_weight
+
+METHOD_KEY = "stamp_onnx.weight_method"
 
 
 def weight_format(config: StampConfig) -> str:
-    """'float', or e.g. 'int4 per channel' / 'int4 block 32'."""
+    """'float', or e.g. 'int4 per channel' / 'int4 block 32' / 'int4 per channel gptq'."""
     if not config.weight_bits:
         return "float"
-    return f"int{config.weight_bits} " + (f"block {config.weight_block}" if config.weight_block else "per channel")
+    method = "" if config.weight_method == "rtn" else f" {config.weight_method}"
+    return f"int{config.weight_bits} " + (f"block {config.weight_block}" if config.weight_block else "per channel") + method
+
+
+def dequantized_weights(graph: ir.Graph) -> dict[str, np.ndarray]:
+    """Per rewritten layer with a quantized weight: w_hat (d_in, d_out) float32, as the graph computes it."""
+    found = {}
+    for layer, node, _ in rewritten_layers(graph):
+        dq = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if dq is None or dq.metadata_props.get(PASS_KEY) != QuantizeWeightsPass.__name__:
+            continue
+        codes, scales = (v.const_value.numpy() if v is not None and v.const_value is not None else None for v in dq.inputs[:2])
+        if codes is None or scales is None:
+            raise RewriteError(f"layer {layer!r}: its weight codes or scales are not initializers")
+        block = dq.attributes.get("block_size")
+        w_hat = dequantize_linear(codes, scales, dq.attributes["axis"].as_int(), block.as_int() if block is not None else 0)
+        found[layer] = w_hat.T if is_transposed(node) else w_hat
+    return found
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
-    def __init__(self, config: StampConfig, report: RewriteReport) -> None:
+    def __init__(self, config: StampConfig, report: RewriteReport, calibration: Calibration | None = None) -> None:
         super().__init__()
         self.config = config
         self.report = report
+        self.calibration = calibration
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         c = self.config
@@ -52,8 +82,12 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         fresh = unique_namer(graph)
         storage, dtype = (ml_dtypes.int4, ir.DataType.INT4) if c.weight_bits <= 4 else (np.int8, ir.DataType.INT8)
         count = 0
-        for layer, node, _ in rewritten_layers(graph):
-            q, scale = quantize_weight(read_weight(node), c.weight_bits, c.weight_block)
+        for layer, node, quantizer in rewritten_layers(graph):
+            w = read_weight(node)
+            if c.weight_method == "gptq":
+                q, scale = gptq_quantize(w, self._hessian(layer, quantizer), c.weight_bits, c.weight_block)
+            else:
+                q, scale = quantize_weight(w, c.weight_bits, c.weight_block)
             # stored layout: the input axis is 0 (1 when a Gemm stores W^T); the output axis the other
             input_axis = 1 if is_transposed(node) else 0
             q_stored = stored(node, q).astype(storage)
@@ -66,7 +100,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
                 attrs["block_size"] = c.weight_block
             dq = ir.Node("", "DequantizeLinear", [codes, scales], attributes=[ir.AttrInt64(k, v) for k, v in attrs.items()],
                          name=fresh(f"{layer}/WeightDequantize"),
-                         metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer})
+                         metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer, METHOD_KEY: c.weight_method})
             w_hat = dq.outputs[0]
             w_hat.name = fresh(f"{layer}/dequantized_weight")
             w_hat.type = ir.TensorType(ir.DataType.FLOAT)
@@ -76,3 +110,22 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             self.report.layer(layer).weight_format = weight_format(c)
             count += 1
         return ir.passes.PassResult(model, modified=count > 0)
+
+    def _hessian(self, layer: str, quantizer: ir.Node) -> np.ndarray:
+        """H of the layer's input, in the frame of its current weight (see the module docstring)."""
+        x = quantizer.inputs[0]
+        assert x is not None
+        producer = x.producer()
+        made_by = producer.metadata_props.get(PASS_KEY) if producer is not None else None
+        source = producer.inputs[0] if producer is not None and made_by in ("RotateFeaturesPass", "SmoothFeaturesPass") else x
+        h = None if self.calibration is None or source is None else self.calibration.hessian.get(source.name or "")
+        if h is None:
+            raise RewriteError(f"layer {layer!r}: GPTQ needs calibration statistics (x^T x) of its input "
+                               f"{getattr(source, 'name', None)!r}; calibrate on the float model being rewritten")
+        if made_by == "RotateFeaturesPass":
+            r = feature_rotation(h.shape[0])
+            h = r.T @ h @ r
+        if SCALE_KEY in quantizer.metadata_props:
+            inverse = 1.0 / decode_scale(quantizer.metadata_props[SCALE_KEY]).astype(np.float64)
+            h = h * np.outer(inverse, inverse)
+        return h

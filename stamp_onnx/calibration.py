@@ -1,7 +1,8 @@
 """Calibration: statistics of the float model's linear-layer inputs on sample data.
 
-A calibrated rewrite (``--feature-transform smoothquant``) needs, for every activation that
-feeds a rewritten layer, the largest |x| of each feature channel over all calibration tokens.
+A calibrated rewrite needs, for every activation that feeds a rewritten layer, the largest |x|
+of each feature channel over all calibration tokens (``--feature-transform smoothquant``), or
+H = sum x^T x over the tokens (``--weight-method gptq``).
 They are measured in onnxruntime on the float ONNX model itself (every activation made a graph
 output, one sample per run so memory stays at one sample's activations), so any ONNX file can
 be calibrated, with or without its PyTorch source.
@@ -34,11 +35,13 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(in
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Per activation (value name in the float graph): max |x| per feature channel, shape (d,)."""
+    """Per activation (value name in the float graph): max |x| per feature channel, shape (d,),
+    and (when asked for) H = sum over tokens of x^T x, float64 (d, d)."""
 
     amax: dict[str, np.ndarray]
     samples: int
     tokens: int  # calibration tokens per activation (samples x tokens per sample)
+    hessian: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def load_feeds(path: str | Path) -> dict[str, np.ndarray]:
@@ -62,8 +65,11 @@ def save_feeds(path: str | Path, feeds: dict[str, np.ndarray]) -> None:
         np.savez(f, **feeds)  # type: ignore[arg-type]
 
 
-def calibrate(model_path: str | Path, feeds: dict[str, np.ndarray], activations: Iterable[str]) -> Calibration:
-    """Run the float model at ``model_path`` on ``feeds`` (one row at a time); max |x| per channel of each activation."""
+def calibrate(
+    model_path: str | Path, feeds: dict[str, np.ndarray], activations: Iterable[str], *, hessians: bool = False
+) -> Calibration:
+    """Run the float model at ``model_path`` on ``feeds`` (one row at a time); max |x| per channel
+    of each activation, and its x^T x when ``hessians``."""
     names = list(dict.fromkeys(activations))
     proto = onnx.load(str(model_path))  # with its external data: the session is built from bytes
     existing = {o.name for o in proto.graph.output}
@@ -79,6 +85,7 @@ def calibrate(model_path: str | Path, feeds: dict[str, np.ndarray], activations:
     feeds = _check_feeds(session, feeds)
     n = len(next(iter(feeds.values())))
     amax: dict[str, np.ndarray] = {}
+    hessian: dict[str, np.ndarray] = {}
     tokens = 0
     for row in range(n):
         try:
@@ -89,9 +96,13 @@ def calibrate(model_path: str | Path, feeds: dict[str, np.ndarray], activations:
             flat = np.abs(value.reshape(-1, value.shape[-1]))
             channel = flat.max(axis=0) if len(flat) else np.zeros(value.shape[-1], np.float32)
             amax[name] = channel if name not in amax else np.maximum(amax[name], channel)
+            if hessians:
+                x = value.reshape(-1, value.shape[-1]).astype(np.float32)
+                product = (x.T @ x).astype(np.float64)
+                hessian[name] = product if name not in hessian else hessian[name] + product
         tokens += int(np.prod(values[0].shape[:-1])) if values else 0
     logger.info("calibrated %d activations on %d samples (%d tokens each activation)", len(names), n, tokens)
-    return Calibration(amax=amax, samples=n, tokens=tokens)
+    return Calibration(amax=amax, samples=n, tokens=tokens, hessian=hessian)
 
 
 def _check_feeds(session: object, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

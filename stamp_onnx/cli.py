@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from stamp_onnx.config import ALLOWED_BITS, FEATURE_TRANSFORMS, TRANSFORMS, WEIGHT_BITS, StampConfig
+from stamp_onnx.config import (
+    ALLOWED_BITS,
+    FEATURE_TRANSFORMS,
+    TRANSFORMS,
+    WEIGHT_BITS,
+    WEIGHT_METHODS,
+    StampConfig,
+)
 from stamp_onnx.errors import ConfigError, StampError
 
 logger = logging.getLogger("stamp_onnx")
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inline", action="store_true",
                    help="lower the ai.stamp ops into standard ONNX ops (QDQ pairs in the main graph)")
     p.add_argument("--calibration", type=Path, metavar="FILE.npz",
-                   help="calibration inputs (arrays named after the model inputs, one sample per row), for smoothquant")
+                   help="calibration inputs (arrays named after the model inputs, one sample per row), for smoothquant and gptq")
     p.add_argument("--json", action="store_true", help="print the rewrite report as JSON")
 
     p = sub.add_parser("inspect", help="show what a rewritten model holds, per layer")
@@ -102,6 +109,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help=f"round-to-nearest symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights)")
     p.add_argument("--weight-block", type=int,
                    help="weight scales per block of this many input features (default 0: per output channel)")
+    p.add_argument("--weight-method", help=f"{'|'.join(WEIGHT_METHODS)}: how weight codes are chosen; gptq needs "
+                   "--calibration (default rtn)")
     p.add_argument("--feature-transform", help=f"{'|'.join(FEATURE_TRANSFORMS)}: rotate (hadamard) or rescale (smoothquant) "
                    "activations along the features, folded into the weights (default none)")
     p.add_argument("--alpha", dest="smooth_alpha", type=float,
@@ -123,7 +132,7 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
     changes = {
         key: getattr(args, key)
         for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude",
-                    "weight_bits", "weight_block", "feature_transform", "smooth_alpha")
+                    "weight_bits", "weight_block", "weight_method", "feature_transform", "smooth_alpha")
         if getattr(args, key) is not None
     }
     return base.replace(**changes)

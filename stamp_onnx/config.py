@@ -21,6 +21,7 @@ ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
 FEATURE_TRANSFORMS = ("none", "hadamard", "smoothquant")
 CALIBRATED_FEATURE_TRANSFORMS = ("smoothquant",)  # need calibration data
+WEIGHT_METHODS = ("rtn", "gptq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,8 @@ class StampConfig:
     weight_bits: round-to-nearest symmetric weight quantization of the rewritten layers
         (0: float weights); weight_block: per output channel (0) or per block of that many
         input features. See :mod:`stamp_onnx.weights`.
+    weight_method: ``rtn`` (round to nearest) or ``gptq`` (:mod:`stamp_onnx.gptq`, needs
+        calibration data: the codes minimize each layer's output error on it).
     feature_transform: ``hadamard`` rotates each rewritten layer's activation along the
         features, X -> X R, with R^T folded into the weight (before weight quantization).
     """
@@ -57,6 +60,7 @@ class StampConfig:
     exclude: str | None = None
     weight_bits: int = 0
     weight_block: int = 0
+    weight_method: str = "rtn"
     feature_transform: str = "none"
     smooth_alpha: float = 0.5
 
@@ -93,6 +97,10 @@ class StampConfig:
         _check_int("weight_block", self.weight_block, low=0, high=1 << 20)
         if self.weight_block and not self.weight_bits:
             raise ConfigError(f"weight_block={self.weight_block} needs weight_bits (weights are float)")
+        if self.weight_method not in WEIGHT_METHODS:
+            raise ConfigError(f"weight_method={self.weight_method!r} is not allowed; choose one of {', '.join(WEIGHT_METHODS)}")
+        if self.weight_method != "rtn" and not self.weight_bits:
+            raise ConfigError(f"weight_method={self.weight_method} needs weight_bits (weights are float)")
         if self.feature_transform not in FEATURE_TRANSFORMS:
             raise ConfigError(
                 f"feature_transform={self.feature_transform!r} is not allowed; choose one of {', '.join(FEATURE_TRANSFORMS)}"
@@ -135,7 +143,7 @@ class StampConfig:
     @property
     def needs_calibration(self) -> bool:
         """True when the rewrite needs statistics of the float model on calibration data."""
-        return self.feature_transform in CALIBRATED_FEATURE_TRANSFORMS
+        return self.feature_transform in CALIBRATED_FEATURE_TRANSFORMS or self.weight_method == "gptq"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

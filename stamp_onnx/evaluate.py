@@ -55,7 +55,7 @@ def parse_config_spec(spec: str) -> StampConfig:
             raise ConfigError(
                 f"config spec {spec!r}: {item!r} is not key=value with a key among {', '.join(sorted(_FIELDS))}"
             )
-        if key in ("include", "exclude", "transform", "feature_transform"):
+        if key in ("include", "exclude", "transform", "feature_transform", "weight_method"):
             changes[key] = value
         else:
             changes[key] = _number(spec, key, value, float if _FIELDS[key].type in (float, "float") else int)
@@ -75,7 +75,8 @@ def config_label(config: StampConfig) -> str:
     elif config.feature_transform != "none":
         parts.append(config.feature_transform)
     if config.weight_bits:
-        parts.append(f"W{config.weight_bits}" + (f" b{config.weight_block}" if config.weight_block else ""))
+        parts.append(f"W{config.weight_bits}" + (f" b{config.weight_block}" if config.weight_block else "")
+                     + (f" {config.weight_method}" if config.weight_method != "rtn" else ""))
     return ", ".join(parts)
 
 
@@ -156,8 +157,11 @@ def _cache_key(
 ) -> str:
     stat = float_path.stat()
     fields = json.loads(config.to_json())
-    if not config.needs_calibration:
-        fields.pop("smooth_alpha")  # unused (and fixed at its default) there: keeps earlier saved results valid
+    # fields added later are left out where they do not apply, so earlier saved results stay valid
+    if config.feature_transform != "smoothquant":
+        fields.pop("smooth_alpha")
+    if config.weight_method == "rtn":
+        fields.pop("weight_method")
     key = {"model": name, "config": fields, "seq_len": seq_len, "n_windows": n_windows,
            "float_onnx": [stat.st_size, stat.st_mtime_ns], "kernels": kernels}
     if calibration is not None:

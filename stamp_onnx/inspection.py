@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from passes.layer_weights import rewritten_layers
 from passes.linear_layers import LAYER_KEY, PASS_KEY
+from passes.quantize_weights import METHOD_KEY
 from passes.record_config import recorded_config
 from stamp_onnx import ops
 from stamp_onnx.smoothing import SCALE_KEY
@@ -134,5 +135,7 @@ def _weight_side(model: ir.Model) -> tuple[dict[str, str], dict[str, str]]:
         if dq is not None and dq.metadata_props.get(PASS_KEY) == "QuantizeWeightsPass" and dq.inputs[0] is not None:
             block = dq.attributes.get("block_size")
             kind = f"block {block.as_int()}" if block is not None and block.as_int() else "per channel"
-            formats[layer] = f"{'int4' if dq.inputs[0].dtype == ir.DataType.INT4 else 'int8'} {kind}"
+            method = dq.metadata_props.get(METHOD_KEY, "rtn")
+            formats[layer] = f"{'int4' if dq.inputs[0].dtype == ir.DataType.INT4 else 'int8'} {kind}" + (
+                "" if method == "rtn" else f" {method}")
     return features, formats

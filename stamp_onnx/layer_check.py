@@ -30,6 +30,7 @@ import onnx_ir as ir
 import torch
 
 from passes.linear_layers import LAYER_KEY
+from passes.quantize_weights import dequantized_weights
 from stamp_onnx import ops, quant, runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
@@ -151,24 +152,40 @@ def per_layer_diffs(
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
     modules = dict(module.named_modules())
+    recorded = recorded_weights(onnx_path, config, by_module=False)
     diffs = []
     with torch.no_grad():
         for tap in taps:
             linear = modules.get(tap.module)
             if not isinstance(linear, torch.nn.Linear):
                 raise ValidationError(f"layer {tap.layer!r} of {onnx_path} is not an nn.Linear of the PyTorch model")
-            diffs.append(_compare_layer(tap, values, linear, config))
+            diffs.append(_compare_layer(tap, values, linear, config, recorded.get(tap.layer)))
     logger.info("compared %d rewritten layers one by one", len(diffs))
     return diffs
 
 
+def recorded_weights(onnx_path: str | Path, config: StampConfig, *, by_module: bool = True) -> dict[str, np.ndarray]:
+    """The quantized weights (d_in, d_out) of a GPTQ model, by module (or layer) name; {} for other methods.
+
+    GPTQ's codes depend on calibration data, so the reference takes them from the model.
+    """
+    if config.weight_method != "gptq":
+        return {}
+    weights = dequantized_weights(ir.load(str(onnx_path)).graph)
+    return {module_of_layer(layer) if by_module else layer: w for layer, w in weights.items()}
+
+
 def _compare_layer(
-    tap: LayerTap, values: dict[str, np.ndarray], linear: torch.nn.Linear, config: StampConfig
+    tap: LayerTap, values: dict[str, np.ndarray], linear: torch.nn.Linear, config: StampConfig,
+    recorded: np.ndarray | None = None,
 ) -> LayerDiff:
     x, t, q, y = (torch.from_numpy(values[name]) for name in (tap.x, tap.t, tap.q, tap.y))
     bias = linear.bias if tap.has_bias else None
     # x is the quantizer's input: already rotated (or smoothed) when there is a feature transform
-    weight = layer_weight(linear.weight, config, scale=tap.scale)
+    if recorded is not None:
+        weight = torch.from_numpy(np.ascontiguousarray(recorded.T))
+    else:
+        weight = layer_weight(linear.weight, config, scale=tap.scale)
     whole = torch.nn.functional.linear(stamp_activation(x, config), weight, bias)
     if whole.shape != y.shape:
         raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")

@@ -55,7 +55,7 @@ def rewrite(
             InsertSequenceTransformPass(config, report),
             RotateFeaturesPass(config, report),
             SmoothFeaturesPass(config, report, calibration),
-            QuantizeWeightsPass(config, report),
+            QuantizeWeightsPass(config, report, calibration),
             RecordConfigPass(config, stamp_onnx.__version__),
             *([InlineStampOpsPass()] if inline else []),
         ]
@@ -91,17 +91,18 @@ def quantize_file(
     """
     out = check_output_path(in_path, out_path)
     if config.needs_calibration and calibration_feeds is None:
-        raise ConfigError(f"feature transform {config.feature_transform} needs calibration data: pass --calibration FILE.npz "
+        what = "weight method gptq" if config.weight_method == "gptq" else f"feature transform {config.feature_transform}"
+        raise ConfigError(f"{what} needs calibration data: pass --calibration FILE.npz "
                           "(arrays named after the model inputs; `stamp-onnx export MODEL --calibration-data FILE.npz` writes one)")
     if calibration_feeds is not None and not config.needs_calibration:
-        raise ConfigError(f"calibration data is only used by feature transform smoothquant, not {config.feature_transform!r}; "
+        raise ConfigError("calibration data is only used by --feature-transform smoothquant and --weight-method gptq; "
                           "drop --calibration")
     logger.info("loading %s", in_path)
     model = load_model(in_path)
     calibration = None
     if calibration_feeds is not None:
         logger.info("calibrating %s", in_path)
-        calibration = calibrate(in_path, calibration_feeds, _linear_inputs(model))
+        calibration = calibrate(in_path, calibration_feeds, _linear_inputs(model), hessians=config.weight_method == "gptq")
     report = rewrite(model, config, source=str(in_path), inline=inline, calibration=calibration)
     logger.info("rewrote %d linear layers; checking (onnx.checker, full) and writing %s", len(report.rewritten), out)
     save_model(model, out)

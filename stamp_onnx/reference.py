@@ -99,12 +99,16 @@ def stamp_reference(
     *,
     layers: Collection[str] | None = None,
     scales: Mapping[str, np.ndarray] | None = None,
+    recorded_weights: Mapping[str, np.ndarray] | None = None,
 ) -> Iterator[list[str]]:
     """Hook every nn.Linear selected by ``config.selects(name)``; yields the hooked names.
 
     ``layers``: hook exactly these module names instead (e.g. the layers a rewritten ONNX
     model records); a name that is not an nn.Linear of ``module`` raises ValidationError.
     ``scales``: SmoothQuant's s by module name (needed by ``feature_transform="smoothquant"``).
+    ``recorded_weights``: the quantized weights (d_in, d_out) a rewritten model holds, by module
+    name, used as they are (needed by ``weight_method="gptq"``: its codes depend on calibration
+    data; the GPTQ math itself is tested on its own, tests/test_gptq.py).
     The hooks are removed on exit, also when the body raises.
     """
     linears = {name: sub for name, sub in module.named_modules() if isinstance(sub, torch.nn.Linear)}
@@ -121,12 +125,12 @@ def stamp_reference(
     if not names:
         logger.warning("no linear layer selected: the STaMP reference equals the float model")
 
-    scales = scales or {}
-    if config.feature_transform == "smoothquant":
-        missing = [name for name in names if name not in scales]
+    scales, recorded_weights = scales or {}, recorded_weights or {}
+    for needed, given, what in ((config.feature_transform == "smoothquant", scales, "smoothquant layer(s) have no scale s"),
+                                (config.weight_method == "gptq", recorded_weights, "gptq layer(s) have no recorded weight")):
+        missing = [name for name in names if name not in given] if needed else []
         if missing:
-            raise ValidationError(f"{len(missing)} smoothquant layer(s) have no scale s (e.g. {missing[0]!r}); "
-                                  "pass the scales the rewritten model records")
+            raise ValidationError(f"{len(missing)} {what} (e.g. {missing[0]!r}); pass what the rewritten model records")
 
     def hook(name: str, _: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
@@ -140,7 +144,10 @@ def stamp_reference(
     if changes_weights(config):
         for name in names:
             originals[name] = linears[name].weight
-            weight = layer_weight(originals[name], config, scale=scales.get(name))
+            if name in recorded_weights:
+                weight = torch.from_numpy(np.ascontiguousarray(recorded_weights[name].T)).to(originals[name].dtype)
+            else:
+                weight = layer_weight(originals[name], config, scale=scales.get(name))
             linears[name].weight = torch.nn.Parameter(weight, requires_grad=False)
     handles = [linears[name].register_forward_pre_hook(functools.partial(hook, name)) for name in names]
     try:

@@ -50,7 +50,7 @@ from passes.record_config import CONFIG_KEY
 from stamp_onnx import ops, runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
-from stamp_onnx.layer_check import LayerDiff, per_layer_diffs
+from stamp_onnx.layer_check import LayerDiff, per_layer_diffs, recorded_weights
 from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask, word_error_rate
 from stamp_onnx.model_io import read_header
 from stamp_onnx.models import LoadedModel, Samples, evaluation_samples, load_model
@@ -261,10 +261,12 @@ def validate(
             floated = _session(export_onnx(loaded, Path(tmp) / f"{loaded.name}.onnx"))
     else:
         floated = _session(float_onnx_path)
-    with stamp_reference(loaded.module, config, layers=layers or None, scales=scales) as hooked:
+    held = recorded_weights(rewritten_onnx_path, config)
+    with stamp_reference(loaded.module, config, layers=layers or None, scales=scales, recorded_weights=held) as hooked:
         pass  # resolve and check the layer names once, before the long loop
 
-    reference = functools.partial(stamp_reference, loaded.module, config, layers=hooked, scales=scales)
+    reference = functools.partial(stamp_reference, loaded.module, config, layers=hooked, scales=scales,
+                                  recorded_weights=held)
     diffs, nll, texts = _compare(loaded, samples, batch, (floated, rewritten), config, reference)
     layer_diffs = []
     if per_layer:

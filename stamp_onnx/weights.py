@@ -72,6 +72,25 @@ def fake_quantize_weight(w: Any, bits: int, block: int = 0) -> Any:
     return w_hat
 
 
+def dequantize_linear(q: np.ndarray, scale: np.ndarray, axis: int, block_size: int = 0) -> np.ndarray:
+    """DequantizeLinear of the ONNX spec with a zero point of 0: q * scale, float32.
+
+    Per axis (``block_size=0``): ``scale`` is 1-D along ``axis``. Blocked: ``scale`` has q's
+    shape except ceil(n / block_size) along ``axis``, each entry covering that many elements.
+    """
+    q = np.asarray(q).astype(np.float32)
+    scale = np.asarray(scale, dtype=np.float32)
+    axis %= q.ndim
+    if block_size:
+        full = np.repeat(scale, block_size, axis=axis)
+        full = np.take(full, np.arange(q.shape[axis]), axis=axis)
+    else:
+        shape = [1] * q.ndim
+        shape[axis] = q.shape[axis]
+        full = scale.reshape(shape)
+    return (q * full).astype(np.float32)
+
+
 def sylvester_hadamard(n: int) -> np.ndarray:
     """The orthonormal n x n Sylvester-Hadamard matrix (n a power of two), float64."""
     if n < 1 or n & (n - 1):

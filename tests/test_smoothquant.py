@@ -180,7 +180,7 @@ def test_config_and_pipeline_errors(tmp_path: Path) -> None:
     assert StampConfig.from_json(SMOOTH.replace(smooth_alpha=0.75).to_json()).smooth_alpha == 0.75
     with pytest.raises(ConfigError, match="needs calibration data"):
         quantize_file(tiny_llama_onnx(), tmp_path / "a.onnx", SMOOTH)
-    with pytest.raises(ConfigError, match="only used by feature transform smoothquant"):
+    with pytest.raises(ConfigError, match="only used by --feature-transform smoothquant"):
         quantize_file(tiny_llama_onnx(), tmp_path / "a.onnx", StampConfig(), calibration_feeds=_calibration())
     with pytest.raises(ConfigError, match="do not match the model inputs"):
         quantize_file(tiny_llama_onnx(), tmp_path / "a.onnx", SMOOTH, calibration_feeds={"pixels": np.zeros((1, 3))})

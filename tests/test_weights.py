@@ -53,6 +53,7 @@ def test_weight_qdq_matches_the_onnx_spec(bits: int, block: int) -> None:
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
     (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
     np.testing.assert_array_equal(got, weights.fake_quantize_weight(w, bits, block))
+    np.testing.assert_array_equal(got, weights.dequantize_linear(q, scale, attrs["axis"], block))  # what validation reads back
     # the spec's formula written out: round half to even of w / scale, clipped, times the scale
     per_element = np.repeat(scale, block, axis=0)[:50] if block else scale[None, :]
     np.testing.assert_array_equal(got, np.clip(np.round(w / per_element), -qmax, qmax) * per_element)
