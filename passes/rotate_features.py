@@ -1,16 +1,16 @@
 """RotateFeaturesPass: rotate each rewritten layer's activation along the features, X -> X R.
 
 Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
-After::    x ──► MatMul(R) ──► TransformQDQ / TokenQDQ ──► MatMul(R^T W)
+After::    x ──► FeatureRotation(d) ──► TransformQDQ / TokenQDQ ──► MatMul(R^T W)
 
-R is the orthonormal d x d matrix of :func:`stamp_onnx.weights.feature_rotation` (one
-initializer per feature size, shared by the layers). Layers that read the same activation
-(q/k/v, gate/up) share one rotation node, so x R is computed once. R^T W is a new initializer (the original
-stays if something else uses it, e.g. a tied embedding). The activation is quantized after the
-rotation, so outlier channels are spread over all features first; in float the layer is
-unchanged (X R R^T W = X W). The rotation runs online as a plain MatMul (O(d^2) per token; a
-structured kernel would take O(d (m + 2^k))). Runs after the quantizer insertion, before
-weight quantization (which then quantizes R^T W). Does nothing unless ``feature_transform="hadamard"``.
+R is the orthonormal d x d matrix of :func:`stamp_onnx.weights.feature_rotation`, applied
+online by the ``ai.stamp::FeatureRotation`` op (:mod:`stamp_onnx.ops`: two small MatMuls on
+x viewed as (m, p), d (p + m) multiply-adds per token instead of the d^2 of a dense x R).
+Layers that read the same activation (q/k/v, gate/up) share one rotation node, so x R is
+computed once. R^T W is a new initializer (the original stays if something else uses it, e.g.
+a tied embedding). The activation is quantized after the rotation, so outlier channels are
+spread over all features first; in float the layer is unchanged (X R R^T W = X W). Runs after
+the quantizer insertion, before weight quantization (which then quantizes R^T W). Does nothing unless ``feature_transform="hadamard"``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from passes.layer_weights import (
 )
 from passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
 from passes.report import RewriteReport
+from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
 from stamp_onnx.weights import feature_rotation
 
@@ -42,24 +43,23 @@ class RotateFeaturesPass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         graph = model.graph
         fresh = unique_namer(graph)
-        rotations: dict[int, ir.Value] = {}
         rotated: dict[ir.Value, ir.Value] = {}  # activation -> its rotation, shared by its layers
         count = 0
         for layer, node, quantizer in rewritten_layers(graph):
             w = read_weight(node)
             d = w.shape[0]
-            r = feature_rotation(d)
-            if d not in rotations:
-                rotations[d] = add_initializer(graph, fresh(f"stamp_feature_rotation_{d}"), ir.tensor(r.astype(np.float32)))
-            folded = (r.T @ w.astype(np.float64)).astype(np.float32)
+            folded = (feature_rotation(d).T @ w.astype(np.float64)).astype(np.float32)
             new_weight = add_initializer(graph, fresh(f"{layer}/rotated_weight"), ir.tensor(stored(node, folded)))
             replace_input(graph, node, 1, new_weight)
 
             x = quantizer.inputs[0]
             assert x is not None
             if x not in rotated:  # the first of its layers in graph order: before all their quantizers
-                rotate = ir.Node("", "MatMul", [x, rotations[d]], name=fresh(f"{layer}/FeatureRotation"),
+                spec = ops.FeatureRotationSpec(d)
+                rotate = ir.Node(ops.DOMAIN, ops.FEATURE_ROTATION, [x], spec.attributes(), overload=spec.overload,
+                                 name=fresh(f"{layer}/FeatureRotation"),
                                  metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer})
+                ops.add_function(model, spec)
                 out = rotate.outputs[0]
                 out.name, out.type, out.shape = fresh(f"{layer}/rotated_input"), x.type, x.shape
                 graph.insert_before(quantizer, rotate)

@@ -101,15 +101,23 @@ def sylvester_hadamard(n: int) -> np.ndarray:
     return h / np.sqrt(n)
 
 
-@functools.lru_cache(maxsize=16)
-def feature_rotation(d: int) -> np.ndarray:
-    """R (d x d, float64, orthonormal) for ``feature_transform="hadamard"``; read-only, cached."""
+def rotation_factors(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, C) with R = C^T (x) H: H the orthonormal Sylvester-Hadamard of the largest power of two
+    p dividing d, C the orthonormal DCT-II of m = d / p as rows ([[1]] when m = 1), float64.
+
+    With x viewed as X (m, p) (feature f = a p + b), x R is C X H: what FeatureRotation computes.
+    """
     if d < 1:
         raise ValueError(f"feature size must be positive, got {d}")
     power = d & -d  # the largest power of two dividing d
     odd = d // power
-    r = sylvester_hadamard(power)
-    if odd > 1:
-        r = np.kron(matrix(odd, "dct").T, r)  # matrix() gives the DCT as rows: transpose to act on the right
+    return sylvester_hadamard(power), (matrix(odd, "dct") if odd > 1 else np.ones((1, 1)))
+
+
+@functools.lru_cache(maxsize=16)
+def feature_rotation(d: int) -> np.ndarray:
+    """R (d x d, float64, orthonormal) for ``feature_transform="hadamard"``; read-only, cached."""
+    hadamard, dct = rotation_factors(d)
+    r = np.kron(dct.T, hadamard)  # the DCT as rows: transposed to act on the right
     r.setflags(write=False)
     return r

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from stamp_onnx import ops
+from stamp_onnx import ops, weights
 from stamp_onnx.op_models import single_op_model
 
 LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 33, 64, 65, 100]
@@ -150,3 +150,16 @@ def test_quant_type_by_width() -> None:
     assert ops.quant_type(4) == ir.DataType.UINT4
     assert ops.quant_type(5) == ir.DataType.UINT8
     assert ops.quant_type(16) == ir.DataType.UINT16
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 64, 96, 576, 1536])
+@pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 3, 5)])
+def test_feature_rotation_body_is_x_times_r(d: int, shape: tuple[int, ...]) -> None:
+    """The structured body (C (X H) on x viewed as (m, p)) equals the dense x R, for ranks 2 to 4."""
+    spec = ops.FeatureRotationSpec(d)
+    x = np.random.default_rng(d).standard_normal((*shape, d)).astype(np.float32)
+    (got,) = session(spec, x.ndim).run(None, {"x": x})
+    expected = x.astype(np.float64) @ weights.feature_rotation(d)
+    np.testing.assert_allclose(got, expected, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+    np.testing.assert_allclose(spec.reference(x), expected, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+    assert ops.spec_from_node(ir.Node(ops.DOMAIN, ops.FEATURE_ROTATION, [], spec.attributes())) == spec

@@ -90,14 +90,15 @@ def test_passes_structure(tmp_path: Path) -> None:
     counts = collections.Counter(node.op_type for node in proto.graph.node)
     layers = sum(1 for node in proto.graph.node if node.op_type == "TransformQDQ")
     assert counts["DequantizeLinear"] == layers
-    rotations = [n for n in proto.graph.node if n.op_type == "MatMul" and n.name.endswith("/FeatureRotation")]
+    rotations = [n for n in proto.graph.node if n.op_type == "FeatureRotation" and n.domain == "ai.stamp"]
     # one per activation: per block q/k/v share one, o one, gate/up share one, down one; lm_head one
     assert len(rotations) == 4 * 2 + 1 < layers
     rotated_inputs = {n.output[0] for n in rotations}
     quantizers = [n for n in proto.graph.node if n.op_type == "TransformQDQ"]
     assert all(n.input[0] in rotated_inputs for n in quantizers)
-    shared = {n.input[1] for n in rotations}
-    assert all(name.startswith("stamp_feature_rotation_") for name in shared) and len(shared) <= 3  # one per width
+    overloads = {f.overload for f in proto.functions if f.name == "FeatureRotation"}
+    assert overloads == {n.overload for n in rotations} and len(overloads) <= 3  # one function per width
+    assert not any(t.dims == [64, 64] and t.data_type == onnx.TensorProto.FLOAT for t in proto.graph.initializer)  # no dense R
     int4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4]
     assert len(int4) == layers
     for node in proto.graph.node:
