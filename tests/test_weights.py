@@ -166,3 +166,17 @@ def weights_int4() -> type:
     import ml_dtypes
 
     return ml_dtypes.int4
+
+
+def test_the_latency_baseline_is_the_same_model_with_a_dense_rotation(tmp_path: Path) -> None:
+    """tools/bench_latency.py's dense x R copy computes what the FeatureRotation model computes."""
+    import tool_modules
+
+    path = _rewrite(StampConfig(hp_tokens=8, hp_bits=16, lp_bits=16, feature_transform="hadamard"), tmp_path)
+    dense = tool_modules.load("bench_latency").dense_rotations(path)
+    proto = onnx.load(str(dense))
+    assert not any(n.op_type == "FeatureRotation" for n in proto.graph.node)
+    assert sum(n.name.endswith("/FeatureRotation") and n.op_type == "MatMul" for n in proto.graph.node) == 9
+    feeds = sample_inputs(tiny_llama(), 2, 21, seed=2)
+    a, b = _outputs(path, feeds), _outputs(dense, feeds)
+    assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()  # 16-bit activations: float rounding only
