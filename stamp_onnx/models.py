@@ -327,22 +327,7 @@ def evaluation_samples(loaded: LoadedModel, n: int, seq_len: int, seed: int) -> 
     Text windows are evenly spaced over the whole corpus (seed unused); only a model without a
     tokenizer uses ``seed``, for its random ids.
     """
-    if n < 1:
-        raise ConfigError(f"n_windows={n} is not allowed; use a positive integer")
-    if loaded.samples is not None:
-        return loaded.samples(n, seed)
-    if loaded.tokenizer is None:
-        return Samples(sample_inputs(loaded, n, seq_len, seed), f"random token ids (seed {seed})")
-    from stamp_onnx.data import load_corpus, text_windows
-
-    if not 1 <= seq_len <= loaded.max_length:
-        raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")
-    corpus = load_corpus()
-    try:
-        ids = text_windows(loaded.tokenizer, n, seq_len, corpus=corpus)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    return Samples(with_attention_mask(loaded, ids), corpus.name)
+    return _samples(loaded, n, seq_len, seed, avoid=0, count_name="n_windows")
 
 
 CALIBRATION_SAMPLES = 8
@@ -357,23 +342,29 @@ def calibration_samples(loaded: LoadedModel, n: int, seq_len: int, *, held_out: 
     another seed. Image and speech models: their own samples with another seed; the photos and
     sentences are few and fixed, so these overlap the evaluation's (image crops differ past 14).
     """
+    samples = _samples(loaded, n, seq_len, CALIBRATION_SEED, avoid=held_out, count_name="calibration samples")
+    text = loaded.samples is None and loaded.tokenizer is not None
+    detail = f", {n} windows held out from {held_out} evaluation windows" if text else " (calibration)"
+    return Samples(samples.feeds, samples.description + detail)
+
+
+def _samples(loaded: LoadedModel, n: int, seq_len: int, seed: int, *, avoid: int, count_name: str) -> Samples:
     if n < 1:
-        raise ConfigError(f"calibration samples={n} is not allowed; use a positive integer")
+        raise ConfigError(f"{count_name}={n} is not allowed; use a positive integer")
     if loaded.samples is not None:
-        samples = loaded.samples(n, CALIBRATION_SEED)
-        return Samples(samples.feeds, samples.description + " (calibration)")
+        return loaded.samples(n, seed)
     if loaded.tokenizer is None:
-        return Samples(sample_inputs(loaded, n, seq_len, CALIBRATION_SEED), f"random token ids (seed {CALIBRATION_SEED})")
+        return Samples(sample_inputs(loaded, n, seq_len, seed), f"random token ids (seed {seed})")
     from stamp_onnx.data import load_corpus, text_windows
 
     if not 1 <= seq_len <= loaded.max_length:
         raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")
     corpus = load_corpus()
     try:
-        ids = text_windows(loaded.tokenizer, n, seq_len, corpus=corpus, avoid=held_out)
+        ids = text_windows(loaded.tokenizer, n, seq_len, corpus=corpus, avoid=avoid)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    return Samples(with_attention_mask(loaded, ids), f"{corpus.name}, {n} windows held out from {held_out} evaluation windows")
+    return Samples(with_attention_mask(loaded, ids), corpus.name)
 
 
 def with_attention_mask(loaded: LoadedModel, input_ids: np.ndarray) -> dict[str, np.ndarray]:
