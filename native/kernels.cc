@@ -83,4 +83,9 @@ void qdq_rows(const TokenQdq& q, const float* x, float* y, int64_t s, int64_t d,
   for (int64_t r = begin; r < end; ++r) q.row(r % s, x + r * d, y + r * d, d);
 }
 
+STAMP_MULTIVERSION
+void rotate_rows(const FeatureRotation& r, const float* x, float* y, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) rotate_row(r, x + i * r.d, y + i * r.d);
+}
+
 }  // namespace stamp

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "qdq.h"
+#include "rotation.h"
 #include "transforms.h"
 
 namespace stamp {
@@ -41,5 +42,8 @@ constexpr int64_t kPrefetchBytes = int64_t{4} << 20;
 
 // y = token_qdq(x) for the rows [begin, end) of a (batch * s, d) tensor; y may be x.
 void qdq_rows(const TokenQdq& q, const float* x, float* y, int64_t s, int64_t d, int64_t begin, int64_t end);
+
+// FeatureRotation: y = x R for the rows [begin, end) of a (rows, r.d) tensor (y must not overlap x).
+void rotate_rows(const FeatureRotation& r, const float* x, float* y, int64_t begin, int64_t end);
 
 }  // namespace stamp

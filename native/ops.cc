@@ -3,10 +3,12 @@
 //   SequenceTransform(X) -> Y        transform / levels / inverse / prefix_tokens / grid_width
 //   TokenQDQ(X) -> Y                 hp_tokens / hp_bits / lp_bits
 //   TransformQDQ(X) -> (Y, T?)       forward transform then TokenQDQ; T (optional) = the transform
+//   FeatureRotation(X) -> Y          features: Y = X R along the last axis (rotation.h)
 //
-// X is float32 of rank >= 2: tokens on axis -2, features on axis -1, every leading axis batch.
-// Semantics: stamp_onnx/ops.py and its references transforms.forward / inverse and
-// quant.token_qdq (TokenQDQ bit for bit). Built against the C API of the headers (version 21)
+// X is float32 of rank >= 2: tokens on axis -2, features on axis -1, every leading axis batch
+// (FeatureRotation: rank >= 1, every row of features on its own). Semantics: stamp_onnx/ops.py
+// and its references transforms.forward / inverse, quant.token_qdq (TokenQDQ bit for bit) and
+// weights.feature_rotation. Built against the C API of the headers (version 21)
 // with the classic Ort::CustomOpBase, whose GetOutputCharacteristic makes T optional.
 //
 // Errors (bad attributes at session creation, bad input at run time) come back to ONNX Runtime
@@ -29,6 +31,7 @@
 #include "kernels.h"
 #include "parallel.h"
 #include "qdq.h"
+#include "rotation.h"
 #include "transforms.h"
 
 namespace stamp {
@@ -41,6 +44,8 @@ constexpr int64_t kColumnBlock = 256;
 // the work more evenly but re-read the matrix more (measured on 2 cores, 2047 tokens x 1024
 // features: 4 or 8 units alike, 16 units of 64 columns 10-20% slower).
 constexpr int64_t kDctUnits = 8;
+// Largest odd factor m of FeatureRotation's features: its mixing matrix holds m^2 floats (1 GiB).
+constexpr int64_t kMaxRotationOdd = 16 * 1024 - 1;
 
 // An error in the node or its input: reported as ORT_INVALID_ARGUMENT.
 [[noreturn]] void invalid(const std::string& op, const std::string& what) {
@@ -144,6 +149,15 @@ TokenQdq read_qdq(const Attributes& a) {
     *bits = static_cast<int>(value);
   }
   return q;
+}
+
+FeatureRotation read_rotation(const Attributes& a) {
+  const int64_t d = a.at_least("features", a.integer("features"), 1);
+  const int64_t odd = d / (d & -d);
+  if (odd > kMaxRotationOdd)
+    invalid(a.op(), "attribute features = " + std::to_string(d) + " has the odd factor " + std::to_string(odd) +
+                        ", more than the " + std::to_string(kMaxRotationOdd) + " the kernel takes");
+  return FeatureRotation(d);
 }
 
 // --- tensors ------------------------------------------------------------------------------
@@ -355,6 +369,36 @@ class TransformQdqKernel {
   PlanCache plans_;
 };
 
+// Rows of d features (every leading axis a row), each rotated on its own: units of work are rows.
+class FeatureRotationKernel {
+ public:
+  static constexpr const char* kName = "FeatureRotation";
+  static constexpr size_t kOutputs = 1;
+
+  explicit FeatureRotationKernel(const OrtKernelInfo* info) : r_(read_rotation(Attributes(info, kName))) {}
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue input = ctx.GetInput(0);
+    const std::vector<int64_t> dims = input.GetTensorTypeAndShapeInfo().GetShape();
+    if (dims.empty()) invalid(kName, "input X must have rank >= 1 (..., features), got a scalar");
+    if (dims.back() != r_.d)
+      invalid(kName, "input X has " + std::to_string(dims.back()) + " features on its last axis, the node's "
+                     "attribute features is " + std::to_string(r_.d));
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < dims.size(); ++i) rows *= dims[i];
+    float* y = ctx.GetOutput(0, dims).GetTensorMutableData<float>();
+    if (rows == 0) return;
+    const float* x = input.GetTensorData<float>();
+    parallel_for(ctx, rows, rows * r_.row_cost(), [&](int64_t begin, int64_t end) {
+      rotate_rows(r_, x, y, begin, end);
+    });
+  }
+
+ private:
+  FeatureRotation r_;
+};
+
 // --- ONNX Runtime glue ----------------------------------------------------------------------
 
 // An exception as a status. Our own Ort::Exceptions already name the op; others get its name.
@@ -419,6 +463,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static const stamp::Op<stamp::SequenceTransformKernel> sequence_transform;
   static const stamp::Op<stamp::TokenQdqKernel> token_qdq;
   static const stamp::Op<stamp::TransformQdqKernel> transform_qdq;
+  static const stamp::Op<stamp::FeatureRotationKernel> feature_rotation;
   // A domain must outlive every session that uses it: keep one per registration.
   static std::mutex mutex;
   static std::vector<Ort::CustomOpDomain> domains;
@@ -427,6 +472,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     domain.Add(&sequence_transform);
     domain.Add(&token_qdq);
     domain.Add(&transform_qdq);
+    domain.Add(&feature_rotation);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(mutex);
     domains.push_back(std::move(domain));

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx import ops, quant, runtime
+from stamp_onnx import ops, quant, runtime, weights
 from stamp_onnx.config import StampConfig
 from stamp_onnx.layer_check import per_layer_diffs
 from stamp_onnx.models import sample_inputs
@@ -147,6 +148,106 @@ def test_bad_attribute_is_an_error_not_a_crash() -> None:
         runtime.session(proto.SerializeToString(), native=True).run(
             None, {"x": np.ones((1, 4, 4), np.float32)}
         )
+
+
+ROTATION_FEATURES = [1, 2, 7, 64, 96, 576, 1536]
+ROTATION_ROWS = {1: (120,), 2: (120,), 3: (4, 30), 4: (2, 3, 20)}  # leading axes by rank
+
+
+def _rank_one(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A rank-2 single-op model turned into one on a single row of features (x and y of shape (d,))."""
+    for value in (*proto.graph.input, *proto.graph.output):
+        del value.type.tensor_type.shape.dim[0]
+    return proto
+
+
+def _rotation_sessions(spec: ops.FeatureRotationSpec, rank: int) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    """(native kernel only, function body only) sessions of a one-node FeatureRotation model."""
+    native = single_op_model(spec, max(rank, 2), function_body=False)
+    body = single_op_model(spec, max(rank, 2))
+    if rank == 1:
+        native, body = _rank_one(native), _rank_one(body)
+    return (runtime.session(native.SerializeToString(), native=True),
+            ort.InferenceSession(body.SerializeToString(), providers=runtime.PROVIDERS))
+
+
+@pytest.mark.parametrize("d", ROTATION_FEATURES)
+@pytest.mark.parametrize("rank", [2, 3, 4])
+def test_feature_rotation(d: int, rank: int) -> None:
+    """The kernel (C X H per row, X the row as m x p blocks) is x R in float64, and the body, within float rounding."""
+    spec = ops.FeatureRotationSpec(d)
+    native, body = _rotation_sessions(spec, rank)
+    rng = np.random.default_rng(100 * d + rank)
+    shape = (*ROTATION_ROWS[rank], d)
+    for x in (rng.standard_normal(shape).astype(np.float32), (rng.standard_t(2, shape) * 10).astype(np.float32)):
+        got = native.run(None, {"x": x})[0]
+        assert got.shape == x.shape and got.dtype == np.float32
+        _close(got, x.astype(np.float64) @ weights.feature_rotation(d))
+        _close(got, body.run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("d", [3, 4, 8, 12, 16, 48, 128, 256, 640, 1024, 2048, 4096])
+def test_feature_rotation_every_block_size(d: int) -> None:
+    """Every path of the kernel: p < 8 on scalars, p = 8 and 16 in one and two vectors (32: d = 96
+    above), p > 64 with one or two more Hadamard passes of 2, 4 or 8 vectors; m = 1, 3 and 5."""
+    native, _ = _rotation_sessions(ops.FeatureRotationSpec(d), 3)
+    x = (np.random.default_rng(d).standard_t(3, (2, 9, d)) * 4).astype(np.float32)
+    _close(native.run(None, {"x": x})[0], x.astype(np.float64) @ weights.feature_rotation(d))
+
+
+@pytest.mark.parametrize("d", [7, 96, 576])
+def test_feature_rotation_on_one_row_and_on_many(d: int) -> None:
+    """Rank 1 (one row, run on the calling thread) and thousands of rows (shared out to the pool); no row is empty."""
+    spec = ops.FeatureRotationSpec(d)
+    rng = np.random.default_rng(d)
+    one, one_body = _rotation_sessions(spec, 1)
+    x = rng.standard_normal(d).astype(np.float32)
+    _close(one.run(None, {"x": x})[0], x.astype(np.float64) @ weights.feature_rotation(d))
+    _close(one.run(None, {"x": x})[0], one_body.run(None, {"x": x})[0])
+    many, _ = _rotation_sessions(spec, 3)
+    x = (rng.standard_t(3, (3, 1001, d)) * 5).astype(np.float32)
+    _close(many.run(None, {"x": x})[0], x.astype(np.float64) @ weights.feature_rotation(d))
+    for empty in (np.zeros((0, 5, d), np.float32), np.zeros((2, 0, d), np.float32)):
+        assert many.run(None, {"x": empty})[0].shape == empty.shape
+
+
+def test_feature_rotation_needs_the_library() -> None:
+    """A FeatureRotation model without the function body runs only when the kernel is registered."""
+    proto = single_op_model(ops.FeatureRotationSpec(96), function_body=False).SerializeToString()
+    x = np.random.default_rng(3).standard_normal((2, 5, 96)).astype(np.float32)
+    assert runtime.session(proto, native=True).run(None, {"x": x})[0].shape == x.shape
+    with pytest.raises(Exception, match="FeatureRotation"):
+        runtime.session(proto, native=False)
+
+
+def test_feature_rotation_wrong_feature_count_is_an_error_not_a_crash() -> None:
+    sess = native_session(ops.FeatureRotationSpec(96))
+    rng = np.random.default_rng(4)
+    for d in (95, 97, 192, 1):
+        with pytest.raises(Exception, match=f"input X has {d} features on its last axis.*features is 96"):
+            sess.run(None, {"x": rng.standard_normal((2, 3, d)).astype(np.float32)})
+    x = rng.standard_normal((2, 3, 96)).astype(np.float32)  # the session still works
+    _close(sess.run(None, {"x": x})[0], x.astype(np.float64) @ weights.feature_rotation(96))
+    scalar = _rank_one(_rank_one(single_op_model(ops.FeatureRotationSpec(1), 2, function_body=False)))
+    with pytest.raises(Exception, match="rank >= 1"):
+        runtime.session(scalar.SerializeToString(), native=True).run(None, {"x": np.array(1.0, np.float32)})
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [(0, "features must be >= 1, got 0"), (-4, "features must be >= 1, got -4"),
+     (None, "missing attribute features"), (2 * 16385, "odd factor 16385")],
+)
+def test_feature_rotation_bad_attribute_fails_at_session_creation(features: int | None, message: str) -> None:
+    proto = single_op_model(ops.FeatureRotationSpec(4), function_body=False)
+    node = proto.graph.node[0]
+    (attribute,) = node.attribute
+    if features is None:
+        node.ClearField("attribute")
+    else:
+        attribute.i = features
+    with pytest.raises(Exception, match=message):
+        runtime.session(proto.SerializeToString(), native=True)
 
 
 @pytest.mark.parametrize("transform", ["haar", "wht"])
