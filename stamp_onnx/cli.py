@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
                    help="also write calibration inputs from the model's own data (for quantize --calibration)")
-    p.add_argument("--calibration-samples", type=int, default=8, help="samples in --calibration-data (default 8)")
-    p.add_argument("--calibration-seq-len", type=int, default=256,
+    p.add_argument("--calibration-samples", type=int, help="samples in --calibration-data (default 8)")
+    p.add_argument("--calibration-seq-len", type=int,
                    help="tokens per text sample in --calibration-data (default 256); the windows are held out from "
                    f"an evaluation of --windows {DEFAULT_WINDOWS} at that length")
 
@@ -106,7 +106,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hp-bits", type=int, help=f"bits of the first K tokens: {bits} (default {d.hp_bits})")
     p.add_argument("--lp-bits", type=int, help=f"bits of the other tokens: {bits} (default {d.lp_bits})")
     p.add_argument("--weight-bits", type=int,
-                   help=f"round-to-nearest symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights)")
+                   help=f"symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights)")
     p.add_argument("--weight-block", type=int,
                    help="weight scales per block of this many input features (default 0: per output channel)")
     p.add_argument("--weight-method", help=f"{'|'.join(WEIGHT_METHODS)}: how weight codes are chosen; gptq needs "
@@ -147,6 +147,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stamp_onnx.export import export_onnx
     from stamp_onnx.models import load_model
 
+    if args.calibration_data is None and (args.calibration_samples is not None or args.calibration_seq_len is not None):
+        raise ConfigError("--calibration-samples and --calibration-seq-len describe --calibration-data; pass it too")
     loaded = load_model(args.model)
     if args.calibration_data is not None:
         from stamp_onnx.calibration import save_feeds
@@ -154,7 +156,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         if not args.calibration_data.parent.is_dir():
             raise ConfigError(f"folder of --calibration-data {args.calibration_data} does not exist; create it first")
-        samples = calibration_samples(loaded, args.calibration_samples, args.calibration_seq_len, held_out=DEFAULT_WINDOWS)
+        n = 8 if args.calibration_samples is None else args.calibration_samples
+        seq_len = 256 if args.calibration_seq_len is None else args.calibration_seq_len
+        samples = calibration_samples(loaded, n, seq_len, held_out=DEFAULT_WINDOWS)
         save_feeds(args.calibration_data, samples.feeds)
         logger.info("wrote %d calibration samples (%s) to %s", len(samples), samples.description, args.calibration_data)
     export_onnx(loaded, args.output)  # logs the path and time

@@ -101,7 +101,7 @@ def evaluate_configs(
     is reused when its model, config, data size and float export are unchanged. ``fresh``
     recomputes everything but the float export (delete that file to export again). ``native``
     runs the ai.stamp ops with the native kernels when built; what ran them is part of the key.
-    Configs that need calibration (smoothquant) calibrate on :data:`CALIBRATION_SAMPLES` samples
+    Configs that need calibration (smoothquant, gptq) calibrate on :data:`CALIBRATION_SAMPLES` samples
     of the model's data held out from the evaluation windows (:func:`calibration_samples`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)

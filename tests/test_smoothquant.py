@@ -234,3 +234,12 @@ def test_export_writes_calibration_data(tmp_path: Path) -> None:
                  "--calibration-samples", "3", "--calibration-seq-len", "16"]) == 0
     feeds = load_feeds(calib)  # written to the exact name given
     assert feeds["input_ids"].shape == (3, 16) and feeds["input_ids"].dtype == np.int64
+
+
+def test_export_calibration_flags_need_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t.onnx"
+    assert main(["-q", "export", "tiny-llama", "-o", str(out), "--calibration-samples", "3"]) == 2
+    assert "pass it too" in capsys.readouterr().err and not out.exists()
+    assert main(["-q", "export", "tiny-llama", "-o", str(out), "--calibration-data", str(tmp_path / "c.npz"),
+                 "--calibration-samples", "0"]) == 2
+    assert "calibration samples=0" in capsys.readouterr().err
