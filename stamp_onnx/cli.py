@@ -109,6 +109,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help=f"symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights)")
     p.add_argument("--weight-block", type=int,
                    help="weight scales per block of this many input features (default 0: per output channel)")
+    p.add_argument("--weight-granularity", metavar="channel|N",
+                   help="the same as --weight-block: 'channel' (one scale per output channel) or a block size N")
     p.add_argument("--weight-method", help=f"{'|'.join(WEIGHT_METHODS)}: how weight codes are chosen; gptq needs "
                    "--calibration (default rtn)")
     p.add_argument("--feature-transform", help=f"{'|'.join(FEATURE_TRANSFORMS)}: rotate (hadamard) or rescale (smoothquant) "
@@ -129,6 +131,13 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> StampConfig:
     base = StampConfig.from_file(args.config) if args.config else StampConfig()
+    if args.weight_granularity is not None:
+        if args.weight_block is not None:
+            raise ConfigError("--weight-granularity and --weight-block set the same thing; pass one of them")
+        text = args.weight_granularity.strip().lower()
+        if text != "channel" and not text.isdigit():
+            raise ConfigError(f"--weight-granularity {args.weight_granularity!r} is not 'channel' or a block size")
+        args.weight_block = 0 if text == "channel" else int(text)
     changes = {
         key: getattr(args, key)
         for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude",

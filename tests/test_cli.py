@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stamp_onnx.cli import main
+from stamp_onnx.cli import build_parser, config_from_args, main
+from stamp_onnx.config import StampConfig
 
 
 def digest(path: Path) -> str:
@@ -41,7 +42,7 @@ def test_config_file_and_flags(mlp_path: Path, tmp_path: Path, capsys: pytest.Ca
     assert report["config"] == {
         "transform": "wht", "levels": 3, "prefix_tokens": 1, "grid_width": 0, "hp_tokens": 2, "hp_bits": 8, "lp_bits": 2,
         "include": None, "exclude": None, "weight_bits": 0, "weight_block": 0, "feature_transform": "none",
-            "smooth_alpha": 0.5, "weight_method": "rtn",
+        "smooth_alpha": 0.5, "weight_method": "rtn",
     }
 
 
@@ -56,7 +57,20 @@ BAD_FLAGS = [
     (["--weight-bits", "16"], "weight_bits=16"),
     (["--weight-block", "32"], "needs weight_bits"),
     (["--feature-transform", "quarot"], "feature_transform='quarot'"),
+    (["--weight-bits", "4", "--weight-granularity", "row"], "is not 'channel' or a block size"),
+    (["--weight-bits", "4", "--weight-granularity", "32", "--weight-block", "32"], "pass one of them"),
+    (["--weight-method", "gptq"], "needs weight_bits"),
+    (["--weight-bits", "4", "--weight-method", "gptq"], "needs calibration data"),
+    (["--alpha", "2", "--feature-transform", "smoothquant"], "smooth_alpha=2.0"),
 ]
+
+
+def test_weight_granularity_is_weight_block() -> None:
+    def parse(*flags: str) -> StampConfig:
+        return config_from_args(build_parser().parse_args(["quantize", "in.onnx", "-o", "out.onnx", "--weight-bits", "4", *flags]))
+
+    assert parse("--weight-granularity", "64").weight_block == 64
+    assert parse("--weight-granularity", "channel").weight_block == 0
 
 
 @pytest.mark.parametrize(("flags", "message"), BAD_FLAGS)
