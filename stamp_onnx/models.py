@@ -335,17 +335,30 @@ CALIBRATION_SEED = 1
 
 
 def calibration_samples(loaded: LoadedModel, n: int, seq_len: int, *, held_out: int) -> Samples:
-    """``n`` samples to calibrate on (SmoothQuant's statistics), apart from the evaluation data where it can be.
+    """``n`` samples to calibrate on (SmoothQuant's and GPTQ's statistics), apart from the evaluation's where possible.
 
     Text: ``n`` windows of the corpus, none of them one of the ``held_out`` evenly spaced
     windows an evaluation of ``held_out`` windows of ``seq_len`` tokens uses. Random-id models:
-    another seed. Image and speech models: their own samples with another seed; the photos and
-    sentences are few and fixed, so these overlap the evaluation's (image crops differ past 14).
+    another seed. Image and speech models: samples ``held_out`` .. ``held_out + n - 1`` of their
+    own data (an evaluation of ``held_out`` samples uses the first ones); DINOv2 has 14 photos,
+    so past them come seeded crops of the same photos. A model with too few samples for that
+    (Whisper's sentences) calibrates on its first ``n``, which the description says.
     """
-    samples = _samples(loaded, n, seq_len, CALIBRATION_SEED, avoid=held_out, count_name="calibration samples")
-    text = loaded.samples is None and loaded.tokenizer is not None
-    detail = f", {n} windows held out from {held_out} evaluation windows" if text else " (calibration)"
-    return Samples(samples.feeds, samples.description + detail)
+    if loaded.samples is None:
+        samples = _samples(loaded, n, seq_len, CALIBRATION_SEED, avoid=held_out, count_name="calibration samples")
+        held = f", {n} windows held out from {held_out} evaluation windows" if loaded.tokenizer is not None else ""
+        return Samples(samples.feeds, samples.description + held)
+    if n < 1:
+        raise ConfigError(f"calibration samples={n} is not allowed; use a positive integer")
+    try:
+        samples = loaded.samples(held_out + n, CALIBRATION_SEED)
+        detail = f"samples {held_out}-{held_out + n - 1}, after the {held_out} evaluated"
+        rows = (held_out, held_out + n)
+    except ConfigError:
+        samples = loaded.samples(n, CALIBRATION_SEED)
+        detail = f"the first {n}: they overlap the evaluation samples"
+        rows = (0, n)
+    return Samples(samples.rows(*rows), f"{samples.description} (calibration: {detail})")
 
 
 def _samples(loaded: LoadedModel, n: int, seq_len: int, seed: int, *, avoid: int, count_name: str) -> Samples:

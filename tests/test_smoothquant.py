@@ -243,3 +243,11 @@ def test_export_calibration_flags_need_the_file(tmp_path: Path, capsys: pytest.C
     assert main(["-q", "export", "tiny-llama", "-o", str(out), "--calibration-data", str(tmp_path / "c.npz"),
                  "--calibration-samples", "0"]) == 2
     assert "calibration samples=0" in capsys.readouterr().err
+
+
+def test_image_calibration_comes_after_the_evaluated_samples() -> None:
+    vit = tiny_vit()
+    evaluated = vit.samples(3, 0).feeds["pixel_values"]  # type: ignore[misc]
+    calibration = calibration_samples(vit, 2, 0, held_out=3)
+    assert calibration.feeds["pixel_values"].shape[0] == 2 and "samples 3-4" in calibration.description
+    assert not any(np.array_equal(c, e) for c in calibration.feeds["pixel_values"] for e in evaluated)
