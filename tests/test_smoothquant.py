@@ -251,3 +251,16 @@ def test_image_calibration_comes_after_the_evaluated_samples() -> None:
     calibration = calibration_samples(vit, 2, 0, held_out=3)
     assert calibration.feeds["pixel_values"].shape[0] == 2 and "samples 3-4" in calibration.description
     assert not any(np.array_equal(c, e) for c in calibration.feeds["pixel_values"] for e in evaluated)
+
+
+@pytest.mark.parametrize("feature", ["hadamard", "smoothquant"])
+def test_without_quantization_a_vit_with_a_2d_haar_is_the_float_model(feature: str, tmp_path: Path) -> None:
+    """16-bit activations: the 2-D Haar with either feature transform reproduces the float ViT."""
+    feeds = sample_inputs(tiny_vit(), 2, 0, seed=6)
+    float_out = _outputs(tiny_vit_onnx(), feeds)
+    config = StampConfig(transform="haar2d", levels=2, hp_tokens=4, hp_bits=16, lp_bits=16, feature_transform=feature)
+    calibration = calibration_samples(tiny_vit(), 3, 0, held_out=2).feeds if feature == "smoothquant" else None
+    out = tmp_path / "v.onnx"
+    quantize_file(tiny_vit_onnx(), out, config, calibration_feeds=calibration)
+    got = _outputs(out, feeds)
+    assert np.abs(got - float_out).max() <= 2e-3 * np.abs(float_out).max()
