@@ -15,7 +15,7 @@ from torch_models import tiny_llama, tiny_llama_onnx
 from stamp_onnx import ops
 from stamp_onnx.cli import main
 from stamp_onnx.config import StampConfig
-from stamp_onnx.models import sample_inputs
+from stamp_onnx.models import calibration_samples, sample_inputs
 from stamp_onnx.pipeline import quantize_file
 
 
@@ -61,3 +61,18 @@ def test_cli_inline_flag(mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureF
     x = np.random.default_rng(0).standard_normal((1, 9, models.D_IN)).astype(np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert np.isfinite(session.run(None, {"x": x})[0]).all()
+
+
+@pytest.mark.parametrize(("feature", "method"), [("hadamard", "rtn"), ("smoothquant", "gptq")])
+def test_inlined_feature_transforms_and_weights(feature: str, method: str, tmp_path: Path) -> None:
+    """FeatureRotation is inlined too; SmoothQuant's Div and GPTQ's DequantizeLinear are standard ops already."""
+    config = StampConfig(hp_tokens=8, weight_bits=4, weight_method=method, feature_transform=feature)
+    feeds = calibration_samples(tiny_llama(), 3, 20, held_out=2).feeds if config.needs_calibration else None
+    functions, inlined = tmp_path / "functions.onnx", tmp_path / "inlined.onnx"
+    quantize_file(tiny_llama_onnx(), functions, config, calibration_feeds=feeds)
+    quantize_file(tiny_llama_onnx(), inlined, config, inline=True, calibration_feeds=feeds)
+    proto = onnx.load(str(inlined))
+    assert not proto.functions and all(node.domain in ("", "ai.onnx") for node in proto.graph.node)
+    sample = sample_inputs(tiny_llama(), 2, 29, seed=4)
+    for a, b in zip(_run(functions, sample), _run(inlined, sample), strict=True):
+        np.testing.assert_array_equal(a, b)
