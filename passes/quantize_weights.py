@@ -11,10 +11,12 @@ exactly its ``w_hat``. Runs after RotateFeaturesPass, so a rotated layer quantiz
 Does nothing for ``weight_bits=0``.
 
 ``weight_method="gptq"`` chooses the codes with :func:`stamp_onnx.gptq.gptq_quantize` instead,
-from H = sum x^T x of the layer's input on the calibration data, taken into the frame the
-weight now lives in: R^T H R after a rotation, diag(1/s) H diag(1/s) after SmoothQuant (the
-layer computes (x R)(R^T W) or (x / s)(diag(s) W)). The DequantizeLinear records the method
-(:data:`METHOD_KEY`).
+from H = sum x^T x of what the layer's MatMul reads (its quantizer's output) on the calibration
+data, measured by :func:`stamp_onnx.pipeline.calibrate_for` in the same rewrite with
+round-to-nearest weights; that input is already rotated or smoothed, in the frame of the
+weight being quantized. (A sequence transform L is orthonormal on the tokens, so the MatMul
+input Q(L x) and the layer's effective input L^-1 Q(L x) have the same H.) The
+DequantizeLinear records the method (:data:`METHOD_KEY`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ from stamp_onnx.calibration import Calibration
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import RewriteError
 from stamp_onnx.gptq import gptq_quantize
-from stamp_onnx.smoothing import SCALE_KEY, decode_scale
-from stamp_onnx.weights import dequantize_linear, feature_rotation, quantize_weight
+from stamp_onnx.weights import dequantize_linear, quantize_weight
 
 METHOD_KEY = "stamp_onnx.weight_method"
 
@@ -82,10 +83,10 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         fresh = unique_namer(graph)
         storage, dtype = (ml_dtypes.int4, ir.DataType.INT4) if c.weight_bits <= 4 else (np.int8, ir.DataType.INT8)
         count = 0
-        for layer, node, quantizer in rewritten_layers(graph):
+        for layer, node, _ in rewritten_layers(graph):
             w = read_weight(node)
             if c.weight_method == "gptq":
-                q, scale = gptq_quantize(w, self._hessian(layer, quantizer), c.weight_bits, c.weight_block)
+                q, scale = gptq_quantize(w, self._hessian(layer, node), c.weight_bits, c.weight_block)
             else:
                 q, scale = quantize_weight(w, c.weight_bits, c.weight_block)
             # stored layout: the input axis is 0 (1 when a Gemm stores W^T); the output axis the other
@@ -111,21 +112,11 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             count += 1
         return ir.passes.PassResult(model, modified=count > 0)
 
-    def _hessian(self, layer: str, quantizer: ir.Node) -> np.ndarray:
-        """H of the layer's input, in the frame of its current weight (see the module docstring)."""
-        x = quantizer.inputs[0]
-        assert x is not None
-        producer = x.producer()
-        made_by = producer.metadata_props.get(PASS_KEY) if producer is not None else None
-        source = producer.inputs[0] if producer is not None and made_by in ("RotateFeaturesPass", "SmoothFeaturesPass") else x
-        h = None if self.calibration is None or source is None else self.calibration.hessian.get(source.name or "")
+    def _hessian(self, layer: str, node: ir.Node) -> np.ndarray:
+        """H of what the layer's MatMul reads, as measured on the calibration data."""
+        x = node.inputs[0]
+        h = None if self.calibration is None or x is None else self.calibration.hessian.get(x.name or "")
         if h is None:
-            raise RewriteError(f"layer {layer!r}: GPTQ needs calibration statistics (x^T x) of its input "
-                               f"{getattr(source, 'name', None)!r}; calibrate on the float model being rewritten")
-        if made_by == "RotateFeaturesPass":
-            r = feature_rotation(h.shape[0])
-            h = r.T @ h @ r
-        if SCALE_KEY in quantizer.metadata_props:
-            inverse = 1.0 / decode_scale(quantizer.metadata_props[SCALE_KEY]).astype(np.float64)
-            h = h * np.outer(inverse, inverse)
+            raise RewriteError(f"layer {layer!r}: GPTQ needs H = sum x^T x of its input {getattr(x, 'name', None)!r} on the "
+                               "calibration data (stamp_onnx.pipeline.calibrate_for measures it)")
         return h

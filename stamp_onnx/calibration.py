@@ -79,7 +79,7 @@ def calibrate(
     if proto.ByteSize() > _PROTOBUF_LIMIT:
         raise ConfigError(f"{model_path} is over 2 GB: calibration builds the model in memory and cannot take it")
     try:
-        session = runtime.session(proto.SerializeToString(), native=False)
+        session = runtime.session(proto.SerializeToString(), native=True)  # a rewritten model (GPTQ) runs faster
     except Exception as err:
         raise ConfigError(f"onnxruntime cannot load {model_path} for calibration: {first_line(err)}") from err
     feeds = _check_feeds(session, feeds)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from passes.convert_opset import ConvertOpsetPass
 from passes.inline_stamp_ops import InlineStampOpsPass
 from passes.insert_sequence_transform import InsertSequenceTransformPass
 from passes.insert_token_qdq import InsertTokenQDQPass
+from passes.layer_weights import rewritten_layers
 from passes.linear_layers import LINEAR_OPS, is_constant
 from passes.quantize_weights import QuantizeWeightsPass
 from passes.record_config import RecordConfigPass
@@ -99,14 +102,36 @@ def quantize_file(
                           "drop --calibration")
     logger.info("loading %s", in_path)
     model = load_model(in_path)
-    calibration = None
-    if calibration_feeds is not None:
-        logger.info("calibrating %s", in_path)
-        calibration = calibrate(in_path, calibration_feeds, _linear_inputs(model), hessians=config.weight_method == "gptq")
+    calibration = None if calibration_feeds is None else calibrate_for(in_path, model, config, calibration_feeds)
     report = rewrite(model, config, source=str(in_path), inline=inline, calibration=calibration)
     logger.info("rewrote %d linear layers; checking (onnx.checker, full) and writing %s", len(report.rewritten), out)
     save_model(model, out)
     return report
+
+
+def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, feeds: dict[str, np.ndarray]) -> Calibration:
+    """What ``config`` needs measured on ``feeds`` for the float model ``model`` read from ``in_path``.
+
+    max |x| per channel of every linear input of the float model (SmoothQuant). For GPTQ also
+    H = sum x^T x of each rewritten layer's actual input, the quantized activation that its
+    MatMul reads, in the model rewritten with ``config`` but round-to-nearest weights: the
+    inputs a layer gets with every earlier layer quantized, as GPTQ quantizes block by block
+    (Hessians of the float model's activations made SmolLM2 worse than RTN, docs/results.md).
+    The layers' value names are the same in both rewrites (the weight pass runs last).
+    """
+    logger.info("calibrating %s", in_path)
+    calibration = calibrate(in_path, feeds, _linear_inputs(model))
+    if config.weight_method != "gptq":
+        return calibration
+    first = load_model(in_path)
+    rewrite(first, config.replace(weight_method="rtn"), source=str(in_path), calibration=calibration)
+    inputs = [str(node.inputs[0].name) for _, node, _ in rewritten_layers(first.graph) if node.inputs[0] is not None]
+    with tempfile.TemporaryDirectory(prefix="stamp-onnx-") as tmp:
+        path = Path(tmp) / "rtn.onnx"
+        logger.info("measuring GPTQ's Hessians on the model with round-to-nearest weights")
+        save_model(first, path)
+        measured = calibrate(path, feeds, inputs, hessians=True)
+    return dataclasses.replace(calibration, hessian=measured.hessian)
 
 
 def _linear_inputs(model: ir.Model) -> list[str]:

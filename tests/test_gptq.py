@@ -193,21 +193,24 @@ def _gptq_model(tmp_path: Path, config: StampConfig) -> tuple[Path, dict[str, np
 
 @pytest.mark.parametrize("feature", ["none", "hadamard", "smoothquant"])
 def test_the_pass_quantizes_in_the_frame_of_the_weight(feature: str, tmp_path: Path) -> None:
-    """The model's codes are gptq_quantize(R^T W or diag(s) W, H in the same frame) for H of the float input."""
+    """The codes are gptq_quantize(R^T W or diag(s) W, H) with H of the layer's MatMul input in
+    the same model rewritten with round-to-nearest weights (every earlier layer quantized)."""
     config = StampConfig(hp_tokens=8, weight_bits=4, weight_block=16, weight_method="gptq", feature_transform=feature)
     out, feeds = _gptq_model(tmp_path, config)
+    rtn = tmp_path / "rtn.onnx"
+    quantize_file(tiny_llama_onnx(), rtn, config.replace(weight_method="rtn"),
+                  calibration_feeds=feeds if feature == "smoothquant" else None)
     layer = "model.layers.1.self_attn.q_proj"
     node = next(item.node for item in find_linear_layers(load_model(tiny_llama_onnx()).graph)[0] if item.name == layer)
-    stats = calibrate(tiny_llama_onnx(), feeds, [node.inputs[0].name], hessians=True)
-    h, w = stats.hessian[node.inputs[0].name], read_weight(node)
-    if feature == "hadamard":
-        r = weights.feature_rotation(w.shape[0])
-        h, w = r.T @ h @ r, (r.T @ w.astype(np.float64)).astype(np.float32)
+    w = read_weight(node)
     rewritten = ir.load(str(out))
+    linear = next(n for name, n, _ in rewritten_layers(rewritten.graph) if name == layer)
+    h = calibrate(rtn, feeds, [str(linear.inputs[0].name)], hessians=True).hessian[str(linear.inputs[0].name)]
+    if feature == "hadamard":
+        w = (weights.feature_rotation(w.shape[0]).T @ w.astype(np.float64)).astype(np.float32)
     if feature == "smoothquant":
         quantizer = next(q for name, _, q in rewritten_layers(rewritten.graph) if name == layer)
-        s = decode_scale(quantizer.metadata_props[SCALE_KEY]).astype(np.float64)
-        h, w = h / np.outer(s, s), smoothed_weight(w, s)
+        w = smoothed_weight(w, decode_scale(quantizer.metadata_props[SCALE_KEY]))
     q, scale = gptq.gptq_quantize(w, h, 4, 16)
     expected = q.astype(np.float32) * weights.expand_scales(scale, w.shape[0], 16)
     np.testing.assert_array_equal(dequantized_weights(rewritten.graph)[layer], expected)
