@@ -1,11 +1,12 @@
-"""Calibration: statistics of the float model's linear-layer inputs on sample data.
+"""Calibration: statistics of a model's activations on sample data, measured in onnxruntime.
 
 A calibrated rewrite needs, for every activation that feeds a rewritten layer, the largest |x|
-of each feature channel over all calibration tokens (``--feature-transform smoothquant``), or
-H = sum x^T x over the tokens (``--weight-method gptq``).
-They are measured in onnxruntime on the float ONNX model itself (every activation made a graph
-output, one sample per run so memory stays at one sample's activations), so any ONNX file can
-be calibrated, with or without its PyTorch source.
+of each feature channel over all calibration tokens (``--feature-transform smoothquant``, on
+the float model), or H = sum x^T x over the tokens (``--weight-method gptq``, on each layer's
+MatMul input in the model rewritten with round-to-nearest weights:
+:func:`stamp_onnx.pipeline.calibrate_for`). Every wanted activation is made a graph output and
+the model runs one sample at a time, so memory stays at one sample's activations; any ONNX
+file can be calibrated, with or without its PyTorch source.
 
 Calibration data is a ``.npz`` file of arrays named after the model's inputs, one sample per
 row of axis 0 (``stamp-onnx export MODEL --calibration-data FILE.npz`` writes one from a built-in
@@ -68,8 +69,8 @@ def save_feeds(path: str | Path, feeds: dict[str, np.ndarray]) -> None:
 def calibrate(
     model_path: str | Path, feeds: dict[str, np.ndarray], activations: Iterable[str], *, hessians: bool = False
 ) -> Calibration:
-    """Run the float model at ``model_path`` on ``feeds`` (one row at a time); max |x| per channel
-    of each activation, and its x^T x when ``hessians``."""
+    """Run the model at ``model_path`` on ``feeds`` (one row at a time); max |x| per channel of
+    each activation, and its x^T x when ``hessians``."""
     names = list(dict.fromkeys(activations))
     proto = onnx.load(str(model_path))  # with its external data: the session is built from bytes
     existing = {o.name for o in proto.graph.output}
