@@ -112,7 +112,7 @@ def quantize_file(
 def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, feeds: dict[str, np.ndarray]) -> Calibration:
     """What ``config`` needs measured on ``feeds`` for the float model ``model`` read from ``in_path``.
 
-    max |x| per channel of every linear input of the float model (SmoothQuant). For GPTQ also
+    SmoothQuant: max |x| per channel of every linear input of the float model. GPTQ:
     H = sum x^T x of each rewritten layer's actual input, the quantized activation that its
     MatMul reads, in the model rewritten with ``config`` but round-to-nearest weights: the
     inputs a layer gets with every earlier layer quantized, as GPTQ quantizes block by block
@@ -120,18 +120,30 @@ def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, fee
     The layers' value names are the same in both rewrites (the weight pass runs last).
     """
     logger.info("calibrating %s", in_path)
-    calibration = calibrate(in_path, feeds, _linear_inputs(model))
+    calibration = None
+    if config.feature_transform == "smoothquant":
+        calibration = calibrate(in_path, feeds, _linear_inputs(model))
     if config.weight_method != "gptq":
+        assert calibration is not None
         return calibration
     first = load_model(in_path)
     rewrite(first, config.replace(weight_method="rtn"), source=str(in_path), calibration=calibration)
-    inputs = [str(node.inputs[0].name) for _, node, _ in rewritten_layers(first.graph) if node.inputs[0] is not None]
+    # Every quantizer of a model has one config, so layers whose quantizers read one activation
+    # (q/k/v, gate/up) get the same MatMul input: measure it once, for the first of them.
+    readers: dict[str, list[str]] = {}
+    for _, node, quantizer in rewritten_layers(first.graph):
+        activation, read = quantizer.inputs[0], node.inputs[0]
+        assert activation is not None and read is not None
+        readers.setdefault(str(activation.name), []).append(str(read.name))
     with tempfile.TemporaryDirectory(prefix="stamp-onnx-") as tmp:
         path = Path(tmp) / "rtn.onnx"
         logger.info("measuring GPTQ's Hessians on the model with round-to-nearest weights")
         save_model(first, path)
-        measured = calibrate(path, feeds, inputs, hessians=True)
-    return dataclasses.replace(calibration, hessian=measured.hessian)
+        measured = calibrate(path, feeds, [names[0] for names in readers.values()], hessians=True)
+    hessian = {name: measured.hessian[names[0]] for names in readers.values() for name in names}
+    if calibration is None:
+        return dataclasses.replace(measured, amax={}, hessian=hessian)
+    return dataclasses.replace(calibration, hessian=hessian)
 
 
 def _linear_inputs(model: ir.Model) -> list[str]:
