@@ -134,8 +134,12 @@ def per_layer_diffs(
     feeds: dict[str, np.ndarray],
     *,
     native: bool = True,
+    recorded: dict[str, np.ndarray] | None = None,
 ) -> list[LayerDiff]:
-    """Run the rewritten model once with every tap as an output; compare each layer with torch."""
+    """Run the rewritten model once with every tap as an output; compare each layer with torch.
+
+    ``recorded``: :func:`recorded_weights` of the model when the caller has read them already.
+    """
     proto = onnx.load(str(onnx_path))
     expose_transformed(proto)
     taps = find_taps(proto.graph)
@@ -152,7 +156,8 @@ def per_layer_diffs(
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
     modules = dict(module.named_modules())
-    recorded = recorded_weights(onnx_path, config, by_module=False)
+    if recorded is None:
+        recorded = recorded_weights(onnx_path, config)
     diffs = []
     with torch.no_grad():
         for tap in taps:
@@ -164,15 +169,14 @@ def per_layer_diffs(
     return diffs
 
 
-def recorded_weights(onnx_path: str | Path, config: StampConfig, *, by_module: bool = True) -> dict[str, np.ndarray]:
-    """The quantized weights (d_in, d_out) of a GPTQ model, by module (or layer) name; {} for other methods.
+def recorded_weights(onnx_path: str | Path, config: StampConfig) -> dict[str, np.ndarray]:
+    """The quantized weights (d_in, d_out) of a GPTQ model, by layer name; {} for other methods.
 
     GPTQ's codes depend on calibration data, so the reference takes them from the model.
     """
     if config.weight_method != "gptq":
         return {}
-    weights = dequantized_weights(ir.load(str(onnx_path)).graph)
-    return {module_of_layer(layer) if by_module else layer: w for layer, w in weights.items()}
+    return dequantized_weights(ir.load(str(onnx_path)).graph)
 
 
 def _compare_layer(

@@ -261,7 +261,8 @@ def validate(
             floated = _session(export_onnx(loaded, Path(tmp) / f"{loaded.name}.onnx"))
     else:
         floated = _session(float_onnx_path)
-    held = recorded_weights(rewritten_onnx_path, config)
+    by_layer = recorded_weights(rewritten_onnx_path, config)
+    held = {module_of_layer(layer): w for layer, w in by_layer.items()}
     with stamp_reference(loaded.module, config, layers=layers or None, scales=scales, recorded_weights=held) as hooked:
         pass  # resolve and check the layer names once, before the long loop
 
@@ -270,7 +271,8 @@ def validate(
     diffs, nll, texts = _compare(loaded, samples, batch, (floated, rewritten), config, reference)
     layer_diffs = []
     if per_layer:
-        layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, samples.rows(0, batch), native=native)
+        layer_diffs = per_layer_diffs(rewritten_onnx_path, loaded.module, config, samples.rows(0, batch), native=native,
+                                      recorded=by_layer)
     torch_row = _row(diffs["torch"], TORCH_VS_FLOAT)
     rows = [
         _row(diffs["float"], "float ONNX vs float torch", rtol=FLOAT_RTOL),
