@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [name for name in args.layers if name not in found]
     if missing:
         parser.error(f"no linear layer {missing[0]!r} in {path}")
-    names = [str(found[layer].inputs[0].name) for layer in args.layers]  # type: ignore[union-attr]
+    inputs = [found[layer].inputs[0] for layer in args.layers]
+    names = [str(x.name) for x in inputs if x is not None]  # a linear layer always has its input
     calibration = layer_inputs(path, names, calibration_samples(loaded, args.windows, args.seq_len, held_out=args.windows).feeds)
     held_out = layer_inputs(path, names, evaluation_samples(loaded, args.windows, args.seq_len, seed=0).feeds)
     config = StampConfig()
