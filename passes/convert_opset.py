@@ -11,8 +11,8 @@ import logging
 
 import onnx_ir as ir
 import onnxscript.version_converter
+from stamp_onnx.passes.report import RewriteReport
 
-from passes.report import RewriteReport
 from stamp_onnx.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass, NameFixPass
+from stamp_onnx.passes.invariants import check_qdq_pairs
+from stamp_onnx.passes.linear_layers import LAYER_KEY
 
-from passes.invariants import check_qdq_pairs
-from passes.linear_layers import LAYER_KEY
 from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
 

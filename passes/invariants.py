@@ -16,8 +16,8 @@ import dataclasses
 from collections.abc import Iterable
 
 import onnx_ir as ir
+from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY
 
-from passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY
 from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
 

@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Callable
 
 import onnx_ir as ir
+from stamp_onnx.passes.report import SkippedLayer
 
-from passes.report import SkippedLayer
 from stamp_onnx.naming import layer_name_from_metadata, numbered_layer_name
 
 LINEAR_OPS = ("MatMul", "Gemm")

@@ -24,8 +24,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-
-from passes.layer_weights import (
+from stamp_onnx.passes.layer_weights import (
     add_initializer,
     is_transposed,
     read_weight,
@@ -33,8 +32,9 @@ from passes.layer_weights import (
     rewritten_layers,
     stored,
 )
-from passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
-from passes.report import RewriteReport
+from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from stamp_onnx.passes.report import RewriteReport
+
 from stamp_onnx.calibration import Calibration
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import RewriteError

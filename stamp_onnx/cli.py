@@ -175,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from passes.quantize_weights import weight_format
+    from stamp_onnx.passes.quantize_weights import weight_format
     from stamp_onnx.pipeline import quantize_file
 
     config = config_from_args(args)

@@ -12,11 +12,11 @@ from typing import Any
 
 import onnx_ir as ir
 
-from passes.layer_weights import rewritten_layers
-from passes.linear_layers import LAYER_KEY, PASS_KEY
-from passes.quantize_weights import METHOD_KEY
-from passes.record_config import recorded_config
 from stamp_onnx import ops
+from stamp_onnx.passes.layer_weights import rewritten_layers
+from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY
+from stamp_onnx.passes.quantize_weights import METHOD_KEY
+from stamp_onnx.passes.record_config import recorded_config
 from stamp_onnx.smoothing import SCALE_KEY
 
 

@@ -29,12 +29,12 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from passes.linear_layers import LAYER_KEY
-from passes.quantize_weights import dequantized_weights
 from stamp_onnx import ops, quant, runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.naming import module_of_layer
+from stamp_onnx.passes.linear_layers import LAYER_KEY
+from stamp_onnx.passes.quantize_weights import dequantized_weights
 from stamp_onnx.reference import layer_weight, sequence_transform, stamp_activation
 from stamp_onnx.smoothing import SCALE_KEY, decode_scale
 

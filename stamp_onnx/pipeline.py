@@ -12,22 +12,22 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 import stamp_onnx
-from passes.convert_opset import ConvertOpsetPass
-from passes.inline_stamp_ops import InlineStampOpsPass
-from passes.insert_sequence_transform import InsertSequenceTransformPass
-from passes.insert_token_qdq import InsertTokenQDQPass
-from passes.layer_weights import rewritten_layers
-from passes.linear_layers import LINEAR_OPS, is_constant
-from passes.quantize_weights import QuantizeWeightsPass
-from passes.record_config import RecordConfigPass
-from passes.report import RewriteReport
-from passes.rotate_features import RotateFeaturesPass
-from passes.smooth_features import SmoothFeaturesPass
 from stamp_onnx import ops
 from stamp_onnx.calibration import Calibration, calibrate
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
 from stamp_onnx.model_io import check_output_path, load_model, save_model
+from stamp_onnx.passes.convert_opset import ConvertOpsetPass
+from stamp_onnx.passes.inline_stamp_ops import InlineStampOpsPass
+from stamp_onnx.passes.insert_sequence_transform import InsertSequenceTransformPass
+from stamp_onnx.passes.insert_token_qdq import InsertTokenQDQPass
+from stamp_onnx.passes.layer_weights import rewritten_layers
+from stamp_onnx.passes.linear_layers import LINEAR_OPS, is_constant
+from stamp_onnx.passes.quantize_weights import QuantizeWeightsPass
+from stamp_onnx.passes.record_config import RecordConfigPass
+from stamp_onnx.passes.report import RewriteReport
+from stamp_onnx.passes.rotate_features import RotateFeaturesPass
+from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
 
 logger = logging.getLogger(__name__)
 

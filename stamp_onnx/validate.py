@@ -45,8 +45,6 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from passes.linear_layers import LAYER_KEY
-from passes.record_config import CONFIG_KEY
 from stamp_onnx import ops, runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
@@ -55,6 +53,8 @@ from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask, word_err
 from stamp_onnx.model_io import read_header
 from stamp_onnx.models import LoadedModel, Samples, evaluation_samples, load_model
 from stamp_onnx.naming import module_of_layer
+from stamp_onnx.passes.linear_layers import LAYER_KEY
+from stamp_onnx.passes.record_config import CONFIG_KEY
 from stamp_onnx.reference import stamp_reference
 from stamp_onnx.smoothing import SCALE_KEY, decode_scale
 

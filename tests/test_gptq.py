@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
+from stamp_onnx.passes.layer_weights import read_weight, rewritten_layers
+from stamp_onnx.passes.linear_layers import find_linear_layers
+from stamp_onnx.passes.quantize_weights import dequantized_weights
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from passes.layer_weights import read_weight, rewritten_layers
-from passes.linear_layers import find_linear_layers
-from passes.quantize_weights import dequantized_weights
 from stamp_onnx import gptq, weights
 from stamp_onnx.calibration import calibrate
 from stamp_onnx.config import StampConfig

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from stamp_onnx.passes.layer_weights import read_weight
+from stamp_onnx.passes.linear_layers import find_linear_layers
 
-from passes.layer_weights import read_weight
-from passes.linear_layers import find_linear_layers
 from stamp_onnx import gptq, quant, runtime, weights
 from stamp_onnx.config import StampConfig
 from stamp_onnx.export import export_onnx
