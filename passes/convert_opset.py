@@ -11,9 +11,9 @@ import logging
 
 import onnx_ir as ir
 import onnxscript.version_converter
-from stamp_onnx.passes.report import RewriteReport
 
 from stamp_onnx.errors import ModelLoadError
+from stamp_onnx.passes.report import RewriteReport
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ Handles the layers InsertTokenQDQPass marked. Does nothing for ``transform="none
 from __future__ import annotations
 
 import onnx_ir as ir
-from stamp_onnx.passes.invariants import assert_invariants
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
-from stamp_onnx.passes.report import RewriteReport
 
 from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
+from stamp_onnx.passes.invariants import assert_invariants
+from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from stamp_onnx.passes.report import RewriteReport
 
 
 class InsertSequenceTransformPass(ir.passes.InPlacePass):

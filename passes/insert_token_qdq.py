@@ -13,12 +13,12 @@ wraps the quantized layers in the sequence transform.
 from __future__ import annotations
 
 import onnx_ir as ir
-from stamp_onnx.passes.invariants import assert_invariants
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, find_linear_layers, unique_namer
-from stamp_onnx.passes.report import LayerRecord, RewriteReport, SkippedLayer
 
 from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
+from stamp_onnx.passes.invariants import assert_invariants
+from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, find_linear_layers, unique_namer
+from stamp_onnx.passes.report import LayerRecord, RewriteReport, SkippedLayer
 
 
 class InsertTokenQDQPass(ir.passes.InPlacePass):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS
 
 from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
+from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS
 
 
 def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:

@@ -11,9 +11,9 @@ import dataclasses
 from collections.abc import Callable
 
 import onnx_ir as ir
-from stamp_onnx.passes.report import SkippedLayer
 
 from stamp_onnx.naming import layer_name_from_metadata, numbered_layer_name
+from stamp_onnx.passes.report import SkippedLayer
 
 LINEAR_OPS = ("MatMul", "Gemm")
 LAYER_KEY = "stamp_onnx.layer"

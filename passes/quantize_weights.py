@@ -24,6 +24,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
+
+from stamp_onnx.calibration import Calibration
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import RewriteError
+from stamp_onnx.gptq import gptq_quantize
 from stamp_onnx.passes.layer_weights import (
     add_initializer,
     is_transposed,
@@ -34,11 +39,6 @@ from stamp_onnx.passes.layer_weights import (
 )
 from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
 from stamp_onnx.passes.report import RewriteReport
-
-from stamp_onnx.calibration import Calibration
-from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import RewriteError
-from stamp_onnx.gptq import gptq_quantize
 from stamp_onnx.weights import dequantize_linear, quantize_weight
 
 METHOD_KEY = "stamp_onnx.weight_method"

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+
+from stamp_onnx import ops
+from stamp_onnx.config import StampConfig
 from stamp_onnx.passes.layer_weights import (
     add_initializer,
     read_weight,
@@ -26,9 +29,6 @@ from stamp_onnx.passes.layer_weights import (
 )
 from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
 from stamp_onnx.passes.report import RewriteReport
-
-from stamp_onnx import ops
-from stamp_onnx.config import StampConfig
 from stamp_onnx.weights import feature_rotation
 
 

@@ -26,6 +26,11 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
+
+from stamp_onnx.calibration import Calibration
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import RewriteError
+from stamp_onnx.naming import module_of_layer
 from stamp_onnx.passes.layer_weights import (
     add_initializer,
     read_weight,
@@ -35,11 +40,6 @@ from stamp_onnx.passes.layer_weights import (
 )
 from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
 from stamp_onnx.passes.report import RewriteReport
-
-from stamp_onnx.calibration import Calibration
-from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import RewriteError
-from stamp_onnx.naming import module_of_layer
 from stamp_onnx.smoothing import (
     SCALE_KEY,
     encode_scale,

@@ -7,9 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
-from stamp_onnx.passes.layer_weights import read_weight, rewritten_layers
-from stamp_onnx.passes.linear_layers import find_linear_layers
-from stamp_onnx.passes.quantize_weights import dequantized_weights
 from torch_models import tiny_llama, tiny_llama_onnx
 
 from stamp_onnx import gptq, weights
@@ -19,6 +16,9 @@ from stamp_onnx.errors import ConfigError
 from stamp_onnx.layer_check import per_layer_diffs
 from stamp_onnx.model_io import load_model
 from stamp_onnx.models import calibration_samples
+from stamp_onnx.passes.layer_weights import read_weight, rewritten_layers
+from stamp_onnx.passes.linear_layers import find_linear_layers
+from stamp_onnx.passes.quantize_weights import dequantized_weights
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.smoothing import SCALE_KEY, decode_scale, smoothed_weight
 

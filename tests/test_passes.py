@@ -10,14 +10,14 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from stamp_onnx.passes.invariants import find_violations
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY
-from stamp_onnx.passes.record_config import recorded_config
 
 from stamp_onnx import ops, quant, transforms
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ModelLoadError, RewriteError
 from stamp_onnx.model_io import load_model
+from stamp_onnx.passes.invariants import find_violations
+from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY
+from stamp_onnx.passes.record_config import recorded_config
 from stamp_onnx.pipeline import quantize_file, rewrite
 
 

@@ -192,10 +192,9 @@ def test_config_and_pipeline_errors(tmp_path: Path) -> None:
 
 
 def test_missing_statistics_are_an_error() -> None:
+    from stamp_onnx.calibration import Calibration
     from stamp_onnx.passes.report import RewriteReport
     from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
-
-    from stamp_onnx.calibration import Calibration
     from stamp_onnx.pipeline import rewrite
 
     with pytest.raises(RewriteError, match="no calibration statistics"):

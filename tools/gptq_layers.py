@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from stamp_onnx.passes.layer_weights import read_weight
-from stamp_onnx.passes.linear_layers import find_linear_layers
 
 from stamp_onnx import gptq, quant, runtime, weights
 from stamp_onnx.config import StampConfig
 from stamp_onnx.export import export_onnx
 from stamp_onnx.model_io import load_model as load_onnx
 from stamp_onnx.models import calibration_samples, evaluation_samples, load_model
+from stamp_onnx.passes.layer_weights import read_weight
+from stamp_onnx.passes.linear_layers import find_linear_layers
 from stamp_onnx.reference import stamp_activation
 
 
