@@ -19,7 +19,7 @@ import onnx_ir as ir
 from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
 from stamp_onnx.passes.invariants import assert_invariants
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, reroute, unique_namer
 from stamp_onnx.passes.report import RewriteReport
 
 
@@ -40,7 +40,7 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
         graph = model.graph
         fresh = unique_namer(graph)
         count = 0
-        for node in list(graph):
+        for node in list(graph.all_nodes()):
             layer = node.metadata_props.get(LAYER_KEY)
             qdq = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
             if layer is None or qdq is None or qdq.op_type != ops.TOKEN_QDQ or qdq.domain != ops.DOMAIN:
@@ -52,9 +52,11 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
             fused_specs.add(fused)
             fwd = self._node(fused, list(qdq.inputs), fresh(f"{layer}/TransformQDQ"), provenance)
             _like(fwd.outputs[0], qdq.outputs[0], fresh(f"{layer}/quantized_transformed_input"))
-            graph.insert_before(qdq, fwd)
+            owner = node.graph
+            assert owner is not None
+            owner.insert_before(qdq, fwd)
             qdq.outputs[0].replace_all_uses_with(fwd.outputs[0])
-            graph.remove(qdq, safe=True)
+            owner.remove(qdq, safe=True)
 
             y = node.outputs[0]
             bias = _detach_gemm_bias(node)
@@ -67,8 +69,8 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
                 _like(add.outputs[0], y, fresh(f"{layer}/output_biased"))
                 new_nodes.append(add)
                 final = add.outputs[0]
-            _reroute(graph, y, final, skip=inv)
-            graph.insert_after(node, new_nodes)
+            reroute(y, final, skip=inv)
+            owner.insert_after(node, new_nodes)
             self.report.layer(layer).transform = self.config.transform
             count += 1
         for spec in sorted(fused_specs, key=lambda f: f.overload):
@@ -91,7 +93,7 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
 
 def _drop_unused_qdq_functions(model: ir.Model) -> None:
     """Remove the TokenQDQ bodies that no node calls any more (all were fused)."""
-    used = {(node.domain, node.op_type, node.overload) for node in model.graph}
+    used = {(node.domain, node.op_type, node.overload) for node in model.graph.all_nodes()}
     for key in [k for k in model.functions if k[1] == ops.TOKEN_QDQ and k not in used]:
         del model.functions[key]
 
@@ -106,17 +108,3 @@ def _detach_gemm_bias(node: ir.Node) -> ir.Value | None:
     bias = node.inputs[2]
     node.replace_input_with(2, None)
     return bias
-
-
-def _reroute(graph: ir.Graph, old: ir.Value, new: ir.Value, *, skip: ir.Node) -> None:
-    """Point every consumer of ``old`` (but ``skip``) and any graph output at ``new``."""
-    for user, index in list(old.uses()):
-        if user is not skip:
-            user.replace_input_with(index, new)
-    if old.is_graph_output():
-        name = old.name
-        old.name = f"{name}/before_inverse"
-        new.name = name
-        for i, out in enumerate(graph.outputs):
-            if out is old:
-                graph.outputs[i] = new

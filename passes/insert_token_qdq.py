@@ -17,15 +17,13 @@ import onnx_ir as ir
 from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
 from stamp_onnx.passes.invariants import assert_invariants
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, find_linear_layers, unique_namer
-from stamp_onnx.passes.report import LayerRecord, RewriteReport, SkippedLayer
+from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY, unique_namer
 
 
 class InsertTokenQDQPass(ir.passes.InPlacePass):
-    def __init__(self, config: StampConfig, report: RewriteReport) -> None:
+    def __init__(self, config: StampConfig) -> None:
         super().__init__()
         self.config = config
-        self.report = report
 
     def requires(self, model: ir.Model) -> None:
         opset = model.opset_imports.get("", 0)
@@ -41,37 +39,31 @@ class InsertTokenQDQPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = ops.TokenQDQSpec(self.config.hp_tokens, self.config.hp_bits, self.config.lp_bits)
-        layers, skipped = find_linear_layers(model.graph)
-        self.report.skipped.extend(skipped)
         fresh = unique_namer(model.graph)
-        for layer in layers:
-            node = layer.node
-            reason = self.config.selects(layer.name, node.name or "")
-            if reason is not None:
-                self.report.skipped.append(SkippedLayer(layer.name, node.name or "", reason))
+        count = 0
+        for node in list(model.graph.all_nodes()):
+            layer = node.metadata_props.get(LAYER_KEY)
+            if layer is None or node.op_type not in LINEAR_OPS:
                 continue
             x = node.inputs[0]
-            assert x is not None
+            assert x is not None and node.graph is not None
             qdq = ir.Node(
                 ops.DOMAIN,
                 ops.TOKEN_QDQ,
                 [x],
                 spec.attributes(),
                 overload=spec.overload,
-                name=fresh(f"{layer.name}/TokenQDQ"),
-                metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer.name},
+                name=fresh(f"{layer}/TokenQDQ"),
+                metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer},
             )
             out = qdq.outputs[0]
-            out.name, out.type, out.shape = fresh(f"{layer.name}/quantized_input"), x.type, x.shape
-            model.graph.insert_before(node, qdq)
+            out.name, out.type, out.shape = fresh(f"{layer}/quantized_input"), x.type, x.shape
+            node.graph.insert_before(node, qdq)
             node.replace_input_with(0, out)
-            node.metadata_props[LAYER_KEY] = layer.name
-            self.report.rewritten.append(
-                LayerRecord(layer.name, node.name or "", node.op_type, layer.in_features, layer.out_features)
-            )
-        if self.report.rewritten:
+            count += 1
+        if count:
             ops.add_function(model, spec)
-        return ir.passes.PassResult(model, modified=bool(self.report.rewritten))
+        return ir.passes.PassResult(model, modified=bool(count))
 
     def ensures(self, model: ir.Model) -> None:
         assert_invariants(model)

@@ -25,7 +25,7 @@ from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY
 def find_violations(model: ir.Model) -> list[str]:
     problems: list[str] = []
     uses_domain = False
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         if node.domain != ops.DOMAIN:
             continue
         uses_domain = True

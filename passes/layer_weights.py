@@ -12,13 +12,15 @@ import onnx_ir as ir
 
 from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
+from stamp_onnx.passes.constants import PURE_OPS, constant_array
 from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS
 
 
 def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
-    """(layer name, linear node, its activation quantizer) of every rewritten layer, in graph order."""
+    """(layer name, linear node, its activation quantizer) of every rewritten layer, in graph order
+    (subgraphs included: a layer in an If branch is rewritten like any other)."""
     found = []
-    for node in graph:
+    for node in graph.all_nodes():
         layer = node.metadata_props.get(LAYER_KEY)
         if node.op_type not in LINEAR_OPS or layer is None or node.inputs[0] is None:
             continue
@@ -33,27 +35,9 @@ def is_transposed(node: ir.Node) -> bool:
     return node.op_type == "Gemm" and attr is not None and attr.as_int() != 0
 
 
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    """The array of an initializer, a Constant node's output or a Transpose of either."""
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is None or producer.domain not in ("", "ai.onnx"):
-        return None
-    if producer.op_type == "Constant" and producer.attributes.get("value") is not None:
-        return producer.attributes["value"].as_tensor().numpy()
-    if producer.op_type == "Transpose":
-        inner = _constant(producer.inputs[0])
-        perm = producer.attributes.get("perm")
-        return None if inner is None else np.transpose(inner, None if perm is None else perm.as_ints())
-    return None
-
-
 def read_weight(node: ir.Node) -> np.ndarray:
     """W (d_in, d_out) of ``node`` as float32 (read from memory or external data)."""
-    array = _constant(node.inputs[1])
+    array = constant_array(node.inputs[1])
     if array is None:
         raise RewriteError(
             f"layer {node.name!r}: its weight is not a constant this pass can read; weight quantization "
@@ -72,21 +56,24 @@ def replace_input(graph: ir.Graph, node: ir.Node, index: int, new: ir.Value) -> 
     """Point input ``index`` of ``node`` at ``new``; drop what fed the old input if nothing else uses it."""
     old = node.inputs[index]
     node.replace_input_with(index, new)
-    _drop_if_unused(graph, old)
+    drop_if_unused(graph, old)
 
 
-def _drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
+def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
     if value is None or value.uses() or value.is_graph_output():
         return
     if value.is_initializer() and value.name:
-        graph.initializers.pop(value.name)
+        owner = value.graph or graph
+        owner.initializers.pop(value.name)
+        if value in owner.inputs:  # IR < 4 lists initializers as graph inputs too
+            owner.inputs.remove(value)
         return
     producer = value.producer()
-    if producer is not None and producer.op_type in ("Transpose", "Constant") and len(producer.outputs) == 1:
+    if producer is not None and (producer.op_type in PURE_OPS or producer.op_type == "Constant") and len(producer.outputs) == 1:
         inputs = list(producer.inputs)
-        graph.remove(producer, safe=True)
+        (producer.graph or graph).remove(producer, safe=True)
         for inner in inputs:
-            _drop_if_unused(graph, inner)
+            drop_if_unused(graph, inner)
 
 
 def add_initializer(graph: ir.Graph, name: str, tensor: ir.TensorProtocol) -> ir.Value:

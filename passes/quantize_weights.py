@@ -94,8 +94,9 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             q_stored = stored(node, q).astype(storage)
             scale_stored = stored(node, scale) if c.weight_block else scale
             axis = input_axis if c.weight_block else 1 - input_axis
-            codes = add_initializer(graph, fresh(f"{layer}/weight_q"), ir.Tensor(q_stored, dtype=dtype))
-            scales = add_initializer(graph, fresh(f"{layer}/weight_scale"), ir.tensor(scale_stored))
+            owner = node.graph or graph  # a subgraph's layer keeps its weights there (onnxruntime's fusions look there)
+            codes = add_initializer(owner, fresh(f"{layer}/weight_q"), ir.Tensor(q_stored, dtype=dtype))
+            scales = add_initializer(owner, fresh(f"{layer}/weight_scale"), ir.tensor(scale_stored))
             attrs: dict[str, int] = {"axis": axis}
             if c.weight_block:
                 attrs["block_size"] = c.weight_block
@@ -106,7 +107,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             w_hat.name = fresh(f"{layer}/dequantized_weight")
             w_hat.type = ir.TensorType(ir.DataType.FLOAT)
             w_hat.shape = ir.Shape(q_stored.shape)
-            graph.insert_before(node, dq)
+            owner.insert_before(node, dq)
             replace_input(graph, node, 1, w_hat)
             self.report.layer(layer).weight_format = weight_format(c)
             count += 1

@@ -17,6 +17,8 @@ class LayerRecord:
     transform: str = "none"
     feature_transform: str = "none"
     weight_format: str = "float"  # e.g. "int4 per channel", "int4 block 32"
+    token_axis: int = -2  # in the original activation's layout
+    activation_shape: str = ""  # e.g. "(batch, seq, 576)"; "(batch*seq, 768) from (batch, seq, 768)" when traced
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,7 @@ class SkippedLayer:
     name: str
     node: str
     reason: str
+    linear: bool = True  # False: a MatMul of two activations, not a linear layer at all
 
 
 @dataclasses.dataclass
@@ -34,6 +37,7 @@ class RewriteReport:
     skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
     opset_from: int | None = None
     opset_to: int | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. "the model is already quantized (...)"
 
     def layer(self, name: str) -> LayerRecord:
         for record in self.rewritten:
@@ -41,10 +45,15 @@ class RewriteReport:
                 return record
         raise KeyError(name)
 
-    def skip_summary(self) -> str:
+    @property
+    def skipped_linear(self) -> list[SkippedLayer]:
+        """The linear layers left alone (MatMuls of two activations are not linear layers)."""
+        return [item for item in self.skipped if item.linear]
+
+    def skip_summary(self, *, linear_only: bool = False) -> str:
         """'3 weight is not a constant; 1 matches exclude ...' (most frequent first)."""
         counts: dict[str, int] = {}
-        for item in self.skipped:
+        for item in self.skipped_linear if linear_only else self.skipped:
             counts[item.reason] = counts.get(item.reason, 0) + 1
         return "; ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
@@ -54,4 +63,5 @@ class RewriteReport:
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
             "opset_from": self.opset_from,
             "opset_to": self.opset_to,
+            "notes": self.notes,
         }

@@ -43,18 +43,19 @@ class RotateFeaturesPass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         graph = model.graph
         fresh = unique_namer(graph)
-        rotated: dict[ir.Value, ir.Value] = {}  # activation -> its rotation, shared by its layers
+        rotated: dict[tuple[ir.Value, int], ir.Value] = {}  # (activation, graph) -> its rotation, shared by its layers
         count = 0
         for layer, node, quantizer in rewritten_layers(graph):
             w = read_weight(node)
             d = w.shape[0]
             folded = (feature_rotation(d).T @ w.astype(np.float64)).astype(np.float32)
-            new_weight = add_initializer(graph, fresh(f"{layer}/rotated_weight"), ir.tensor(stored(node, folded)))
+            new_weight = add_initializer(node.graph or graph, fresh(f"{layer}/rotated_weight"), ir.tensor(stored(node, folded)))
             replace_input(graph, node, 1, new_weight)
 
             x = quantizer.inputs[0]
             assert x is not None
-            if x not in rotated:  # the first of its layers in graph order: before all their quantizers
+            key = (x, id(quantizer.graph))
+            if key not in rotated:  # the first of its layers in graph order: before all their quantizers
                 spec = ops.FeatureRotationSpec(d)
                 rotate = ir.Node(ops.DOMAIN, ops.FEATURE_ROTATION, [x], spec.attributes(), overload=spec.overload,
                                  name=fresh(f"{layer}/FeatureRotation"),
@@ -62,9 +63,9 @@ class RotateFeaturesPass(ir.passes.InPlacePass):
                 ops.add_function(model, spec)
                 out = rotate.outputs[0]
                 out.name, out.type, out.shape = fresh(f"{layer}/rotated_input"), x.type, x.shape
-                graph.insert_before(quantizer, rotate)
-                rotated[x] = out
-            quantizer.replace_input_with(0, rotated[x])
+                (quantizer.graph or graph).insert_before(quantizer, rotate)
+                rotated[key] = out
+            quantizer.replace_input_with(0, rotated[key])
             self.report.layer(layer).feature_transform = self.config.feature_transform
             count += 1
         return ir.passes.PassResult(model, modified=count > 0)

@@ -13,7 +13,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from stamp_onnx.config import (
     ALLOWED_BITS,
@@ -24,6 +24,9 @@ from stamp_onnx.config import (
     StampConfig,
 )
 from stamp_onnx.errors import ConfigError, StampError
+
+if TYPE_CHECKING:
+    from stamp_onnx.passes.report import RewriteReport
 
 logger = logging.getLogger("stamp_onnx")
 DEFAULT_MODEL = "smollm2-135m"
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, metavar="FILE.npz",
                    help="calibration inputs (arrays named after the model inputs, one sample per row), for smoothquant and gptq")
     p.add_argument("--json", action="store_true", help="print the rewrite report as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any linear layer is left alone (the output is still written)")
 
     p = sub.add_parser("inspect", help="show what a rewritten model holds, per layer")
     p.add_argument("model", type=Path)
@@ -119,6 +123,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help=f"smoothquant migration strength in [0, 1] (default {d.smooth_alpha})")
     p.add_argument("--include", help="regex: rewrite only layers whose name matches")
     p.add_argument("--exclude", help="regex: leave layers whose name matches")
+    p.add_argument("--token-axis", type=int,
+                   help="the axis of every layer's activation that holds the tokens of one sequence (default: inferred "
+                   "per layer from the shapes; a per-layer list goes in --config as token_axes: [[regex, axis], ...])")
     p.add_argument("--config", type=Path, help="JSON file with any of the keys above (flags win)")
 
 
@@ -141,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
     changes = {
         key: getattr(args, key)
         for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude",
-                    "weight_bits", "weight_block", "weight_method", "feature_transform", "smooth_alpha")
+                    "weight_bits", "weight_block", "weight_method", "feature_transform", "smooth_alpha", "token_axis")
         if getattr(args, key) is not None
     }
     return base.replace(**changes)
@@ -175,7 +182,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from stamp_onnx.passes.quantize_weights import weight_format
     from stamp_onnx.pipeline import quantize_file
 
     config = config_from_args(args)
@@ -185,19 +191,42 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
         feeds = load_feeds(args.calibration)
     report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds)
+    skipped = report.skipped_linear
     if args.json:
         print(json.dumps({"config": json.loads(config.to_json()), **report.to_dict()}, indent=2))
-        return 0
-    print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}")
+    else:
+        _print_quantize_report(args, config, report)
+    if args.strict and skipped:
+        print(f"stamp-onnx: error: --strict: {len(skipped)} linear layers were not rewritten: "
+              f"{report.skip_summary(linear_only=True)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_quantize_report(args: argparse.Namespace, config: StampConfig, report: RewriteReport) -> None:
+    from stamp_onnx.passes.quantize_weights import weight_format
+
+    skipped = report.skipped_linear
+    print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}; skipped {len(skipped)}")
     print(f"  transform={config.transform} levels={config.levels} prefix={config.prefix_tokens} K={config.hp_tokens} "
           f"bits={config.hp_bits}/{config.lp_bits} features={config.feature_transform}"
           f"{f' alpha={config.smooth_alpha}' if config.feature_transform == 'smoothquant' else ''} "
           f"weights={weight_format(config)}")
+    axes: dict[str, int] = {}
+    for record in report.rewritten:
+        traced = " from " in record.activation_shape
+        key = f"axis {record.token_axis} of {record.activation_shape.split(' from ')[-1]}" + (" (before a flattening Reshape)" if traced else "")
+        axes[key] = axes.get(key, 0) + 1
+    print("  tokens on " + "; ".join(f"{key}: {n} layers" for key, n in axes.items()))
     if report.opset_from != report.opset_to:
         print(f"  opset converted {report.opset_from} -> {report.opset_to}")
-    if report.skipped:
-        print(f"  skipped {len(report.skipped)}: {report.skip_summary()}")
-    return 0
+    if skipped:
+        print(f"  skipped linear layers: {report.skip_summary(linear_only=True)}")
+    products = len(report.skipped) - len(skipped)
+    if products:
+        print(f"  left alone: {products} MatMuls of two activations (attention), not linear layers")
+    for note in report.notes:
+        print(f"  note: {note}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -47,6 +47,10 @@ class StampConfig:
         calibration data: the codes minimize each layer's output error on it).
     feature_transform: ``hadamard`` rotates each rewritten layer's activation along the
         features, X -> X R, with R^T folded into the weight (before weight quantization).
+    token_axis: the axis of every layer's activation that holds the tokens of one sequence
+        (None: inferred per layer from the shapes, :mod:`stamp_onnx.passes.token_axis`; -1 is
+        the feature axis and not allowed). token_axes: per-layer overrides, an ordered list of
+        (regex, axis): the first regex found in a layer's name or node name gives its axis.
     """
 
     transform: str = "haar"
@@ -63,6 +67,8 @@ class StampConfig:
     weight_method: str = "rtn"
     feature_transform: str = "none"
     smooth_alpha: float = 0.5
+    token_axis: int | None = None
+    token_axes: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
@@ -113,14 +119,22 @@ class StampConfig:
             raise ConfigError(
                 f"smooth_alpha={self.smooth_alpha} only applies to feature_transform smoothquant, not {self.feature_transform!r}"
             )
+        if self.token_axis is not None:
+            _check_token_axis("token_axis", self.token_axis)
+        if not isinstance(self.token_axes, (list, tuple)):
+            raise ConfigError(f"token_axes={self.token_axes!r} must be a list of [regex, axis] pairs")
+        pairs = []
+        for item in self.token_axes:
+            if not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], str):
+                raise ConfigError(f"token_axes entry {item!r} must be a [regex, axis] pair, e.g. [\"head\", 0]")
+            _check_regex("token_axes", item[0])
+            _check_token_axis(f"token_axes[{item[0]!r}]", item[1])
+            pairs.append((item[0], item[1]))
+        object.__setattr__(self, "token_axes", tuple(pairs))
         for name in ("include", "exclude"):
             pattern = getattr(self, name)
-            if pattern is None:
-                continue
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ConfigError(f"{name}={pattern!r} is not a valid regular expression: {err}") from err
+            if pattern is not None:
+                _check_regex(name, pattern)
 
     def selects(self, *names: str) -> str | None:
         """Return None if a layer known by ``names`` (layer name, node name) is selected, else why not.
@@ -132,6 +146,13 @@ class StampConfig:
         if self.exclude is not None and any(re.search(self.exclude, n) for n in names):
             return f"matches exclude {self.exclude!r}"
         return None
+
+    def token_axis_for(self, *names: str) -> int | None:
+        """The token axis the user gave for a layer known by ``names`` (None: infer it)."""
+        for pattern, axis in self.token_axes:
+            if any(re.search(pattern, n) for n in names):
+                return axis
+        return self.token_axis
 
     def average_bits(self, tokens: int) -> float:
         """Average activation bits over ``tokens`` tokens: (k*hp + (s-k)*lp) / s."""
@@ -187,3 +208,15 @@ class StampConfig:
 def _check_int(name: str, value: object, *, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{name}={value!r} is not allowed; use an integer in [{low}, {high}]")
+
+
+def _check_token_axis(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not -16 <= value < 16 or value == -1:
+        raise ConfigError(f"{name}={value!r} is not allowed; use an axis in [-16, 15] other than -1 (the features)")
+
+
+def _check_regex(name: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{name}={pattern!r} is not a valid regular expression: {err}") from err

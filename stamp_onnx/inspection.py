@@ -14,9 +14,14 @@ import onnx_ir as ir
 
 from stamp_onnx import ops
 from stamp_onnx.passes.layer_weights import rewritten_layers
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY
+from stamp_onnx.passes.linear_layers import (
+    ACTIVATION_SHAPE_KEY,
+    LAYER_KEY,
+    PASS_KEY,
+    TOKEN_AXIS_KEY,
+)
 from stamp_onnx.passes.quantize_weights import METHOD_KEY
-from stamp_onnx.passes.record_config import recorded_config
+from stamp_onnx.passes.record_config import recorded_config, recorded_skips
 from stamp_onnx.smoothing import SCALE_KEY
 
 
@@ -32,6 +37,8 @@ class LayerSummary:
     average_bits: float
     feature_transform: str = "none"
     weight_format: str = "float"
+    activation_shape: str = ""  # as found by the rewrite, e.g. "(batch, seq, 576)"
+    token_axis: str = ""  # e.g. "1 (inferred)", "0 (given)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,7 @@ class ModelSummary:
     config: dict[str, Any] | None
     seq_len: int
     opset: int
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # recorded by the rewrite: name, node, reason
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,6 +69,15 @@ class ModelSummary:
                     f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}  "
                     f"{layer.feature_transform:<8}  {layer.weight_format}"
                 )
+            lines.append("activations and token axes:")
+            lines.extend(f"  {layer.name:<{width}}  {layer.activation_shape}  token axis {layer.token_axis}" for layer in self.layers)
+        linear = [item for item in self.skipped if item.get("linear", True)]
+        if linear:
+            lines.append(f"skipped {len(linear)} linear layers:")
+            lines.extend(f"  {item['name']}: {item['reason']}" for item in linear)
+        products = len(self.skipped) - len(linear)
+        if products:
+            lines.append(f"left alone: {products} MatMuls of two activations (attention), not linear layers")
         lines.append("op counts: " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
         if self.functions:
             lines.append("model-local functions: " + ", ".join(self.functions))
@@ -77,7 +94,7 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
     qdq: dict[str, ops.TokenQDQSpec] = {}
     transform: dict[str, ops.SequenceTransformSpec] = {}
     counts: collections.Counter[str] = collections.Counter()
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         counts[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
         spec = ops.spec_from_node(node)
         layer = node.metadata_props.get(LAYER_KEY)
@@ -88,6 +105,7 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
         elif isinstance(spec, ops.TokenQDQSpec):
             qdq[layer] = spec
     features, weight_formats = _weight_side(model)
+    linear_nodes = {layer: node for layer, node, _ in rewritten_layers(model.graph)}
     layers = []
     for name, q in qdq.items():
         t = transform.get(name)
@@ -103,6 +121,8 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
                 average_bits=average_bits(q.hp_tokens, q.hp_bits, q.lp_bits, seq_len),
                 feature_transform=features.get(name, "none"),
                 weight_format=weight_formats.get(name, "float"),
+                activation_shape=linear_nodes[name].metadata_props.get(ACTIVATION_SHAPE_KEY, "") if name in linear_nodes else "",
+                token_axis=linear_nodes[name].metadata_props.get(TOKEN_AXIS_KEY, "") if name in linear_nodes else "",
             )
         )
     config = recorded_config(model)
@@ -113,6 +133,7 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
         config=dataclasses.asdict(config) if config else None,
         seq_len=seq_len,
         opset=model.opset_imports.get("", 0),
+        skipped=recorded_skips(model),
     )
 
 

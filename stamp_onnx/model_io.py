@@ -41,7 +41,6 @@ def load_model(path: str | Path) -> ir.Model:
     if model.graph.num_nodes() == 0:
         raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
     check_external_data(model, path)
-    _check_dimensions(model, path)
     try:  # by path: the C++ checker reads the graph only, however large the weights
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as err:
@@ -49,18 +48,6 @@ def load_model(path: str | Path) -> ir.Model:
             f"{path} fails onnx.checker ({first_line(err)}); fix or re-export the model"
         ) from err
     return model
-
-
-def _check_dimensions(model: ir.Model, path: Path) -> None:
-    """Refuse negative dimensions: onnx's C++ shape inference aborts the process on some of them."""
-    values = [*model.graph.inputs, *model.graph.outputs, *(v for node in model.graph for v in node.outputs)]
-    for value in values:
-        for dim in value.shape or ():
-            if isinstance(dim, int) and dim < 0:
-                raise ModelLoadError(
-                    f"{path}: value {value.name!r} declares dimension {dim}; a dimension must be >= 0 or "
-                    "symbolic: fix or re-export the model"
-                )
 
 
 def read_header(path: str | Path, error: type[StampError] = ModelLoadError) -> onnx.ModelProto:

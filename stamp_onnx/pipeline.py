@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
 import stamp_onnx
 from stamp_onnx import ops
@@ -17,16 +16,19 @@ from stamp_onnx.calibration import Calibration, calibrate
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
 from stamp_onnx.model_io import check_output_path, load_model, save_model
+from stamp_onnx.passes.constants import is_constant
 from stamp_onnx.passes.convert_opset import ConvertOpsetPass
+from stamp_onnx.passes.infer_shapes import InferShapesPass
 from stamp_onnx.passes.inline_stamp_ops import InlineStampOpsPass
 from stamp_onnx.passes.insert_sequence_transform import InsertSequenceTransformPass
 from stamp_onnx.passes.insert_token_qdq import InsertTokenQDQPass
 from stamp_onnx.passes.layer_weights import rewritten_layers
-from stamp_onnx.passes.linear_layers import LINEAR_OPS, is_constant
+from stamp_onnx.passes.linear_layers import LINEAR_OPS
 from stamp_onnx.passes.quantize_weights import QuantizeWeightsPass
 from stamp_onnx.passes.record_config import RecordConfigPass
 from stamp_onnx.passes.report import RewriteReport
 from stamp_onnx.passes.rotate_features import RotateFeaturesPass
+from stamp_onnx.passes.select_linear_layers import SelectLinearLayersPass, SelectResult
 from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
 
 logger = logging.getLogger(__name__)
@@ -46,25 +48,29 @@ def rewrite(
     visible) for runtimes without function or custom-op support. ``calibration``: statistics
     of this float model (:func:`stamp_onnx.calibration.calibrate`), for configs that need them.
     """
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         if node.domain == ops.DOMAIN:
             raise RewriteError(f"{source} was already rewritten by stamp-onnx; quantize the float model instead")
     report = RewriteReport()
-    _infer_shapes(model)
-    manager = ir.passes.PassManager(
-        [
-            ConvertOpsetPass(ops.MIN_OPSET, report),
-            InsertTokenQDQPass(config, report),
-            InsertSequenceTransformPass(config, report),
-            RotateFeaturesPass(config, report),
-            SmoothFeaturesPass(config, report, calibration),
-            QuantizeWeightsPass(config, report, calibration),
-            RecordConfigPass(config, stamp_onnx.__version__),
-            *([InlineStampOpsPass()] if inline else []),
-        ]
-    )
     try:
-        manager(model)
+        ConvertOpsetPass(ops.MIN_OPSET, report)(model)
+        InferShapesPass()(model)
+        selected = SelectLinearLayersPass(config.selects, config.token_axis_for, subgraphs=not config.needs_calibration)(model)
+        assert isinstance(selected, SelectResult)
+        report.rewritten, report.skipped, report.notes = selected.layers, selected.skipped, selected.notes
+        if not report.rewritten:
+            raise RewriteError(_nothing_to_rewrite(source, report, config))
+        ir.passes.PassManager(
+            [
+                InsertTokenQDQPass(config),
+                InsertSequenceTransformPass(config, report),
+                RotateFeaturesPass(config, report),
+                SmoothFeaturesPass(config, report, calibration),
+                QuantizeWeightsPass(config, report, calibration),
+                RecordConfigPass(config, stamp_onnx.__version__, report.skipped),
+                *([InlineStampOpsPass()] if inline else []),
+            ]
+        )(model)
     except ir.passes.PassError as err:
         cause: BaseException | None = err
         while cause is not None and not isinstance(cause, StampError):  # pass managers nest PassErrors
@@ -72,11 +78,24 @@ def rewrite(
         if cause is not None:
             raise cause from err
         raise RewriteError(f"rewriting {source} failed: {first_line(err)}") from err
-    if not report.rewritten:
-        detail = report.skip_summary() or "the graph has no MatMul or Gemm"
-        raise RewriteError(f"no linear layer to rewrite in {source} ({detail}); check --include/--exclude")
     model.ir_version = max(model.ir_version, 10)  # function overloads need IR >= 10
     return report
+
+
+def _nothing_to_rewrite(source: str, report: RewriteReport, config: StampConfig) -> str:
+    """Why no linear layer of ``source`` can be rewritten, in one line."""
+    linear = [item for item in report.skipped if item.linear]
+    if not linear:
+        why = "the graph has no MatMul or Gemm with a constant weight"
+        if report.skipped:
+            why = f"its {len(report.skipped)} MatMul/Gemm nodes multiply two activations (attention), none has a constant weight"
+    else:
+        why = f"all {len(linear)} linear layers were skipped: {report.skip_summary(linear_only=True)}"
+    hints = list(report.notes)
+    filtered = config.include is not None or config.exclude is not None
+    if filtered and any(config.selects(item.name, item.node) for item in linear):
+        hints.append("check --include/--exclude")
+    return f"no linear layer to rewrite in {source}: {why}" + "".join(f"; {hint}" for hint in hints)
 
 
 def quantize_file(
@@ -151,10 +170,3 @@ def _linear_inputs(model: ir.Model) -> list[str]:
     return [node.inputs[0].name for node in model.graph
             if node.op_type in LINEAR_OPS and node.inputs[0] is not None and node.inputs[0].name
             and len(node.inputs) > 1 and is_constant(node.inputs[1])]
-
-
-def _infer_shapes(model: ir.Model) -> None:
-    try:
-        common_passes.ShapeInferencePass()(model)
-    except Exception as err:  # shapes are a help, not a requirement
-        logger.warning("shape inference failed (%s); layers with unknown activation rank are skipped", err)

@@ -51,7 +51,7 @@ def test_rewrite_structure_and_counts() -> None:
     model = ir_model(models.mlp_model())
     report = rewrite(model, StampConfig())
     assert [r.name for r in report.rewritten] == ["fc1", "fc2"]
-    assert [(s.name, s.reason.split(" (")[0]) for s in report.skipped] == [("scores", "weight is not a constant")]
+    assert [(s.name, s.reason.split(" (")[0]) for s in report.skipped] == [("scores", "not a linear layer: the weight is not a constant")]
     assert op_count(model, ops.TRANSFORM_QDQ) == 2  # the TokenQDQ nodes were fused away
     assert op_count(model, ops.TOKEN_QDQ) == 0
     assert op_count(model, ops.SEQUENCE_TRANSFORM) == 2  # the inverses

@@ -1,0 +1,100 @@
+"""InferShapesPass: the shapes every later pass reads, from ONNX's and onnxruntime's shape inference.
+
+Before::   x (batch, seq, 16) ──► Reshape ──► ? ──► Gemm ──► ?
+After::    x (batch, seq, 16) ──► Reshape ──► (batch*seq, 16) ──► Gemm ──► (batch*seq, 48)
+
+ONNX's shape inference runs first. Where it leaves a linear layer's activation with an unknown
+rank or dims (it names them ``unk__N``: a Reshape of computed shape, a ReduceMean, ...),
+onnxruntime's symbolic shape inference (``onnxruntime.tools.symbolic_shape_infer``) runs on a
+copy of the graph and its dims fill the gaps: it keeps expressions such as ``batch*seq``, which
+is how a flattened token axis is recognised (:mod:`stamp_onnx.passes.token_axis`). Either
+inference may fail on an exotic graph; the pass then keeps what it has, and layers whose shapes
+stay unknown are skipped with that reason. Negative dims (``-1``, which some exporters write for
+a dynamic axis and onnxruntime accepts) are read as unknown symbolic dims first, and the unnamed
+dims of graph inputs get names, which are recorded in the output model.
+
+Shapes are a help here, never a requirement: the pass does not change any node.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from stamp_onnx.errors import first_line
+from stamp_onnx.passes.linear_layers import LINEAR_OPS
+from stamp_onnx.passes.token_axis import FLATTENING_OPS, dims_of
+
+logger = logging.getLogger(__name__)
+
+
+class InferShapesPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        _negative_dims_to_symbolic(model)
+        try:
+            common_passes.ShapeInferencePass()(model)
+        except Exception as err:  # shapes are a help, not a requirement
+            logger.warning("ONNX shape inference failed (%s)", first_line(err))
+        if any(_incomplete(value) for value in _activations(model)):
+            self._symbolic(model)
+        return ir.passes.PassResult(model, modified=False)
+
+    def _symbolic(self, model: ir.Model) -> None:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(
+                ir.to_proto(model), auto_merge=True, guess_output_rank=True
+            )
+        except Exception as err:  # it asserts on graphs it cannot follow
+            logger.info("symbolic shape inference failed (%s); keeping ONNX's shapes", first_line(err) or type(err).__name__)
+            return
+        if inferred is None:
+            return
+        found = {info.name: info for info in inferred.graph.value_info}
+        for node in model.graph.all_nodes():
+            for value in node.outputs:
+                info = found.get(value.name or "")
+                if info is None or not _incomplete(value) or not info.type.HasField("tensor_type"):
+                    continue
+                tensor = info.type.tensor_type
+                if not tensor.HasField("shape"):
+                    continue
+                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+                value.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in dims])
+
+
+def _activations(model: ir.Model) -> list[ir.Value]:
+    """The activations of every MatMul/Gemm, and what a flattening Reshape/Flatten read them from."""
+    found = []
+    for node in model.graph.all_nodes():
+        if node.op_type in LINEAR_OPS and node.inputs and node.inputs[0] is not None:
+            x = node.inputs[0]
+            found.append(x)
+            producer = x.producer()
+            if producer is not None and producer.op_type in FLATTENING_OPS and producer.inputs[0] is not None:
+                found.append(producer.inputs[0])
+    return found
+
+
+def _incomplete(value: ir.Value) -> bool:
+    dims = dims_of(value)
+    return dims is None or any(d is None for d in dims)
+
+
+def _negative_dims_to_symbolic(model: ir.Model) -> None:
+    """-1 dims become unknown ones; a graph input's unknown dims get names (``x_dim0``), so that
+    shape inference carries them through the graph and token_axis can give them roles."""
+    values = [*model.graph.outputs, *(v for node in model.graph.all_nodes() for v in node.outputs)]
+    for value in values:
+        if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+            value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in value.shape])
+    for value in model.graph.inputs:
+        if value.shape is None or value.is_initializer():
+            continue
+        unnamed = [(isinstance(d, int) and d < 0) or (not isinstance(d, int) and d.value is None) for d in value.shape]
+        if any(unnamed):
+            value.shape = ir.Shape([ir.SymbolicDim(f"{value.name}_dim{i}") if blank else d
+                                    for i, (d, blank) in enumerate(zip(value.shape, unnamed, strict=True))])
