@@ -85,7 +85,7 @@ def test_batch_then_sequence_is_axis_1(tmp_path: Path) -> None:
 
 
 def test_seq_first_is_transposed_around_the_layer(tmp_path: Path) -> None:
-    src, out, report = _rewrite(tmp_path, _linear(["seq_len", "batch_size", D]))
+    _src, out, report = _rewrite(tmp_path, _linear(["seq_len", "batch_size", D]))
     assert [r.token_axis for r in report.rewritten] == [0]
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops.count("Transpose") == 2
@@ -154,7 +154,7 @@ def test_flattened_gemm_is_traced_to_the_sequence(tmp_path: Path) -> None:
 
 def test_rows_that_are_samples_are_skipped(tmp_path: Path) -> None:
     """A classifier head on a pooled (batch, d) input: no token axis; the token layer is rewritten."""
-    w, b = _weights()
+    w, _b = _weights()
     head = np.random.default_rng(5).standard_normal((N, 3)).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="encoder"),
@@ -191,7 +191,7 @@ def test_negative_and_unnamed_dims_read_as_symbolic(tmp_path: Path) -> None:
         for dim in value.type.tensor_type.shape.dim[:2]:
             dim.Clear()
             dim.dim_value = -1
-    src, out, report = _rewrite(tmp_path, model)
+    _src, out, report = _rewrite(tmp_path, model)
     assert [r.token_axis for r in report.rewritten] == [1]
     assert_batch_independent(out, _smooth((3, 20, D), 1, 6), 0)
 
@@ -221,7 +221,7 @@ def test_loop_body_is_listed_with_its_reason(tmp_path: Path) -> None:
 
 
 def test_strict_and_per_layer_axes_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    w, b = _weights()
+    w, _b = _weights()
     head = np.ones((N, 2), np.float32)
     model = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="encoder"),
                     helper.make_node("ReduceMax", ["h", "axes"], ["pooled"], keepdims=0, name="pool"),
