@@ -80,8 +80,9 @@ def _activations(model: ir.Model) -> list[ir.Value]:
 
 
 def _incomplete(value: ir.Value) -> bool:
+    """Rank or a dim unknown, or a dim named ``unk__N`` (what ONNX's inference calls a dim it cannot follow)."""
     dims = dims_of(value)
-    return dims is None or any(d is None for d in dims)
+    return dims is None or any(d is None or d.startswith("unk__") for d in dims if not isinstance(d, int))
 
 
 def _negative_dims_to_symbolic(model: ir.Model) -> None:

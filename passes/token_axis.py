@@ -50,14 +50,16 @@ Dim = int | str | None  # static, symbolic (an expression such as "batch*seq" af
 
 
 def dims_of(value: ir.Value) -> list[Dim] | None:
-    """The dims of ``value`` (None when its rank is unknown); ONNX's made-up ``unk__N`` names read as unknown."""
+    """The dims of ``value`` (None when its rank is unknown). A symbol keeps its name whatever it
+    is (``unk__214`` may be an exporter's name for a graph input's batch); one that no graph input
+    carries simply has no role."""
     if value.shape is None:
         return None
     out: list[Dim] = []
     for dim in value.shape:
         if isinstance(dim, int):
             out.append(dim)
-        elif dim.value is None or str(dim.value).startswith("unk__"):
+        elif dim.value is None:
             out.append(None)
         else:
             out.append(str(dim.value))
