@@ -1,0 +1,689 @@
+"""Static integer STaMP units for the HTP: the sequence transform as block matrices, two precision
+groups with their own calibrated encodings, all in standard ONNX QDQ that the HTP runs integer-only.
+
+The HTP takes only static QDQ (constant scales, uint8/uint16 activations, type-homogeneous ops;
+docs/htp.md), so the ``ai.stamp`` ops and their per-token dynamic quantizers cannot run there.
+A unit replaces ``y = x W + b`` for an activation of fixed shape (batch, S, d)::
+
+    x (u16) ─┬─ Slice[:P] ──────────────────────────────── Convert(hp) ─┐
+             ├─ Slice[body] ─ Reshape(blocks, 2^L, d) ─ Transpose ─┬─ MatMul(F_hp) ─ (u16 hp) ─ Transpose ─ Reshape ─┤ Concat ─ MatMul(W) ─ (u16) ────────────────┐
+             │                                                     └─ MatMul(F_lp) ─ Convert(u8 lp) ─ Transpose ─ Reshape ─ Concat ─ MatMul(W) ─ (u8) ─ Convert(u16) ─┤
+             └─ Slice[tail] ─ ... the same with the tail's own matrices                                                                                        │
+    y (u16) ◄── Add(b) ◄── Concat(prefix, body, tail) ◄── Reshape ◄── Transpose ◄── MatMul(F^T) ◄── Transpose ◄── Concat(hp rows, lp rows) per block ◄─────────┘
+
+Block form: every Haar level pairs tokens (2i, 2i+1), so each run of 2^L consecutive tokens after
+the P prefix tokens yields exactly its own coefficients (a_L, d_L, 2 of d_(L-1), ...). A block's
+coefficients are one MatMul by the constant 2^L x 2^L matrix F (int8 per output column: every
+row of a Haar matrix has entries of one magnitude, so the codes are exact), on the blocks laid
+out (blocks, d, 2^L) so that F is the MatMul's weight (a constant as the first MatMul input runs
+in float on the HTP). The last, shorter run of r < 2^L tokens is the reference's odd-length rule
+and gets its own r x r matrix. ``haar2d`` uses 2-D blocks of 2^L x 2^L grid tokens and their
+Kronecker matrix in the reference's group order.
+
+Precision groups: the first K tokens of the reference order [a_L | d_L | ... | d_1] are whole
+bands of every block, so the hp group is "the coefficients of the first g bands", which in
+block form are the first c rows of every block (c = 2^(g-1) for 1-D, 4^(g-1) for 2-D) and a
+prefix of the tail's rows. K is rounded to the nearest band boundary (ties up), so the groups
+are exactly those of the reference for the effective K (:attr:`BlockPlan.hp_count`). Each group
+gets one per-tensor encoding (the HTP rejects per-token scales), calibrated on the transformed
+activations: :func:`calibrate_unit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from stamp_onnx import transforms
+from stamp_onnx.errors import ConfigError
+
+UNIT_TRANSFORMS = ("haar", "haar2d", "none")
+PASS_KEY = "stamp_onnx.pass"
+LAYER_KEY = "stamp_onnx.layer"
+PROVENANCE = "htp_units"
+_STORAGE = {8: (np.uint8, TensorProto.UINT8), 16: (np.uint16, TensorProto.UINT16)}
+
+
+# --- geometry -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """Where the tokens of one layer go: prefix, full blocks, tail, and the two precision groups.
+
+    tokens: S, fixed. hp_tokens: the K asked for (prefix included); the unit uses
+    :attr:`hp_count`, K rounded to a band boundary. grid_width: haar2d only (0: square).
+    """
+
+    transform: str
+    tokens: int
+    levels: int = 3
+    prefix: int = 1
+    hp_tokens: int = 64
+    grid_width: int = 0
+
+    def __post_init__(self) -> None:
+        if self.transform not in UNIT_TRANSFORMS:
+            raise ConfigError(f"transform={self.transform!r} has no HTP unit; choose one of {', '.join(UNIT_TRANSFORMS)}")
+        if self.transform == "none":
+            object.__setattr__(self, "prefix", 0)
+        if not 0 <= self.prefix <= self.tokens:
+            raise ConfigError(f"prefix_tokens={self.prefix} does not fit {self.tokens} tokens")
+        if self.levels < 1 and self.transform != "none":
+            raise ConfigError(f"levels={self.levels}: the HTP unit needs at least one Haar level")
+        if self.transform == "haar2d":
+            height, width = transforms.grid_shape(self.tokens - self.prefix, self.grid_width)
+            if height % self.side or width % self.side:
+                raise ConfigError(
+                    f"haar2d on the HTP needs a grid divisible by 2^levels = {self.side}; "
+                    f"{height} x {width} is not (lower levels)"
+                )
+
+    @property
+    def side(self) -> int:
+        return 1 << self.levels
+
+    @property
+    def body(self) -> int:
+        """Tokens after the prefix."""
+        return self.tokens - self.prefix
+
+    @property
+    def block(self) -> int:
+        """Tokens per block: 2^L (1-D), 4^L (2-D); 0 for ``none``."""
+        if self.transform == "none":
+            return 0
+        return self.side * self.side if self.transform == "haar2d" else self.side
+
+    @property
+    def blocks(self) -> int:
+        return self.body // self.block if self.block else 0
+
+    @property
+    def tail(self) -> int:
+        """Tokens in the last, shorter 1-D block (0 for haar2d, which must tile exactly)."""
+        return self.body - self.blocks * self.block if self.block else 0
+
+    def grid(self) -> tuple[int, int]:
+        return transforms.grid_shape(self.body, self.grid_width)
+
+    def block_matrix(self) -> np.ndarray:
+        """F (block x block): the coefficients of one block, in the reference's order, = F @ tokens."""
+        one = transforms.matrix(self.side, "haar", self.levels)
+        if self.transform == "haar":
+            return np.array(one)
+        return np.kron(one, one)[transforms.grid_order(self.side, self.side, self.levels)]
+
+    def tail_matrix(self) -> np.ndarray:
+        return np.array(transforms.matrix(self.tail, "haar", self.levels))
+
+    def _block_bands(self) -> np.ndarray:
+        bands = transforms.haar_bands(self.side, self.levels)
+        if self.transform == "haar":
+            return bands
+        return np.sort(np.maximum.outer(bands, bands).ravel(), kind="stable")
+
+    @property
+    def bands(self) -> int:
+        """g: the number of whole bands (a_L first) in the hp group, K rounded to the nearest boundary."""
+        if self.transform == "none":
+            return 0
+        want = self.hp_tokens - self.prefix
+        best = 0
+        for g in range(self.levels + 2):
+            if abs(self._count(g) - want) <= abs(self._count(best) - want):
+                best = g
+        return best
+
+    def _count(self, g: int) -> int:
+        rows = int((self._block_bands() < g).sum())
+        tail = int((transforms.haar_bands(self.tail, self.levels) < g).sum()) if self.tail else 0
+        return self.blocks * rows + tail
+
+    @property
+    def rows(self) -> int:
+        """c: hp coefficient rows per full block."""
+        return int((self._block_bands() < self.bands).sum()) if self.block else 0
+
+    @property
+    def tail_rows(self) -> int:
+        return int((transforms.haar_bands(self.tail, self.levels) < self.bands).sum()) if self.tail else 0
+
+    @property
+    def hp_count(self) -> int:
+        """Tokens at hp bits (prefix included): the K the unit really uses."""
+        if self.transform == "none":
+            return min(self.hp_tokens, self.tokens)
+        return self.prefix + self.blocks * self.rows + self.tail_rows
+
+    def unit_matrix(self) -> np.ndarray:
+        """(S, S) float64: row i is the i-th token of the unit's [hp group | lp group] as a
+        combination of the input tokens. Its rows are the reference transform's rows, permuted."""
+        s, p = self.tokens, self.prefix
+        if self.transform == "none":
+            return np.eye(s)
+        hp: list[np.ndarray] = [np.eye(s)[:p]]
+        lp: list[np.ndarray] = []
+        f, c = self.block_matrix(), self.rows
+        starts = self._block_starts()
+        for part, take in ((hp, slice(0, c)), (lp, slice(c, None))):
+            for start in starts:
+                rows = np.zeros((self.block, s))
+                rows[:, start] = f
+                part.append(rows[take])
+        if self.tail:
+            t = np.zeros((self.tail, s))
+            t[:, p + self.blocks * self.block :] = self.tail_matrix()
+            hp.append(t[: self.tail_rows])
+            lp.append(t[self.tail_rows :])
+        return np.concatenate(hp + lp)
+
+    def _block_starts(self) -> list[np.ndarray]:
+        """Input token indices of each full block, in block order and in-block order."""
+        p = self.prefix
+        if self.transform == "haar":
+            return [p + np.arange(k * self.block, (k + 1) * self.block) for k in range(self.blocks)]
+        height, width = self.grid()
+        side = self.side
+        out = []
+        for bi in range(height // side):
+            for bj in range(width // side):
+                rr, cc = np.meshgrid(bi * side + np.arange(side), bj * side + np.arange(side), indexing="ij")
+                out.append(p + (rr * width + cc).ravel())
+        return out
+
+
+# --- encodings ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """A static per-tensor asymmetric encoding: real = (q - zero_point) * scale, q in [0, 2^bits)."""
+
+    scale: float
+    zero_point: int
+    bits: int = 16
+
+    @classmethod
+    def from_range(cls, rmin: float, rmax: float, bits: int, minimum_range: float = 1e-4) -> Encoding:
+        """onnxruntime's rule: the range is widened to hold 0 (and at least ``minimum_range``)."""
+        if bits not in _STORAGE:
+            raise ConfigError(f"{bits}-bit activations do not run on the HTP; use 8 or 16")
+        rmin, rmax = min(float(rmin), 0.0), max(float(rmax), 0.0)
+        if rmax - rmin < minimum_range:
+            rmax = rmin + minimum_range
+        qmax = (1 << bits) - 1
+        scale = float(np.float32((rmax - rmin) / qmax))
+        return cls(scale, int(np.clip(round(-rmin / scale), 0, qmax)), bits)
+
+    @property
+    def onnx_type(self) -> int:
+        return _STORAGE[self.bits][1]
+
+    def fake_quantize(self, x: np.ndarray) -> np.ndarray:
+        q = np.clip(np.round(x / np.float32(self.scale)) + self.zero_point, 0, (1 << self.bits) - 1)
+        return ((q - self.zero_point) * np.float32(self.scale)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitRanges:
+    """Calibrated (min, max) of the unit's inner tensors: the hp and lp groups (transformed
+    activations), the W products of both groups and of the lp group, and x W in token order."""
+
+    hp: tuple[float, float]
+    lp: tuple[float, float]
+    product: tuple[float, float]
+    lp_product: tuple[float, float]
+    token_product: tuple[float, float]
+
+
+def calibrate_unit(plan: BlockPlan, x: np.ndarray, weight: np.ndarray, *, percentile: float = 100.0) -> UnitRanges:
+    """Ranges of the unit's inner tensors over calibration activations ``x`` (N, S, d) in float.
+
+    ``percentile`` < 100 clips each range to that percentile of the tensor's values on each side
+    (e.g. 99.99): a few outliers then saturate instead of stretching the encoding.
+    """
+    if x.ndim != 3 or x.shape[1] != plan.tokens:
+        raise ConfigError(f"calibration activations have shape {x.shape}; the unit needs (samples, {plan.tokens}, d)")
+    u = np.einsum("ts,nsd->ntd", plan.unit_matrix(), x.astype(np.float64))
+    w = weight.astype(np.float64)
+    k = plan.hp_count
+    y = u @ w
+
+    def span(a: np.ndarray) -> tuple[float, float]:
+        if a.size == 0:
+            return (0.0, 0.0)
+        if percentile >= 100.0:
+            return float(a.min()), float(a.max())
+        lo, hi = np.percentile(a, [100.0 - percentile, percentile])
+        return float(lo), float(hi)
+
+    return UnitRanges(span(u[:, :k]), span(u[:, k:]), span(y), span(y[:, k:]), span(x.astype(np.float64) @ w))
+
+
+def block_forward(plan: BlockPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unit's float transform in numpy, op for op as in the graph: (hp group, lp group)."""
+    b, s, d = x.shape
+    p, c, nb = plan.prefix, plan.rows, plan.blocks
+    if plan.transform == "none":
+        k = plan.hp_count
+        return x[:, :k], x[:, k:]
+    hp, lp = [x[:, :p]], []
+    body = x[:, p : p + nb * plan.block]
+    if nb:
+        blocks = _to_blocks(plan, body, b, d).transpose(0, 2, 1)  # (b*nb, d, block)
+        f = plan.block_matrix().astype(np.float32)
+        hp.append((blocks @ f[:c].T).transpose(0, 2, 1).reshape(b, nb * c, d))
+        lp.append((blocks @ f[c:].T).transpose(0, 2, 1).reshape(b, nb * (plan.block - c), d))
+    if plan.tail:
+        tail = x[:, p + nb * plan.block :].transpose(0, 2, 1)
+        ft = plan.tail_matrix().astype(np.float32)
+        hp.append((tail @ ft[: plan.tail_rows].T).transpose(0, 2, 1))
+        lp.append((tail @ ft[plan.tail_rows :].T).transpose(0, 2, 1))
+    return np.concatenate(hp, axis=1), np.concatenate(lp, axis=1) if lp else x[:, :0]
+
+
+def _to_blocks(plan: BlockPlan, body: np.ndarray, b: int, d: int) -> np.ndarray:
+    if plan.transform == "haar":
+        return body.reshape(b * plan.blocks, plan.block, d)
+    height, width = plan.grid()
+    side = plan.side
+    grid = body.reshape(b * height // side, side, width // side, side * d).transpose(0, 2, 1, 3)
+    return grid.reshape(b * plan.blocks, plan.block, d)
+
+
+# --- int8 constant matrices ---------------------------------------------------------------
+
+
+def int8_columns(matrix: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-column codes of a constant matrix, each column's scale chosen for the
+    smallest error (not max/127): the inverse Haar's 1/sqrt(8), 1/2, 1/sqrt(2) fit the grid
+    (1/sqrt(2))/82 as 41, 58, 82 far better than max/127's 64, 90, 127."""
+    qmax = (1 << (bits - 1)) - 1
+    codes = np.zeros(matrix.shape, dtype=np.int8)
+    scales = np.ones(matrix.shape[1], dtype=np.float32)
+    for j in range(matrix.shape[1]):
+        col = matrix[:, j].astype(np.float64)
+        top = float(np.abs(col).max())
+        if top == 0.0:
+            continue
+        best = (math.inf, qmax)
+        for q in range(qmax // 2, qmax + 1):
+            scale = float(np.float32(top / q))
+            err = float(np.abs(np.clip(np.round(col / scale), -qmax, qmax) * scale - col).max())
+            if err < best[0] - 1e-12:
+                best = (err, q)
+        scales[j] = np.float32(top / best[1])
+        codes[:, j] = np.clip(np.round(col / scales[j]), -qmax, qmax)
+    return codes, scales
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantWeight:
+    """An int8 (or int4) symmetric per-output-channel weight: initializer names of codes, scales,
+    zero points (axis 1 of a (d, n) MatMul weight)."""
+
+    codes: str
+    scales: str
+    zero_points: str
+
+
+# --- emitting the unit --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class QValue:
+    """A value of the unit: the quantized tensor's name and its encoding (None: float graph)."""
+
+    name: str
+    encoding: Encoding | None
+
+
+class UnitEmitter:
+    """Collects the nodes and initializers of one unit. ``quantized=False`` emits the same graph
+    without any Q/DQ (a float unit: its output must equal x W + b up to float rounding)."""
+
+    def __init__(self, layer: str, *, quantized: bool = True, fresh: Callable[[str], str] | None = None) -> None:
+        self.layer = layer
+        self.quantized = quantized
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._fresh = fresh or _counter_namer()
+
+    def name(self, what: str) -> str:
+        return self._fresh(f"{self.layer}/htp/{what}")
+
+    def const(self, what: str, value: np.ndarray) -> str:
+        name = self.name(what)
+        self.initializers[name] = numpy_helper.from_array(value, name)
+        return name
+
+    def _node(self, op: str, inputs: Sequence[str], what: str, **attrs: Any) -> str:
+        out = self.name(what)
+        node = helper.make_node(op, list(inputs), [out], name=self.name(f"{what}_{op}"), **attrs)
+        for key, value in ((PASS_KEY, PROVENANCE), (LAYER_KEY, self.layer)):
+            entry = node.metadata_props.add()
+            entry.key, entry.value = key, value
+        self.nodes.append(node)
+        return out
+
+    def _enc_inputs(self, enc: Encoding) -> list[str]:
+        storage = _STORAGE[enc.bits][0]
+        return [self.const("scale", np.array(enc.scale, np.float32)), self.const("zero_point", np.array(enc.zero_point, storage))]
+
+    def dq(self, v: QValue) -> str:
+        if not self.quantized or v.encoding is None:
+            return v.name
+        return self._node("DequantizeLinear", [v.name, *self._enc_inputs(v.encoding)], "dq")
+
+    def q(self, real: str, enc: Encoding | None) -> QValue:
+        if not self.quantized or enc is None:
+            return QValue(real, enc)
+        return QValue(self._node("QuantizeLinear", [real, *self._enc_inputs(enc)], "q"), enc)
+
+    def op(self, op: str, inputs: Sequence[QValue], consts: Sequence[str], out: Encoding | None, what: str, **attrs: Any) -> QValue:
+        """DQ each input, the op, Q the output: one node unit of the HTP."""
+        return self.q(self._node(op, [self.dq(v) for v in inputs] + list(consts), what, **attrs), out)
+
+    def move(self, op: str, v: QValue, consts: Sequence[str], what: str, **attrs: Any) -> QValue:
+        """Reshape/Transpose/Slice: the output keeps the input's encoding bit for bit."""
+        return self.op(op, [v], consts, v.encoding, what, **attrs)
+
+    def convert(self, v: QValue, enc: Encoding) -> QValue:
+        """DQ -> Q to another encoding (the HTP's Convert); nothing when it is the same."""
+        if v.encoding == enc or not self.quantized:
+            return QValue(v.name, enc)
+        return self.q(self.dq(v), enc)
+
+    def reshape(self, v: QValue, shape: Sequence[int]) -> QValue:
+        return self.move("Reshape", v, [self.const("shape", np.array(shape, np.int64))], "reshape")
+
+    def transpose(self, v: QValue, perm: Sequence[int]) -> QValue:
+        return self.move("Transpose", v, [], "transpose", perm=list(perm))
+
+    def slice(self, v: QValue, start: int, end: int, axis: int = 1) -> QValue:
+        consts = [self.const(n, np.array([x], np.int64)) for n, x in (("starts", start), ("ends", end), ("axes", axis))]
+        return self.move("Slice", v, consts, "slice")
+
+    def concat(self, parts: Sequence[QValue], axis: int = 1) -> QValue:
+        if len(parts) == 1:
+            return parts[0]
+        encs = {p.encoding for p in parts}
+        if self.quantized and len(encs) != 1:
+            raise ValueError("Concat inputs must share one encoding")
+        return self.op("Concat", parts, [], parts[0].encoding, "concat", axis=axis)
+
+    def weight(self, matrix: np.ndarray, what: str) -> QuantWeight | str:
+        """A constant MatMul weight (k, n): int8 per column, or float in a float unit."""
+        if not self.quantized:
+            return self.const(what, matrix.astype(np.float32))
+        codes, scales = int8_columns(matrix)
+        return QuantWeight(self.const(what, codes), self.const(f"{what}_scale", scales),
+                           self.const(f"{what}_zero_point", np.zeros(scales.shape, np.int8)))
+
+    def matmul(self, v: QValue, weight: QuantWeight | str, out: Encoding | None, what: str = "matmul") -> QValue:
+        if isinstance(weight, QuantWeight):
+            w = self._node("DequantizeLinear", [weight.codes, weight.scales, weight.zero_points], "weight", axis=1)
+        else:
+            w = weight
+        return self.q(self._node("MatMul", [self.dq(v), w], what), out)
+
+
+def _counter_namer() -> Callable[[str], str]:
+    seen: dict[str, int] = {}
+
+    def fresh(base: str) -> str:
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        return f"{base}_{n}" if n else base
+
+    return fresh
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitSpec:
+    """Everything a unit needs besides its input: the plan, the layer's weight and bias, the
+    encodings of the input and output (given by the surrounding QDQ model), the calibrated inner
+    ranges and the group widths."""
+
+    plan: BlockPlan
+    batch: int
+    features: int
+    weight: QuantWeight | np.ndarray  # int8 initializers already in the model, or a float (d, n) matrix
+    outputs: int
+    bias: QValue | None  # a quantized bias already in the model (its codes' name and encoding)
+    input_encoding: Encoding | None
+    output_encoding: Encoding | None
+    ranges: UnitRanges | None
+    hp_bits: int = 16
+    lp_bits: int = 8
+
+
+def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
+    """Emit the unit for ``x`` (batch, S, d) into ``em``; returns y (batch, S, n) in the output encoding."""
+    plan, b, d, n = spec.plan, spec.batch, spec.features, spec.outputs
+    r = spec.ranges
+    quant = em.quantized
+    if quant and r is None:
+        raise ValueError("a quantized unit needs calibrated ranges")
+
+    def enc(span: tuple[float, float], bits: int) -> Encoding | None:
+        return Encoding.from_range(*span, bits) if quant and r is not None else None
+
+    hp_enc = enc(r.hp, spec.hp_bits) if r else None
+    lp_enc = enc(r.lp, spec.lp_bits) if r else None
+    lp_wide = enc(r.lp, spec.hp_bits) if r else None  # the lp transform's own u16 output
+    prod_enc = enc(r.product, spec.hp_bits) if r else None
+    lp_prod_enc = enc(r.lp_product, spec.lp_bits) if r else None
+    token_enc = enc(r.token_product, spec.hp_bits) if r else None
+    out_enc = spec.output_encoding if quant else None
+    if plan.transform == "none":
+        prod_enc = token_enc
+    pre_out_enc = token_enc if spec.bias is not None else out_enc  # before the bias Add
+    weight = spec.weight if isinstance(spec.weight, QuantWeight) else em.weight(np.asarray(spec.weight), "weight")
+
+    p, nb, c, blk = plan.prefix, plan.blocks, plan.rows, plan.block
+    s = plan.tokens
+    hp_parts: list[QValue] = []
+    lp_parts: list[QValue] = []
+
+    def take(start: int, end: int) -> QValue:
+        return x if (start, end) == (0, s) else em.slice(x, start, end)
+
+    # forward transform and groups
+    if plan.transform == "none":
+        k = plan.hp_count
+        if k:
+            hp_parts.append(em.convert(take(0, k), hp_enc) if hp_enc else take(0, k))
+        if k < s:
+            lp_parts.append(em.convert(take(k, s), lp_enc) if lp_enc else take(k, s))
+    else:
+        if p:
+            pre = take(0, p)
+            hp_parts.append(em.convert(pre, hp_enc) if hp_enc else pre)
+        if nb:
+            blocks = em.transpose(_emit_blocks(em, plan, take(p, p + nb * blk), b, d), (0, 2, 1))  # (b*nb, d, blk)
+            _forward_groups(em, blocks, plan.block_matrix(), c, (b, nb), d, hp_enc, lp_wide, lp_enc, hp_parts, lp_parts)
+        if plan.tail:
+            tail = em.transpose(take(p + nb * blk, s), (0, 2, 1))  # (b, d, r)
+            _forward_groups(em, tail, plan.tail_matrix(), plan.tail_rows, (b, 1), d, hp_enc, lp_wide, lp_enc, hp_parts, lp_parts)
+
+    # the two products with W
+    y_hp = em.matmul(em.concat(hp_parts), weight, prod_enc, "hp_matmul") if hp_parts else None
+    y_lp = None
+    if lp_parts:
+        y_lp = em.matmul(em.concat(lp_parts), weight, lp_prod_enc, "lp_matmul")
+        if prod_enc is not None:
+            y_lp = em.convert(y_lp, prod_enc)
+
+    # inverse transform
+    if plan.transform == "none":
+        pieces = [v for v in (y_hp, y_lp) if v is not None]
+        y = em.concat([em.convert(v, pre_out_enc) if pre_out_enc else v for v in pieces])
+    else:
+        pieces = []
+        if p:
+            assert y_hp is not None
+            pre_y = em.slice(y_hp, 0, p)
+            pieces.append(em.convert(pre_y, pre_out_enc) if pre_out_enc else pre_y)
+        hp_at, lp_at = p, 0
+        for count, rows, matrix, shape in (
+            (nb, c, plan.block_matrix() if nb else None, (b * nb, blk)),
+            (1 if plan.tail else 0, plan.tail_rows, plan.tail_matrix() if plan.tail else None, (b, plan.tail)),
+        ):
+            if not count or matrix is None:
+                continue
+            size = shape[1]
+            hp_len, lp_len = (nb if size == blk else 1) * rows, (nb if size == blk else 1) * (size - rows)
+            coef = []
+            if rows:
+                assert y_hp is not None
+                coef.append(em.reshape(_slice_if(em, y_hp, hp_at, hp_at + hp_len, plan.hp_count), (shape[0], rows, n)))
+            if size - rows:
+                assert y_lp is not None
+                coef.append(em.reshape(_slice_if(em, y_lp, lp_at, lp_at + lp_len, s - plan.hp_count), (shape[0], size - rows, n)))
+            hp_at, lp_at = hp_at + hp_len, lp_at + lp_len
+            coef_t = em.transpose(em.concat(coef), (0, 2, 1))  # (blocks, n, size)
+            tokens_t = em.matmul(coef_t, em.weight(matrix, "inverse"), pre_out_enc, "inverse")
+            tokens = em.transpose(tokens_t, (0, 2, 1))  # (blocks, size, n)
+            if size == blk:
+                pieces.append(_emit_unblocks(em, plan, tokens, b, n))
+            else:
+                pieces.append(tokens)
+        y = em.concat(pieces)
+    if spec.bias is not None:
+        y = em.op("Add", [y, spec.bias], [], out_enc, "bias")
+    elif out_enc is not None and y.encoding != out_enc:
+        y = em.convert(y, out_enc)
+    return y
+
+
+def _slice_if(em: UnitEmitter, v: QValue, start: int, end: int, total: int) -> QValue:
+    """Tokens [start, end) of v (which holds ``total``): no Slice when that is all of it."""
+    return v if (start, end) == (0, total) else em.slice(v, start, end)
+
+
+def _forward_groups(
+    em: UnitEmitter, blocks_t: QValue, matrix: np.ndarray, rows: int, counts: tuple[int, int], d: int,
+    hp_enc: Encoding | None, lp_wide: Encoding | None, lp_enc: Encoding | None,
+    hp_parts: list[QValue], lp_parts: list[QValue],
+) -> None:
+    """blocks_t (b*nb, d, size) @ F^T: the first ``rows`` coefficients to the hp group, the rest to lp."""
+    b, nb = counts
+    size = matrix.shape[0]
+    if rows:
+        hp = em.matmul(blocks_t, em.weight(matrix[:rows].T, "forward_hp"), hp_enc, "forward_hp")
+        hp_parts.append(em.reshape(em.transpose(hp, (0, 2, 1)), (b, nb * rows, d)))
+    if size - rows:
+        lp = em.matmul(blocks_t, em.weight(matrix[rows:].T, "forward_lp"), lp_wide, "forward_lp")
+        if lp_enc is not None:
+            lp = em.convert(lp, lp_enc)
+        lp_parts.append(em.reshape(em.transpose(lp, (0, 2, 1)), (b, nb * (size - rows), d)))
+
+
+def _emit_blocks(em: UnitEmitter, plan: BlockPlan, body: QValue, b: int, d: int) -> QValue:
+    """(b, nb*block, d) -> (b*nb, block, d), rank <= 4 throughout."""
+    if plan.transform == "haar":
+        return em.reshape(body, (b * plan.blocks, plan.block, d))
+    height, width = plan.grid()
+    side = plan.side
+    grid = em.transpose(em.reshape(body, (b * height // side, side, width // side, side * d)), (0, 2, 1, 3))
+    return em.reshape(grid, (b * plan.blocks, plan.block, d))
+
+
+def _emit_unblocks(em: UnitEmitter, plan: BlockPlan, tokens: QValue, b: int, n: int) -> QValue:
+    """(b*nb, block, n) -> (b, nb*block, n): the inverse of :func:`_emit_blocks`."""
+    if plan.transform == "haar":
+        return em.reshape(tokens, (b, plan.blocks * plan.block, n))
+    height, width = plan.grid()
+    side = plan.side
+    grid = em.transpose(em.reshape(tokens, (b * height // side, width // side, side, side * n)), (0, 2, 1, 3))
+    return em.reshape(grid, (b, plan.blocks * plan.block, n))
+
+
+# --- a one-layer model --------------------------------------------------------------------
+
+
+def quantize_weight_columns(weight: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-column codes of a layer weight (d, n): scale = max|w| / (2^(bits-1) - 1)."""
+    qmax = (1 << (bits - 1)) - 1
+    scales = (np.abs(weight).max(axis=0) / qmax).astype(np.float32)
+    scales[scales == 0] = 1.0
+    return np.clip(np.round(weight / scales), -qmax, qmax).astype(np.int8), scales
+
+
+def layer_model(
+    plan: BlockPlan, weight: np.ndarray, bias: np.ndarray | None, calib: np.ndarray | None, *,
+    batch: int = 1, hp_bits: int = 16, lp_bits: int = 8, weight_bits: int = 8, percentile: float = 100.0,
+    baseline: bool = False,
+) -> onnx.ModelProto:
+    """A one-layer model x (batch, S, d) float -> y float, fixed shapes, for tests and the HTP proof.
+
+    Quantized (``calib`` given): x is quantized to u16 with its calibrated range, the unit runs, y
+    is dequantized from u16. ``baseline``: the plain A16 layer (one u16 encoding, W int8) instead.
+    ``calib`` None: the float unit (no QDQ). ``weight_bits`` 4: int4 codes with an int4 zero point.
+    """
+    d, n = weight.shape
+    s = plan.tokens
+    quantized = calib is not None
+    em = UnitEmitter("layer", quantized=quantized)
+    x_name, y_name = "x", "y"
+    ranges = x_enc = y_enc = None
+    bias_value = None
+    if quantized:
+        assert calib is not None
+        codes, scales = quantize_weight_columns(weight, weight_bits)
+        w_real = (codes.astype(np.float32) * scales).astype(np.float32)
+        ranges = calibrate_unit(plan, calib, w_real, percentile=percentile)
+        x_enc = Encoding.from_range(float(calib.min()), float(calib.max()), 16)
+        full = calib.astype(np.float64) @ w_real.astype(np.float64) + (0 if bias is None else bias)
+        y_enc = Encoding.from_range(float(full.min()), float(full.max()), 16)
+        weight_arg: QuantWeight | np.ndarray = _weight_initializers(em, codes, scales, weight_bits)
+        if bias is not None:
+            b_enc = Encoding.from_range(float(bias.min()), float(bias.max()), 16)
+            b_codes = np.clip(np.round(bias / b_enc.scale) + b_enc.zero_point, 0, 65535).astype(np.uint16)
+            bias_value = QValue(em.const("bias", b_codes.reshape(1, 1, n)), b_enc)
+        xq = em.q(x_name, x_enc)
+    else:
+        weight_arg = weight
+        if bias is not None:
+            bias_value = QValue(em.const("bias", bias.astype(np.float32).reshape(1, 1, n)), None)
+        xq = QValue(x_name, None)
+    spec = UnitSpec(plan, batch, d, weight_arg, n, bias_value, x_enc, y_enc, ranges, hp_bits, lp_bits)
+    if baseline:
+        assert quantized and y_enc is not None
+        token_enc = Encoding.from_range(*ranges.token_product, 16) if (ranges and bias is not None) else y_enc
+        y = em.matmul(xq, weight_arg, token_enc, "matmul")  # type: ignore[arg-type]
+        if bias_value is not None:
+            y = em.op("Add", [y, bias_value], [], y_enc, "bias")
+    else:
+        y = emit_unit(em, xq, spec)
+    out = em.dq(y) if quantized else y.name
+    em.nodes.append(helper.make_node("Identity", [out], [y_name], name="output"))
+    graph = helper.make_graph(
+        em.nodes, "stamp_htp_unit",
+        [helper.make_tensor_value_info(x_name, TensorProto.FLOAT, [batch, s, d])],
+        [helper.make_tensor_value_info(y_name, TensorProto.FLOAT, [batch, s, n])],
+        list(em.initializers.values()),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], producer_name="stamp-onnx")
+    model.ir_version = 10
+    return model
+
+
+def _weight_initializers(em: UnitEmitter, codes: np.ndarray, scales: np.ndarray, bits: int) -> QuantWeight:
+    if bits == 8:
+        return QuantWeight(em.const("weight", codes), em.const("weight_scale", scales),
+                           em.const("weight_zero_point", np.zeros(scales.shape, np.int8)))
+    if bits != 4:
+        raise ConfigError(f"weight_bits={bits}: the HTP takes int8 or int4 weights")
+    codes_name, zp_name = em.name("weight"), em.name("weight_zero_point")
+    em.initializers[codes_name] = helper.make_tensor(codes_name, TensorProto.INT4, codes.shape, codes.ravel().tolist())
+    em.initializers[zp_name] = helper.make_tensor(zp_name, TensorProto.INT4, scales.shape, [0] * scales.size)
+    return QuantWeight(codes_name, em.const("weight_scale", scales), zp_name)
