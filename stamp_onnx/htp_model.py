@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from stamp_onnx import htp_units
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
 from stamp_onnx.htp_units import BlockPlan, Encoding, QuantWeight, QValue, UnitEmitter, UnitSpec
+from stamp_onnx.naming import layer_name_from_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ class HtpOptions:
 
 
 def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOptions,
-                  feeds: dict[str, np.ndarray]) -> None:
-    """Write the fixed-shape, folded, preprocessed float model to ``out_path``."""
+                  feeds: dict[str, np.ndarray]) -> dict[str, str]:
+    """Write the fixed-shape, folded, preprocessed float model to ``out_path``; returns the layer
+    (module) name of each MatMul node, read from the exporter's metadata before it is stripped."""
     import onnxruntime as ort
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
@@ -103,7 +104,10 @@ def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOpti
         make_input_shape_fixed(model.graph, graph_input.name, shape)
     fix_output_shapes(model)
     del model.metadata_props[:]
+    layers = {}
     for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            layers[node.name] = layer_name_from_metadata({p.key: p.value for p in node.metadata_props}, node.name)
         del node.metadata_props[:]
     with tempfile.TemporaryDirectory() as tmp:
         fixed, folded = Path(tmp) / "fixed.onnx", Path(tmp) / "folded.onnx"
@@ -117,6 +121,7 @@ def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOpti
         onnx.save(folded_model, str(folded))
         if not qnn_preprocess_model(str(folded), str(out_path)):
             onnx.save(folded_model, str(out_path))
+    return layers
 
 
 def _constant_feed(feeds: dict[str, np.ndarray], name: str, options: HtpOptions) -> np.ndarray:
@@ -218,8 +223,11 @@ class _Graph:
         return users[0] if len(users) == 1 and users[0].op_type == op else None
 
 
-def linear_regions(model: onnx.ModelProto, float_model: onnx.ModelProto, config: StampConfig) -> tuple[list[LinearRegion], list[str]]:
-    """The linear layers of a QNN-quantized model that get a unit, and why others do not."""
+def linear_regions(model: onnx.ModelProto, float_model: onnx.ModelProto, config: StampConfig,
+                   layer_names: dict[str, str] | None = None) -> tuple[list[LinearRegion], list[str]]:
+    """The linear layers of a QNN-quantized model that get a unit, and why others do not
+    (``layer_names``: node name -> module name, for the config's include/exclude)."""
+    layer_names = layer_names or {}
     g = _Graph(model)
     float_nodes = {n.name: n for n in float_model.graph.node}
     regions, skipped = [], []
@@ -229,9 +237,10 @@ def linear_regions(model: onnx.ModelProto, float_model: onnx.ModelProto, config:
         x_dq, w_dq = (g.producer.get(node.input[0]), g.producer.get(node.input[1]))
         if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in g.inits:
             continue  # a product of two activations (attention)
-        why = config.selects(node.name)
+        layer = layer_names.get(node.name, node.name)
+        why = config.selects(layer, node.name)
         if why:
-            skipped.append(f"{node.name}: {why}")
+            skipped.append(f"{layer}: {why}")
             continue
         if x_dq is None or x_dq.op_type != "DequantizeLinear" or node.name not in float_nodes:
             skipped.append(f"{node.name}: its input is not a QDQ activation")
@@ -255,7 +264,7 @@ def linear_regions(model: onnx.ModelProto, float_model: onnx.ModelProto, config:
                 removed += [dq, add, q2] + ([b_dq] if len(g.consumers[b_dq.output[0]]) == 1 else [])
                 y_q, y_enc = q2.output[0], g.encoding(q2)
         weight = QuantWeight(*w_dq.input[:3])
-        regions.append(LinearRegion(node.name, node, float_nodes[node.name].input[0], x_dq.input[0], g.encoding(x_dq),
+        regions.append(LinearRegion(layer, node, float_nodes[node.name].input[0], x_dq.input[0], g.encoding(x_dq),
                                     weight, bias, y_q, y_enc, removed))
     return regions, skipped
 
@@ -279,10 +288,11 @@ def float_activations(float_path: str | Path, names: Sequence[str], feeds: dict[
 
 
 def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str, np.ndarray],
-                 config: StampConfig, options: HtpOptions) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                 config: StampConfig, options: HtpOptions,
+                 layer_names: dict[str, str] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Replace every selected linear layer of the QNN-quantized ``model`` by an integer STaMP unit."""
     float_model = onnx.load(str(float_path))
-    regions, skipped = linear_regions(model, float_model, config)
+    regions, skipped = linear_regions(model, float_model, config, layer_names)
     if not regions:
         raise RewriteError("no linear layer (MatMul with a constant weight between QDQ activations) to rewrite")
     acts = float_activations(float_path, sorted({r.float_input for r in regions}), feeds)
@@ -291,6 +301,8 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
     units: dict[int, UnitEmitter] = {}
     removed: set[int] = set()
     layers = []
+    taken = {n.name for n in model.graph.node} | {o for n in model.graph.node for o in n.output} | set(g.inits)
+    fresh = htp_units.counter_namer(taken)
     for region in regions:
         x = acts[region.float_input]
         if x.ndim != 3:
@@ -301,7 +313,7 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
         codes, scales = g.array(region.weight.codes), g.array(region.weight.scales)
         w_real = (codes.astype(np.float32) * scales.reshape(1, -1)).astype(np.float32)
         ranges = htp_units.calibrate_unit(plan, x, w_real, percentile=options.percentile)
-        em = UnitEmitter(_layer_name(region.name))
+        em = UnitEmitter(region.name, fresh=fresh)
         spec = UnitSpec(plan, options.batch, x.shape[2], region.weight, w_real.shape[1], region.bias,
                         region.x_encoding, region.y_encoding, ranges, options.hp_bits, options.lp_bits)
         y = htp_units.emit_unit(em, QValue(region.x_q, region.x_encoding), spec)
@@ -313,10 +325,6 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
     _replace(model, units, removed)
     _drop_unused(model)
     return model, {"layers": layers, "skipped": skipped}
-
-
-def _layer_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]", "_", name)
 
 
 def _rename_output(em: UnitEmitter, old: str, new: str) -> None:
@@ -371,12 +379,12 @@ def quantize_for_htp(input_path: str | Path, output_path: str | Path, feeds: dic
         raise ConfigError(f"the output {output_path} is the input; write to another file")
     with tempfile.TemporaryDirectory(dir=output_path.parent if output_path.parent.exists() else None) as tmp:
         prepared, base = Path(tmp) / "float.onnx", Path(tmp) / "qnn.onnx"
-        prepare_float(input_path, prepared, options, feeds)
+        layer_names = prepare_float(input_path, prepared, options, feeds)
         qnn_baseline(prepared, base, feeds, options)
         model = onnx.load(str(base))
         report: dict[str, Any] = {"layers": [], "skipped": []}
         if not options.baseline:
-            model, report = splice_units(model, prepared, feeds, config, options)
+            model, report = splice_units(model, prepared, feeds, config, options, layer_names)
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, _describe(config, options)
         staged = Path(tmp) / "out.onnx"

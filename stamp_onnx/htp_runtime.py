@@ -107,13 +107,15 @@ class IntegerReport:
     for every compute op with a float input or output, except a Quantize reading a graph input
     and a Dequantize writing a graph output. activation_bytes: bytes of the activation tensors
     (every non-static tensor, graph inputs and outputs included) by QNN data type: what one
-    inference writes into memory at least once.
+    inference writes into memory at least once. reshape_bytes: the part of them written by
+    Reshape ops, which may be views of their input (the simulator does not say).
     """
 
     op_counts: dict[str, int]
     float_ops: list[tuple[str, str, str]]
     activation_bytes: dict[str, int]
     graphs: int
+    reshape_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def integer_only(self) -> bool:
@@ -185,6 +187,7 @@ def integer_report(dump_dir: str | Path) -> IntegerReport:
     counts: collections.Counter[str] = collections.Counter()
     float_ops: list[tuple[str, str, str]] = []
     activation: collections.Counter[str] = collections.Counter()
+    reshaped: collections.Counter[str] = collections.Counter()
     for path in files:
         graph = json.loads(path.read_text()).get("graph", {})
         tensors: dict[str, dict[str, Any]] = graph.get("tensors", {})
@@ -202,4 +205,57 @@ def integer_report(dump_dir: str | Path) -> IntegerReport:
             elif op == "Dequantize":  # and so is dequantizing into a graph output
                 floats = [t for t in floats if not (t in outs and _kind(tensors[t]) == "app_read")]
             float_ops += [(op, node_name, t) for t in floats[:1]]
-    return IntegerReport(dict(sorted(counts.items())), float_ops, dict(sorted(activation.items())), len(files))
+            if op == "Reshape":
+                for t in outs:
+                    if t in tensors:
+                        reshaped[types[t]] += _nbytes(tensors[t], types[t])
+    return IntegerReport(dict(sorted(counts.items())), float_ops, dict(sorted(activation.items())), len(files),
+                         dict(sorted(reshaped.items())))
+
+
+_ORT_INPUT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+                    "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16"}
+
+
+def check_model(path: str | Path, *, dump_dir: str | Path | None = None, htp_arch: str = "75",
+                feeds: dict[str, Any] | None = None) -> IntegerReport:
+    """``stamp-onnx htp-check MODEL.onnx``: open ``path`` on the HTP with CPU fallback disabled,
+    run one inference (``feeds``, else zeros of the inputs' fixed shapes) and read the QNN graph
+    JSON. A model the HTP cannot take at all fails here with onnxruntime's reason."""
+    import tempfile
+
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{path} does not exist")
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(dump_dir) if dump_dir is not None else Path(tmp)
+        for old in _graph_files(target) if target.exists() else []:
+            old.unlink()
+        try:
+            session = htp_session(path, dump_dir=target, htp_arch=htp_arch)
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError(f"the HTP does not take {path} with CPU fallback disabled: {first_line(err)}") from err
+        if feeds is None:
+            feeds = {}
+            for arg in session.get_inputs():
+                if not all(isinstance(d, int) and d > 0 for d in arg.shape):
+                    raise ConfigError(f"input {arg.name} has shape {arg.shape}; the HTP needs fixed shapes "
+                                      "(quantize with --target htp --seq-len S)")
+                feeds[arg.name] = np.zeros(arg.shape, dtype=_ORT_INPUT_TYPES.get(arg.type, "float32"))
+        session.run(None, feeds)
+        return integer_report(target)
+
+
+def format_report(report: IntegerReport) -> str:
+    """The report as lines for the terminal: QNN op counts, float ops, activation bytes by type."""
+    lines = [f"integer-only on the HTP: {'yes' if report.integer_only else 'NO'} ({report.graphs} QNN graph(s))",
+             "QNN ops: " + ", ".join(f"{op} {n}" for op, n in report.op_counts.items())]
+    for op, node, tensor in report.float_ops:
+        lines.append(f"float compute: {op} {node} (tensor {tensor})")
+    total = sum(report.activation_bytes.values())
+    lines.append("activation bytes per inference: " + ", ".join(f"{t} {n:,}" for t, n in report.activation_bytes.items())
+                 + f" (total {total:,}; {sum(report.reshape_bytes.values()):,} of it written by Reshape ops)")
+    return "\n".join(lines)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -264,7 +265,10 @@ def calibrate_unit(plan: BlockPlan, x: np.ndarray, weight: np.ndarray, *, percen
         lo, hi = np.percentile(a, [100.0 - percentile, percentile])
         return float(lo), float(hi)
 
-    return UnitRanges(span(u[:, :k]), span(u[:, k:]), span(y), span(y[:, k:]), span(x.astype(np.float64) @ w))
+    def full(a: np.ndarray) -> tuple[float, float]:
+        return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+
+    return UnitRanges(span(u[:, :k]), span(u[:, k:]), full(y), full(y[:, k:]), full(x.astype(np.float64) @ w))
 
 
 def block_forward(plan: BlockPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -303,8 +307,9 @@ def _to_blocks(plan: BlockPlan, body: np.ndarray, b: int, d: int) -> np.ndarray:
 
 def int8_columns(matrix: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-column codes of a constant matrix, each column's scale chosen for the
-    smallest error (not max/127): the inverse Haar's 1/sqrt(8), 1/2, 1/sqrt(2) fit the grid
-    (1/sqrt(2))/82 as 41, 58, 82 far better than max/127's 64, 90, 127."""
+    smallest error rather than max/127: a column of the inverse Haar holds 1/sqrt(8), 1/2 and
+    1/sqrt(2), and max/127 puts 1/sqrt(8) at 63.5, half a step off; the grid (1/sqrt(2))/116
+    gives 58, 82, 116 (error 1.2e-4)."""
     qmax = (1 << (bits - 1)) - 1
     codes = np.zeros(matrix.shape, dtype=np.int8)
     scales = np.ones(matrix.shape[1], dtype=np.float32)
@@ -354,10 +359,11 @@ class UnitEmitter:
         self.quantized = quantized
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
-        self._fresh = fresh or _counter_namer()
+        self._fresh = fresh or counter_namer()
+        self._prefix = re.sub(r"[^A-Za-z0-9_.#]", "_", layer)
 
     def name(self, what: str) -> str:
-        return self._fresh(f"{self.layer}/htp/{what}")
+        return self._fresh(f"{self._prefix}/htp/{what}")
 
     def const(self, what: str, value: np.ndarray) -> str:
         name = self.name(what)
@@ -435,13 +441,17 @@ class UnitEmitter:
         return self.q(self._node("MatMul", [self.dq(v), w], what), out)
 
 
-def _counter_namer() -> Callable[[str], str]:
-    seen: dict[str, int] = {}
+def counter_namer(taken: set[str] | None = None) -> Callable[[str], str]:
+    """Fresh names: ``base``, then ``base_1``, ``base_2``...; never one of ``taken``."""
+    used = set(taken or ())
 
     def fresh(base: str) -> str:
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        return f"{base}_{n}" if n else base
+        name, n = base, 0
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
+        return name
 
     return fresh
 
@@ -476,16 +486,20 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
     def enc(span: tuple[float, float], bits: int) -> Encoding | None:
         return Encoding.from_range(*span, bits) if quant and r is not None else None
 
+    wide = x.encoding.bits if x.encoding is not None else spec.hp_bits  # the transform runs at the input's type
+    hp_wide = enc(r.hp, wide) if r else None
     hp_enc = enc(r.hp, spec.hp_bits) if r else None
+    lp_wide = enc(r.lp, wide) if r else None
     lp_enc = enc(r.lp, spec.lp_bits) if r else None
-    lp_wide = enc(r.lp, spec.hp_bits) if r else None  # the lp transform's own u16 output
     prod_enc = enc(r.product, spec.hp_bits) if r else None
     lp_prod_enc = enc(r.lp_product, spec.lp_bits) if r else None
-    token_enc = enc(r.token_product, spec.hp_bits) if r else None
+    token_enc = enc(r.token_product, spec.hp_bits) if r else None  # the inverse's output
     out_enc = spec.output_encoding if quant else None
+    # the bias Add reads the output's type: x W in token order, converted to it
+    add_enc = enc(r.token_product, out_enc.bits) if (r and out_enc is not None and spec.bias is not None) else None
     if plan.transform == "none":
         prod_enc = token_enc
-    pre_out_enc = token_enc if spec.bias is not None else out_enc  # before the bias Add
+    pre_out_enc = token_enc
     weight = spec.weight if isinstance(spec.weight, QuantWeight) else em.weight(np.asarray(spec.weight), "weight")
 
     p, nb, c, blk = plan.prefix, plan.blocks, plan.rows, plan.block
@@ -507,12 +521,13 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
         if p:
             pre = take(0, p)
             hp_parts.append(em.convert(pre, hp_enc) if hp_enc else pre)
+        encs = (hp_wide, hp_enc, lp_wide, lp_enc)
         if nb:
             blocks = em.transpose(_emit_blocks(em, plan, take(p, p + nb * blk), b, d), (0, 2, 1))  # (b*nb, d, blk)
-            _forward_groups(em, blocks, plan.block_matrix(), c, (b, nb), d, hp_enc, lp_wide, lp_enc, hp_parts, lp_parts)
+            _forward_groups(em, blocks, plan.block_matrix(), c, (b, nb), d, encs, hp_parts, lp_parts)
         if plan.tail:
             tail = em.transpose(take(p + nb * blk, s), (0, 2, 1))  # (b, d, r)
-            _forward_groups(em, tail, plan.tail_matrix(), plan.tail_rows, (b, 1), d, hp_enc, lp_wide, lp_enc, hp_parts, lp_parts)
+            _forward_groups(em, tail, plan.tail_matrix(), plan.tail_rows, (b, 1), d, encs, hp_parts, lp_parts)
 
     # the two products with W
     y_hp = em.matmul(em.concat(hp_parts), weight, prod_enc, "hp_matmul") if hp_parts else None
@@ -558,8 +573,10 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
                 pieces.append(tokens)
         y = em.concat(pieces)
     if spec.bias is not None:
+        if add_enc is not None:
+            y = em.convert(y, add_enc)
         y = em.op("Add", [y, spec.bias], [], out_enc, "bias")
-    elif out_enc is not None and y.encoding != out_enc:
+    elif out_enc is not None:
         y = em.convert(y, out_enc)
     return y
 
@@ -571,20 +588,22 @@ def _slice_if(em: UnitEmitter, v: QValue, start: int, end: int, total: int) -> Q
 
 def _forward_groups(
     em: UnitEmitter, blocks_t: QValue, matrix: np.ndarray, rows: int, counts: tuple[int, int], d: int,
-    hp_enc: Encoding | None, lp_wide: Encoding | None, lp_enc: Encoding | None,
-    hp_parts: list[QValue], lp_parts: list[QValue],
+    encs: tuple[Encoding | None, ...], hp_parts: list[QValue], lp_parts: list[QValue],
 ) -> None:
-    """blocks_t (b*nb, d, size) @ F^T: the first ``rows`` coefficients to the hp group, the rest to lp."""
+    """blocks_t (b*nb, d, size) @ F^T: the first ``rows`` coefficients to the hp group, the rest to
+    lp. Each MatMul writes the input's type (type-homogeneous), then converts to its group's."""
+    hp_wide, hp_enc, lp_wide, lp_enc = encs
     b, nb = counts
     size = matrix.shape[0]
-    if rows:
-        hp = em.matmul(blocks_t, em.weight(matrix[:rows].T, "forward_hp"), hp_enc, "forward_hp")
-        hp_parts.append(em.reshape(em.transpose(hp, (0, 2, 1)), (b, nb * rows, d)))
-    if size - rows:
-        lp = em.matmul(blocks_t, em.weight(matrix[rows:].T, "forward_lp"), lp_wide, "forward_lp")
-        if lp_enc is not None:
-            lp = em.convert(lp, lp_enc)
-        lp_parts.append(em.reshape(em.transpose(lp, (0, 2, 1)), (b, nb * (size - rows), d)))
+    for part, take, wide, group, what in ((hp_parts, slice(0, rows), hp_wide, hp_enc, "forward_hp"),
+                                          (lp_parts, slice(rows, size), lp_wide, lp_enc, "forward_lp")):
+        count = take.stop - take.start
+        if not count:
+            continue
+        coef = em.matmul(blocks_t, em.weight(matrix[take].T, what), wide, what)
+        if group is not None:
+            coef = em.convert(coef, group)
+        part.append(em.reshape(em.transpose(coef, (0, 2, 1)), (b, nb * count, d)))
 
 
 def _emit_blocks(em: UnitEmitter, plan: BlockPlan, body: QValue, b: int, d: int) -> QValue:
@@ -687,3 +706,79 @@ def _weight_initializers(em: UnitEmitter, codes: np.ndarray, scales: np.ndarray,
     em.initializers[codes_name] = helper.make_tensor(codes_name, TensorProto.INT4, codes.shape, codes.ravel().tolist())
     em.initializers[zp_name] = helper.make_tensor(zp_name, TensorProto.INT4, scales.shape, [0] * scales.size)
     return QuantWeight(codes_name, em.const("weight_scale", scales), zp_name)
+
+
+# --- the HTP's rules, checked on the graph ------------------------------------------------
+
+_MOVES = {"Reshape", "Transpose", "Slice", "Concat"}
+
+
+def rule_violations(model: onnx.ModelProto, *, only_units: bool = True) -> list[str]:
+    """The HTP rules (docs/htp.md) that nodes break, as one line each; empty when none.
+
+    Every compute node reads activations through a DequantizeLinear with constant scale and
+    zero point and writes them through a QuantizeLinear (or into a graph output); its activation
+    inputs and output share one type (uint8 or uint16); Reshape/Transpose/Slice/Concat keep their
+    input's encoding exactly; weights are int8/int4 with zero point 0, per channel on axis 1.
+    ``only_units``: check only the nodes a unit emitted (the QNN quantizer's own are left alone).
+    """
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    problems: list[str] = []
+
+    def encoding(qdq: onnx.NodeProto) -> tuple[Any, ...] | None:
+        scale, zp = (inits.get(qdq.input[1]), inits.get(qdq.input[2]) if len(qdq.input) > 2 else None)
+        if scale is None or zp is None:
+            return None
+        return (zp.dtype.name, scale.tobytes(), zp.tobytes())
+
+    def ours(node: onnx.NodeProto) -> bool:
+        return any(p.key == PASS_KEY and p.value == PROVENANCE for p in node.metadata_props)
+
+    for node in graph.node:
+        if only_units and not ours(node):
+            continue
+        label = f"{node.op_type} {node.name}"
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            if encoding(node) is None:
+                problems.append(f"{label}: scale/zero point not constant initializers")
+            continue
+        act_in: list[tuple[Any, ...] | None] = []
+        for index, name in enumerate(node.input):
+            if name in inits:
+                if inits[name].dtype.kind == "f" and inits[name].size > 1:
+                    problems.append(f"{label}: float constant input {name}")
+                continue
+            src = producer.get(name)
+            if src is None or src.op_type != "DequantizeLinear":
+                problems.append(f"{label}: input {name} is not dequantized from a static QDQ")
+                continue
+            if src.input[0] in inits and node.op_type in ("MatMul", "Gemm") and index == 1:  # a weight
+                codes = inits[src.input[0]]
+                zp = inits.get(src.input[2]) if len(src.input) > 2 else None
+                axis = next((a.i for a in src.attribute if a.name == "axis"), 1)
+                if codes.dtype.name not in ("int8", "int4") or zp is None or np.any(zp != 0) or (codes.ndim == 2 and axis != 1):
+                    problems.append(f"{label}: weight {src.input[0]} is not int8/int4 symmetric per channel on axis 1")
+                continue
+            act_in.append(encoding(src))
+        outs = []
+        for name in node.output:
+            users = consumers.get(name, [])
+            if name in outputs and node.op_type == "Identity":
+                continue
+            if not users or any(u.op_type != "QuantizeLinear" for u in users):
+                problems.append(f"{label}: output {name} is not quantized")
+                continue
+            outs += [encoding(u) for u in users]
+        kinds = {e[0] for e in act_in + outs if e is not None}
+        if len(kinds) > 1:
+            problems.append(f"{label}: mixes activation types {sorted(kinds)}")
+        if node.op_type in _MOVES and len({e for e in act_in + outs}) > 1:
+            problems.append(f"{label}: changes the encoding (the HTP then runs it in float)")
+    return problems
