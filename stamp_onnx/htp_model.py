@@ -153,7 +153,12 @@ def model_feeds(model_path: str | Path, feeds: dict[str, np.ndarray]) -> Iterato
 def qnn_baseline(prepared: str | Path, out_path: str | Path, feeds: dict[str, np.ndarray], options: HtpOptions) -> None:
     """Quantize the prepared float model with onnxruntime's QNN tooling: A16W8, MatMul weights
     int8 symmetric per channel on axis 1 (the strongest configuration measured here)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantType,
+        quantize,
+    )
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     model = onnx.load(str(prepared))

@@ -273,7 +273,7 @@ def calibrate_unit(plan: BlockPlan, x: np.ndarray, weight: np.ndarray, *, percen
 
 def block_forward(plan: BlockPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The unit's float transform in numpy, op for op as in the graph: (hp group, lp group)."""
-    b, s, d = x.shape
+    b, _, d = x.shape
     p, c, nb = plan.prefix, plan.rows, plan.blocks
     if plan.transform == "none":
         k = plan.hp_count
