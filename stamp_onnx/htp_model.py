@@ -115,7 +115,10 @@ def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOpti
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(folded)
-        ort.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"])
+        try:
+            ort.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"])
+        except Exception as err:  # onnxruntime's own error kinds
+            raise RewriteError(f"onnxruntime cannot fold {model_path} at fixed shapes: {first_line(err)}") from err
         folded_model = onnx.load(str(folded))
         del folded_model.metadata_props[:]
         onnx.save(folded_model, str(folded))
@@ -180,7 +183,15 @@ def qnn_baseline(prepared: str | Path, out_path: str | Path, feeds: dict[str, np
                                 weight_type=QuantType.QUInt8, init_overrides=overrides)
     if method == CalibrationMethod.Percentile:
         config.extra_options["CalibPercentile"] = options.percentile
-    quantize(str(prepared), str(out_path), config)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's advice to preprocess (done) goes to the root logger
+    try:
+        quantize(str(prepared), str(out_path), config)
+    except Exception as err:  # the quantizer raises plain exceptions of many kinds
+        raise RewriteError(f"onnxruntime's QNN quantizer failed: {first_line(err)}") from err
+    finally:
+        root.setLevel(level)
 
 
 # --- step 3: STaMP units in place of the linear layers -----------------------------------
@@ -317,9 +328,11 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
                          config.grid_width)
         codes, scales = g.array(region.weight.codes), g.array(region.weight.scales)
         w_real = (codes.astype(np.float32) * scales.reshape(1, -1)).astype(np.float32)
+        weight_t = _transposed_weight(g, region.weight, fresh(f"{region.name}/htp/weight_t"))
         ranges = htp_units.calibrate_unit(plan, x, w_real, percentile=options.percentile)
         em = UnitEmitter(region.name, fresh=fresh)
-        spec = UnitSpec(plan, options.batch, x.shape[2], region.weight, w_real.shape[1], region.bias,
+        em.initializers.update(weight_t[1])
+        spec = UnitSpec(plan, options.batch, x.shape[2], weight_t[0], w_real.shape[1], region.bias,
                         region.x_encoding, region.y_encoding, ranges, options.hp_bits, options.lp_bits)
         y = htp_units.emit_unit(em, QValue(region.x_q, region.x_encoding), spec)
         _rename_output(em, y.name, region.y_q)
@@ -330,6 +343,17 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
     _replace(model, units, removed)
     _drop_unused(model)
     return model, {"layers": layers, "skipped": skipped}
+
+
+def _transposed_weight(g: _Graph, weight: QuantWeight, name: str) -> tuple[QuantWeight, dict[str, onnx.TensorProto]]:
+    """The QNN quantizer's (d, n) MatMul weight as (n, d) codes for Gemm(transB=1), same scales."""
+    source = g.inits[weight.codes]
+    codes = g.array(weight.codes).T
+    if source.data_type == onnx.TensorProto.INT4:
+        tensor = onnx.helper.make_tensor(name, onnx.TensorProto.INT4, codes.shape, codes.astype(np.int8).ravel().tolist())
+    else:
+        tensor = numpy_helper.from_array(np.ascontiguousarray(codes), name)
+    return QuantWeight(name, weight.scales, weight.zero_points), {name: tensor}
 
 
 def _rename_output(em: UnitEmitter, old: str, new: str) -> None:
@@ -382,7 +406,9 @@ def quantize_for_htp(input_path: str | Path, output_path: str | Path, feeds: dic
     output_path = Path(output_path)
     if output_path.resolve() == Path(input_path).resolve():
         raise ConfigError(f"the output {output_path} is the input; write to another file")
-    with tempfile.TemporaryDirectory(dir=output_path.parent if output_path.parent.exists() else None) as tmp:
+    if not output_path.parent.is_dir():
+        raise ConfigError(f"the output folder {output_path.parent} does not exist; create it first")
+    with tempfile.TemporaryDirectory(dir=output_path.parent) as tmp:
         prepared, base = Path(tmp) / "float.onnx", Path(tmp) / "qnn.onnx"
         layer_names = prepare_float(input_path, prepared, options, feeds)
         qnn_baseline(prepared, base, feeds, options)

@@ -79,7 +79,10 @@ class BlockPlan:
         if self.levels < 1 and self.transform != "none":
             raise ConfigError(f"levels={self.levels}: the HTP unit needs at least one Haar level")
         if self.transform == "haar2d":
-            height, width = transforms.grid_shape(self.tokens - self.prefix, self.grid_width)
+            try:
+                height, width = transforms.grid_shape(self.tokens - self.prefix, self.grid_width)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
             if height % self.side or width % self.side:
                 raise ConfigError(
                     f"haar2d on the HTP needs a grid divisible by 2^levels = {self.side}; "
@@ -332,7 +335,10 @@ def int8_columns(matrix: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndar
 @dataclasses.dataclass(frozen=True)
 class QuantWeight:
     """An int8 (or int4) symmetric per-output-channel weight: initializer names of codes, scales,
-    zero points (axis 1 of a (d, n) MatMul weight)."""
+    zero points. A layer's weight is stored transposed, (n, d) per channel on axis 0, for a Gemm
+    with transB=1: the QNN provider then hands both precision groups' FullyConnected one static
+    tensor (a MatMul's (d, n) weight is transposed per node, so each use would get its own copy).
+    The small transform matrices are (k, n) MatMul weights per channel on axis 1."""
 
     codes: str
     scales: str
@@ -433,6 +439,18 @@ class UnitEmitter:
         return QuantWeight(self.const(what, codes), self.const(f"{what}_scale", scales),
                            self.const(f"{what}_zero_point", np.zeros(scales.shape, np.int8)))
 
+    def linear(self, v: QValue, weight: QuantWeight | str, out: Encoding | None, shape: tuple[int, int, int, int],
+               what: str) -> QValue:
+        """v (b, rows, d) times the layer's weight (n, d) transposed: Reshape, Gemm(transB=1), Reshape."""
+        b, rows, d, n = shape
+        flat = self.reshape(v, (b * rows, d))
+        if isinstance(weight, QuantWeight):
+            w = self._node("DequantizeLinear", [weight.codes, weight.scales, weight.zero_points], "weight", axis=0)
+        else:
+            w = weight
+        y = self.q(self._node("Gemm", [self.dq(flat), w], what, transB=1), out)
+        return self.reshape(y, (b, rows, n))
+
     def matmul(self, v: QValue, weight: QuantWeight | str, out: Encoding | None, what: str = "matmul") -> QValue:
         if isinstance(weight, QuantWeight):
             w = self._node("DequantizeLinear", [weight.codes, weight.scales, weight.zero_points], "weight", axis=1)
@@ -465,7 +483,7 @@ class UnitSpec:
     plan: BlockPlan
     batch: int
     features: int
-    weight: QuantWeight | np.ndarray  # int8 initializers already in the model, or a float (d, n) matrix
+    weight: QuantWeight | np.ndarray  # int8 (n, d) initializers already in the model, or a float (d, n) matrix
     outputs: int
     bias: QValue | None  # a quantized bias already in the model (its codes' name and encoding)
     input_encoding: Encoding | None
@@ -500,7 +518,8 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
     if plan.transform == "none":
         prod_enc = token_enc
     pre_out_enc = token_enc
-    weight = spec.weight if isinstance(spec.weight, QuantWeight) else em.weight(np.asarray(spec.weight), "weight")
+    weight = spec.weight if isinstance(spec.weight, QuantWeight) else em.const("weight", np.asarray(spec.weight, np.float32).T)
+    hp_rows = plan.hp_count
 
     p, nb, c, blk = plan.prefix, plan.blocks, plan.rows, plan.block
     s = plan.tokens
@@ -530,10 +549,10 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
             _forward_groups(em, tail, plan.tail_matrix(), plan.tail_rows, (b, 1), d, encs, hp_parts, lp_parts)
 
     # the two products with W
-    y_hp = em.matmul(em.concat(hp_parts), weight, prod_enc, "hp_matmul") if hp_parts else None
+    y_hp = em.linear(em.concat(hp_parts), weight, prod_enc, (b, hp_rows, d, n), "hp_matmul") if hp_parts else None
     y_lp = None
     if lp_parts:
-        y_lp = em.matmul(em.concat(lp_parts), weight, lp_prod_enc, "lp_matmul")
+        y_lp = em.linear(em.concat(lp_parts), weight, lp_prod_enc, (b, s - hp_rows, d, n), "lp_matmul")
         if prod_enc is not None:
             y_lp = em.convert(y_lp, prod_enc)
 
@@ -663,7 +682,7 @@ def layer_model(
         x_enc = Encoding.from_range(float(calib.min()), float(calib.max()), 16)
         full = calib.astype(np.float64) @ w_real.astype(np.float64) + (0 if bias is None else bias)
         y_enc = Encoding.from_range(float(full.min()), float(full.max()), 16)
-        weight_arg: QuantWeight | np.ndarray = _weight_initializers(em, codes, scales, weight_bits)
+        weight_arg: QuantWeight | np.ndarray = _weight_initializers(em, codes.T.copy(), scales, weight_bits)
         if bias is not None:
             b_enc = Encoding.from_range(float(bias.min()), float(bias.max()), 16)
             b_codes = np.clip(np.round(bias / b_enc.scale) + b_enc.zero_point, 0, 65535).astype(np.uint16)
@@ -678,7 +697,8 @@ def layer_model(
     if baseline:
         assert quantized and y_enc is not None
         token_enc = Encoding.from_range(*ranges.token_product, 16) if (ranges and bias is not None) else y_enc
-        y = em.matmul(xq, weight_arg, token_enc, "matmul")  # type: ignore[arg-type]
+        assert isinstance(weight_arg, QuantWeight)
+        y = em.linear(xq, weight_arg, token_enc, (batch, s, d, n), "matmul")
         if bias_value is not None:
             y = em.op("Add", [y, bias_value], [], y_enc, "bias")
     else:
@@ -763,8 +783,10 @@ def rule_violations(model: onnx.ModelProto, *, only_units: bool = True) -> list[
                 codes = inits[src.input[0]]
                 zp = inits.get(src.input[2]) if len(src.input) > 2 else None
                 axis = next((a.i for a in src.attribute if a.name == "axis"), 1)
-                if codes.dtype.name not in ("int8", "int4") or zp is None or np.any(zp != 0) or (codes.ndim == 2 and axis != 1):
-                    problems.append(f"{label}: weight {src.input[0]} is not int8/int4 symmetric per channel on axis 1")
+                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+                want = 0 if trans_b else 1  # the output channels
+                if codes.dtype.name not in ("int8", "int4") or zp is None or np.any(zp != 0) or (codes.ndim == 2 and axis != want):
+                    problems.append(f"{label}: weight {src.input[0]} is not int8/int4 symmetric per output channel")
                 continue
             act_in.append(encoding(src))
         outs = []
