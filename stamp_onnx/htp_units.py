@@ -238,13 +238,15 @@ class Encoding:
 @dataclasses.dataclass(frozen=True)
 class UnitRanges:
     """Calibrated (min, max) of the unit's inner tensors: the hp and lp groups (transformed
-    activations), the W products of both groups and of the lp group, and x W in token order."""
+    activations, prefix tokens apart), the W products of both groups and of the lp group, x W in
+    token order, and the prefix tokens."""
 
     hp: tuple[float, float]
     lp: tuple[float, float]
     product: tuple[float, float]
     lp_product: tuple[float, float]
     token_product: tuple[float, float]
+    prefix: tuple[float, float] = (0.0, 0.0)
 
 
 def calibrate_unit(plan: BlockPlan, x: np.ndarray, weight: np.ndarray, *, percentile: float = 100.0) -> UnitRanges:
@@ -271,7 +273,9 @@ def calibrate_unit(plan: BlockPlan, x: np.ndarray, weight: np.ndarray, *, percen
     def full(a: np.ndarray) -> tuple[float, float]:
         return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
 
-    return UnitRanges(span(u[:, :k]), span(u[:, k:]), full(y), full(y[:, k:]), full(x.astype(np.float64) @ w))
+    p = plan.prefix  # the prefix tokens are not transformed: their own range, products in token order
+    return UnitRanges(span(u[:, p:k]), span(u[:, k:]), full(y[:, p:]), full(y[:, k:]), full(x.astype(np.float64) @ w),
+                      span(u[:, :p]))
 
 
 def block_forward(plan: BlockPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -494,135 +498,111 @@ class UnitSpec:
 
 
 def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
-    """Emit the unit for ``x`` (batch, S, d) into ``em``; returns y (batch, S, n) in the output encoding."""
+    """Emit the unit for ``x`` (batch, S, d) into ``em``; returns y (batch, S, n) in the output encoding.
+
+    Every part (prefix, full blocks, tail) has its own W products, one per precision group: the
+    weight is one shared initializer, and no group is packed into one tensor and sliced apart
+    again (each Concat/Slice is a copy on the HTP).
+    """
     plan, b, d, n = spec.plan, spec.batch, spec.features, spec.outputs
     r = spec.ranges
-    quant = em.quantized
-    if quant and r is None:
+    if em.quantized and r is None:
         raise ValueError("a quantized unit needs calibrated ranges")
 
     def enc(span: tuple[float, float], bits: int) -> Encoding | None:
-        return Encoding.from_range(*span, bits) if quant and r is not None else None
+        return Encoding.from_range(*span, bits) if em.quantized and r is not None else None
 
     wide = x.encoding.bits if x.encoding is not None else spec.hp_bits  # the transform runs at the input's type
-    hp_wide = enc(r.hp, wide) if r else None
-    hp_enc = enc(r.hp, spec.hp_bits) if r else None
-    lp_wide = enc(r.lp, wide) if r else None
-    lp_enc = enc(r.lp, spec.lp_bits) if r else None
-    prod_enc = enc(r.product, spec.hp_bits) if r else None
-    lp_prod_enc = enc(r.lp_product, spec.lp_bits) if r else None
-    token_enc = enc(r.token_product, spec.hp_bits) if r else None  # the inverse's output
-    out_enc = spec.output_encoding if quant else None
-    # the bias Add reads the output's type: x W in token order, converted to it
-    add_enc = enc(r.token_product, out_enc.bits) if (r and out_enc is not None and spec.bias is not None) else None
-    if plan.transform == "none":
-        prod_enc = token_enc
-    pre_out_enc = token_enc
+    both = (min(r.hp[0], r.lp[0]), max(r.hp[1], r.lp[1])) if r else (0.0, 0.0)
+    coefficients = enc(both, wide)
+    e = _UnitEncodings(
+        coefficients=coefficients,  # a 16-bit hp group keeps the coefficients' own encoding
+        hp=coefficients if spec.hp_bits == wide else enc(r.hp, spec.hp_bits) if r else None,
+        lp=coefficients if spec.lp_bits == wide else enc(r.lp, spec.lp_bits) if r else None,
+        product=enc(r.product, spec.hp_bits) if r else None, lp_product=enc(r.lp_product, spec.lp_bits) if r else None,
+        tokens=enc(r.token_product, spec.hp_bits) if r else None,
+    )
+    out_enc = spec.output_encoding if em.quantized else None
     weight = spec.weight if isinstance(spec.weight, QuantWeight) else em.const("weight", np.asarray(spec.weight, np.float32).T)
-    hp_rows = plan.hp_count
-
-    p, nb, c, blk = plan.prefix, plan.blocks, plan.rows, plan.block
-    s = plan.tokens
-    hp_parts: list[QValue] = []
-    lp_parts: list[QValue] = []
+    p, s = plan.prefix, plan.tokens
+    pieces: list[QValue] = []
 
     def take(start: int, end: int) -> QValue:
         return x if (start, end) == (0, s) else em.slice(x, start, end)
 
-    # forward transform and groups
+    def product(v: QValue, lead: int, rows: int, group: str, target: Encoding | None) -> QValue:
+        """v (lead, rows, d) in group ``group`` times W, converted to ``target``: (lead, rows, n)."""
+        out = e.lp_product if group == "lp" else target
+        y = em.linear(v, weight, out, (lead, rows, d, n), f"{group}_matmul")
+        return em.convert(y, target) if target is not None else y
+
     if plan.transform == "none":
         k = plan.hp_count
-        if k:
-            hp_parts.append(em.convert(take(0, k), hp_enc) if hp_enc else take(0, k))
-        if k < s:
-            lp_parts.append(em.convert(take(k, s), lp_enc) if lp_enc else take(k, s))
+        for start, end, group, genc in ((0, k, "hp", e.hp), (k, s, "lp", e.lp)):
+            if end > start:
+                part = take(start, end)
+                pieces.append(product(em.convert(part, genc) if genc else part, b, end - start, group, e.tokens))
     else:
         if p:
-            pre = take(0, p)
-            hp_parts.append(em.convert(pre, hp_enc) if hp_enc else pre)
-        encs = (hp_wide, hp_enc, lp_wide, lp_enc)
+            pre = take(0, p)  # at hp bits: as it comes when those are the input's, else its own encoding
+            if spec.hp_bits != wide and r is not None and em.quantized:
+                pre = em.convert(pre, Encoding.from_range(*r.prefix, spec.hp_bits))
+            pieces.append(product(pre, b, p, "hp", e.tokens))
+        nb, blk = plan.blocks, plan.block
         if nb:
             blocks = em.transpose(_emit_blocks(em, plan, take(p, p + nb * blk), b, d), (0, 2, 1))  # (b*nb, d, blk)
-            _forward_groups(em, blocks, plan.block_matrix(), c, (b, nb), d, encs, hp_parts, lp_parts)
+            tokens = _block_part(em, blocks, plan.block_matrix(), plan.rows, b * nb, d, e, product)
+            pieces.append(_emit_unblocks(em, plan, tokens, b, n))
         if plan.tail:
             tail = em.transpose(take(p + nb * blk, s), (0, 2, 1))  # (b, d, r)
-            _forward_groups(em, tail, plan.tail_matrix(), plan.tail_rows, (b, 1), d, encs, hp_parts, lp_parts)
-
-    # the two products with W
-    y_hp = em.linear(em.concat(hp_parts), weight, prod_enc, (b, hp_rows, d, n), "hp_matmul") if hp_parts else None
-    y_lp = None
-    if lp_parts:
-        y_lp = em.linear(em.concat(lp_parts), weight, lp_prod_enc, (b, s - hp_rows, d, n), "lp_matmul")
-        if prod_enc is not None:
-            y_lp = em.convert(y_lp, prod_enc)
-
-    # inverse transform
-    if plan.transform == "none":
-        pieces = [v for v in (y_hp, y_lp) if v is not None]
-        y = em.concat([em.convert(v, pre_out_enc) if pre_out_enc else v for v in pieces])
-    else:
-        pieces = []
-        if p:
-            assert y_hp is not None
-            pre_y = em.slice(y_hp, 0, p)
-            pieces.append(em.convert(pre_y, pre_out_enc) if pre_out_enc else pre_y)
-        hp_at, lp_at = p, 0
-        for count, rows, matrix, shape in (
-            (nb, c, plan.block_matrix() if nb else None, (b * nb, blk)),
-            (1 if plan.tail else 0, plan.tail_rows, plan.tail_matrix() if plan.tail else None, (b, plan.tail)),
-        ):
-            if not count or matrix is None:
-                continue
-            size = shape[1]
-            hp_len, lp_len = (nb if size == blk else 1) * rows, (nb if size == blk else 1) * (size - rows)
-            coef = []
-            if rows:
-                assert y_hp is not None
-                coef.append(em.reshape(_slice_if(em, y_hp, hp_at, hp_at + hp_len, plan.hp_count), (shape[0], rows, n)))
-            if size - rows:
-                assert y_lp is not None
-                coef.append(em.reshape(_slice_if(em, y_lp, lp_at, lp_at + lp_len, s - plan.hp_count), (shape[0], size - rows, n)))
-            hp_at, lp_at = hp_at + hp_len, lp_at + lp_len
-            coef_t = em.transpose(em.concat(coef), (0, 2, 1))  # (blocks, n, size)
-            tokens_t = em.matmul(coef_t, em.weight(matrix, "inverse"), pre_out_enc, "inverse")
-            tokens = em.transpose(tokens_t, (0, 2, 1))  # (blocks, size, n)
-            if size == blk:
-                pieces.append(_emit_unblocks(em, plan, tokens, b, n))
-            else:
-                pieces.append(tokens)
-        y = em.concat(pieces)
+            pieces.append(_block_part(em, tail, plan.tail_matrix(), plan.tail_rows, b, d, e, product))
+    y = em.concat(pieces)
     if spec.bias is not None:
-        if add_enc is not None:
-            y = em.convert(y, add_enc)
+        if out_enc is not None and r is not None:
+            y = em.convert(y, Encoding.from_range(*r.token_product, out_enc.bits))  # the Add reads the output's type
         y = em.op("Add", [y, spec.bias], [], out_enc, "bias")
     elif out_enc is not None:
         y = em.convert(y, out_enc)
     return y
 
 
-def _slice_if(em: UnitEmitter, v: QValue, start: int, end: int, total: int) -> QValue:
-    """Tokens [start, end) of v (which holds ``total``): no Slice when that is all of it."""
-    return v if (start, end) == (0, total) else em.slice(v, start, end)
+@dataclasses.dataclass(frozen=True)
+class _UnitEncodings:
+    coefficients: Encoding | None  # the forward transform's output, at the input's type
+    hp: Encoding | None
+    lp: Encoding | None
+    product: Encoding | None  # the coefficient-domain products, both groups (hp bits)
+    lp_product: Encoding | None  # the lp group's own product (lp bits)
+    tokens: Encoding | None  # x W in token order (hp bits): the inverse's output
 
 
-def _forward_groups(
-    em: UnitEmitter, blocks_t: QValue, matrix: np.ndarray, rows: int, counts: tuple[int, int], d: int,
-    encs: tuple[Encoding | None, ...], hp_parts: list[QValue], lp_parts: list[QValue],
-) -> None:
-    """blocks_t (b*nb, d, size) @ F^T: the first ``rows`` coefficients to the hp group, the rest to
-    lp. Each MatMul writes the input's type (type-homogeneous), then converts to its group's."""
-    hp_wide, hp_enc, lp_wide, lp_enc = encs
-    b, nb = counts
+def _block_part(
+    em: UnitEmitter, blocks_t: QValue, matrix: np.ndarray, rows: int, count: int, d: int,
+    e: _UnitEncodings, product: Callable[[QValue, int, int, str, Encoding | None], QValue],
+) -> QValue:
+    """Blocks laid out (count, d, size): one MatMul by F^T at the input's type, the coefficients
+    back to (count, size, d), sliced into the hp rows and the lp rows (each converted to its
+    group's encoding), each group times W, a block's coefficients joined again and F^T's
+    inverse applied; returns (count, size, n) tokens.
+
+    One forward MatMul for both groups: with one per group, onnxruntime's transpose optimizer
+    copied the Transpose between them for each MatMul (it still moves it past the Slices and
+    leaves a Convert in its place: docs/htp.md, "Data movement").
+    """
     size = matrix.shape[0]
-    for part, take, wide, group, what in ((hp_parts, slice(0, rows), hp_wide, hp_enc, "forward_hp"),
-                                          (lp_parts, slice(rows, size), lp_wide, lp_enc, "forward_lp")):
-        count = take.stop - take.start
-        if not count:
+    coef = em.matmul(blocks_t, em.weight(matrix.T, "forward"), e.coefficients, "forward")
+    coef = em.transpose(coef, (0, 2, 1))  # (count, size, d)
+    coefs = []
+    for start, end, group, what in ((0, rows, e.hp, "hp"), (rows, size, e.lp, "lp")):
+        if end == start:
             continue
-        coef = em.matmul(blocks_t, em.weight(matrix[take].T, what), wide, what)
+        part = coef if (start, end) == (0, size) else em.slice(coef, start, end)
         if group is not None:
-            coef = em.convert(coef, group)
-        part.append(em.reshape(em.transpose(coef, (0, 2, 1)), (b, nb * count, d)))
+            part = em.convert(part, group)
+        coefs.append(product(part, count, end - start, what, e.product))  # (count, k, n)
+    joined_t = em.transpose(em.concat(coefs), (0, 2, 1))  # (count, n, size)
+    tokens_t = em.matmul(joined_t, em.weight(matrix, "inverse"), e.tokens, "inverse")
+    return em.transpose(tokens_t, (0, 2, 1))
 
 
 def _emit_blocks(em: UnitEmitter, plan: BlockPlan, body: QValue, b: int, d: int) -> QValue:
