@@ -513,16 +513,25 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
         return Encoding.from_range(*span, bits) if em.quantized and r is not None else None
 
     wide = x.encoding.bits if x.encoding is not None else spec.hp_bits  # the transform runs at the input's type
+    # No re-encoding within one type anywhere: onnxruntime folds a u16 -> u16 DQ -> Q into the
+    # QuantizeLinear before it, and the Reshape/Slice/Concat there then changes encoding (float
+    # on the HTP). A group at the input's width keeps the encoding it has; an lp group as wide as
+    # the hp group shares its product encoding; without a bias the inverse writes the output's.
     both = (min(r.hp[0], r.lp[0]), max(r.hp[1], r.lp[1])) if r else (0.0, 0.0)
-    coefficients = enc(both, wide)
-    e = _UnitEncodings(
-        coefficients=coefficients,  # a 16-bit hp group keeps the coefficients' own encoding
-        hp=coefficients if spec.hp_bits == wide else enc(r.hp, spec.hp_bits) if r else None,
-        lp=coefficients if spec.lp_bits == wide else enc(r.lp, spec.lp_bits) if r else None,
-        product=enc(r.product, spec.hp_bits) if r else None, lp_product=enc(r.lp_product, spec.lp_bits) if r else None,
-        tokens=enc(r.token_product, spec.hp_bits) if r else None,
-    )
+    source = x.encoding if plan.transform == "none" else enc(both, wide)
     out_enc = spec.output_encoding if em.quantized else None
+    product = enc(r.product, spec.hp_bits) if r else None
+    tokens = enc(r.token_product, spec.hp_bits) if r else None
+    if spec.bias is None and out_enc is not None and out_enc.bits == spec.hp_bits:
+        tokens = out_enc
+    e = _UnitEncodings(
+        coefficients=source,
+        hp=source if spec.hp_bits == wide else enc(r.hp, spec.hp_bits) if r else None,
+        lp=source if spec.lp_bits == wide else enc(r.lp, spec.lp_bits) if r else None,
+        product=tokens if plan.transform == "none" else product,
+        lp_product=None if spec.lp_bits == spec.hp_bits else enc(r.lp_product, spec.lp_bits) if r else None,
+        tokens=tokens,
+    )
     weight = spec.weight if isinstance(spec.weight, QuantWeight) else em.const("weight", np.asarray(spec.weight, np.float32).T)
     p, s = plan.prefix, plan.tokens
     pieces: list[QValue] = []
@@ -532,7 +541,7 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
 
     def product(v: QValue, lead: int, rows: int, group: str, target: Encoding | None) -> QValue:
         """v (lead, rows, d) in group ``group`` times W, converted to ``target``: (lead, rows, n)."""
-        out = e.lp_product if group == "lp" else target
+        out = e.lp_product if group == "lp" and e.lp_product is not None else target
         y = em.linear(v, weight, out, (lead, rows, d, n), f"{group}_matmul")
         return em.convert(y, target) if target is not None else y
 
@@ -558,7 +567,7 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
             pieces.append(_block_part(em, tail, plan.tail_matrix(), plan.tail_rows, b, d, e, product))
     y = em.concat(pieces)
     if spec.bias is not None:
-        if out_enc is not None and r is not None:
+        if out_enc is not None and r is not None and out_enc.bits != spec.hp_bits:
             y = em.convert(y, Encoding.from_range(*r.token_product, out_enc.bits))  # the Add reads the output's type
         y = em.op("Add", [y, spec.bias], [], out_enc, "bias")
     elif out_enc is not None:
@@ -748,6 +757,12 @@ def rule_violations(model: onnx.ModelProto, *, only_units: bool = True) -> list[
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             if encoding(node) is None:
                 problems.append(f"{label}: scale/zero point not constant initializers")
+            src = producer.get(node.input[0])
+            if node.op_type == "QuantizeLinear" and src is not None and src.op_type == "DequantizeLinear":
+                before, after = encoding(src), encoding(node)
+                if before and after and before[0] == after[0] and before != after:
+                    problems.append(f"{label}: re-encodes within {after[0]} (onnxruntime folds that into the "
+                                    "QuantizeLinear before it, whose op then changes encoding)")
             continue
         act_in: list[tuple[Any, ...] | None] = []
         for index, name in enumerate(node.input):

@@ -116,3 +116,23 @@ def test_check_model_flags_float_ops(tmp_path: Path) -> None:
     assert report.float_ops[0][0] == "FullyConnected"
     path, _, _ = _layer(tmp_path, "haar", 64)
     assert htp_runtime.check_model(path, dump_dir=tmp_path / "d").integer_only
+
+
+@needs_qnn
+@pytest.mark.parametrize("spec", ["haar", "none", "haar-lp16", "haar-hp8"])
+def test_spliced_model_runs_integer_only_on_the_htp(tmp_path: Path, spec: str) -> None:
+    import models
+
+    from stamp_onnx.config import StampConfig
+    from stamp_onnx.htp_model import HtpOptions, quantize_for_htp
+
+    source = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(1)
+    x = (np.cumsum(rng.standard_normal((4, 32, models.D_IN)), axis=1) / 8).astype(np.float32)
+    transform, _, bits = spec.partition("-")
+    options = HtpOptions(seq_len=32, lp_bits=16 if bits == "lp16" else 8, hp_bits=8 if bits == "hp8" else 16)
+    out = tmp_path / "mlp.htp.onnx"
+    quantize_for_htp(source, out, {"x": x}, StampConfig(transform=transform, hp_tokens=16), options)
+    assert htp_units.rule_violations(onnx.load(out)) == []
+    report = htp_runtime.check_model(out, feeds={"x": x[:1]})
+    assert report.integer_only, report.float_ops
