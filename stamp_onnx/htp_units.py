@@ -520,17 +520,17 @@ def emit_unit(em: UnitEmitter, x: QValue, spec: UnitSpec) -> QValue:
     both = (min(r.hp[0], r.lp[0]), max(r.hp[1], r.lp[1])) if r else (0.0, 0.0)
     source = x.encoding if plan.transform == "none" else enc(both, wide)
     out_enc = spec.output_encoding if em.quantized else None
-    product = enc(r.product, spec.hp_bits) if r else None
-    tokens = enc(r.token_product, spec.hp_bits) if r else None
+    product_enc = enc(r.product, spec.hp_bits) if r else None
+    tokens_enc = enc(r.token_product, spec.hp_bits) if r else None
     if spec.bias is None and out_enc is not None and out_enc.bits == spec.hp_bits:
-        tokens = out_enc
+        tokens_enc = out_enc
     e = _UnitEncodings(
         coefficients=source,
         hp=source if spec.hp_bits == wide else enc(r.hp, spec.hp_bits) if r else None,
         lp=source if spec.lp_bits == wide else enc(r.lp, spec.lp_bits) if r else None,
-        product=tokens if plan.transform == "none" else product,
+        product=tokens_enc if plan.transform == "none" else product_enc,
         lp_product=None if spec.lp_bits == spec.hp_bits else enc(r.lp_product, spec.lp_bits) if r else None,
-        tokens=tokens,
+        tokens=tokens_enc,
     )
     weight = spec.weight if isinstance(spec.weight, QuantWeight) else em.const("weight", np.asarray(spec.weight, np.float32).T)
     p, s = plan.prefix, plan.tokens
