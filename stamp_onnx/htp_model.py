@@ -95,12 +95,11 @@ def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOpti
             model.graph.input.remove(graph_input)
             model.graph.initializer.append(numpy_helper.from_array(value, graph_input.name))
             continue
+        # a dynamic first dim is the batch, any other dynamic dim the sequence (text: (batch, sequence);
+        # images: (batch, 3, 224, 224) with only the batch dynamic)
         dims = graph_input.type.tensor_type.shape.dim
-        if len(dims) < 2:
-            raise RewriteError(f"input {graph_input.name} has rank {len(dims)}; expected (batch, sequence, ...)")
-        shape = [options.batch, options.seq_len] + [d.dim_value if d.HasField("dim_value") else -1 for d in dims[2:]]
-        if any(s < 1 for s in shape):
-            raise RewriteError(f"input {graph_input.name} has dynamic dims beyond batch and sequence; fix them first")
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+                 (options.batch if i == 0 else options.seq_len) for i, d in enumerate(dims)]
         make_input_shape_fixed(model.graph, graph_input.name, shape)
     fix_output_shapes(model)
     del model.metadata_props[:]
