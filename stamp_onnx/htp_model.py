@@ -35,7 +35,8 @@ from onnx import numpy_helper
 from stamp_onnx import htp_units
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
-from stamp_onnx.htp_units import BlockPlan, Encoding, QuantWeight, QValue, UnitEmitter, UnitSpec
+from stamp_onnx.htp_plan import BlockPlan, Encoding, calibrate_unit
+from stamp_onnx.htp_units import QuantWeight, QValue, UnitEmitter, UnitSpec
 from stamp_onnx.naming import layer_name_from_metadata
 
 logger = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
         codes, scales = g.array(region.weight.codes), g.array(region.weight.scales)
         w_real = (codes.astype(np.float32) * scales.reshape(1, -1)).astype(np.float32)
         weight_t = _transposed_weight(g, region.weight, fresh(f"{region.name}/htp/weight_t"))
-        ranges = htp_units.calibrate_unit(plan, x, w_real, percentile=options.percentile)
+        ranges = calibrate_unit(plan, x, w_real, percentile=options.percentile)
         em = UnitEmitter(region.name, fresh=fresh)
         em.initializers.update(weight_t[1])
         spec = UnitSpec(plan, options.batch, x.shape[2], weight_t[0], w_real.shape[1], region.bias,

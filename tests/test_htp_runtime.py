@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stamp_onnx import htp_runtime, htp_units
+from stamp_onnx import htp_rules, htp_runtime, htp_units
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.htp_units import BlockPlan
+from stamp_onnx.htp_plan import BlockPlan
 from stamp_onnx.quant import sqnr_db
 
 needs_qnn = pytest.mark.skipif(not htp_runtime.available(), reason="onnxruntime-qnn is not installed (optional extra `htp`)")
@@ -133,6 +133,6 @@ def test_spliced_model_runs_integer_only_on_the_htp(tmp_path: Path, spec: str) -
     options = HtpOptions(seq_len=32, lp_bits=16 if bits == "lp16" else 8, hp_bits=8 if bits == "hp8" else 16)
     out = tmp_path / "mlp.htp.onnx"
     quantize_for_htp(source, out, {"x": x}, StampConfig(transform=transform, hp_tokens=16), options)
-    assert htp_units.rule_violations(onnx.load(out)) == []
+    assert htp_rules.rule_violations(onnx.load(out)) == []
     report = htp_runtime.check_model(out, feeds={"x": x[:1]})
     assert report.integer_only, report.float_ops

@@ -1,4 +1,4 @@
-"""Tests for the static integer STaMP units (stamp_onnx.htp_units) and the whole-model splice.
+"""Tests for the static integer STaMP units (stamp_onnx.htp_plan, htp_units, htp_rules) and the whole-model splice.
 
 The block form is held to the transform oracle (stamp_onnx.transforms) row by row, the float unit
 to x W + b, the quantized unit to float within its bits, and every unit node to the HTP's rules.
@@ -15,11 +15,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from stamp_onnx import htp_units, transforms
+from stamp_onnx import htp_plan, htp_rules, htp_units, transforms
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
 from stamp_onnx.htp_model import HtpOptions, quantize_for_htp
-from stamp_onnx.htp_units import BlockPlan, Encoding
+from stamp_onnx.htp_plan import BlockPlan, Encoding
 from stamp_onnx.quant import sqnr_db
 
 PLANS = [
@@ -66,7 +66,7 @@ def test_block_form_is_the_reference_transform_regrouped(plan: BlockPlan) -> Non
     # the hp group is exactly the first hp_count tokens of the reference order
     assert set(position[: plan.hp_count]) == set(range(plan.hp_count))
     x = np.random.default_rng(plan.tokens).standard_normal((2, plan.tokens, 5)).astype(np.float32)
-    hp, lp = htp_units.block_forward(plan, x)
+    hp, lp = htp_plan.block_forward(plan, x)
     ref = transforms.forward(x, plan.transform, plan.levels, plan.prefix, plan.grid_width)
     np.testing.assert_allclose(np.concatenate([hp, lp], axis=1), ref[:, position], atol=1e-5)
 
@@ -114,7 +114,7 @@ def test_quantized_unit_keeps_the_htp_rules_and_its_precision() -> None:
                           "none": {}, "a16": {"baseline": True}}.items():
         model = htp_units.layer_model(BlockPlan("none", s, 3, 0, 17) if label == "none" else plan, w, b, calib, **kwargs)
         onnx.checker.check_model(model, full_check=True)
-        assert htp_units.rule_violations(model) == []
+        assert htp_rules.rule_violations(model) == []
         results[label] = sqnr_db(want, _run(model, test))
     assert results["a16"] > 70 and results["16/16"] > 70  # the transform's int8 matrices cost little
     assert results["16/8"] > results["8/8"] + 10  # the hp group's 16 bits matter
@@ -132,7 +132,7 @@ def test_rule_checker_catches_a_broken_unit() -> None:
     q = next(n for n in model.graph.node if transpose.output[0] in n.input)
     scale = next(i for i in model.graph.initializer if i.name == q.input[1])
     scale.CopyFrom(onnx.numpy_helper.from_array(np.array(0.5, np.float32), scale.name))
-    assert any("changes the encoding" in p for p in htp_units.rule_violations(model))
+    assert any("changes the encoding" in p for p in htp_rules.rule_violations(model))
 
 
 def test_inverse_haar_fits_the_int8_grid() -> None:
@@ -180,7 +180,7 @@ def test_whole_model_splice(tmp_path, transform: str) -> None:
     assert source.read_bytes() == before
     assert [layer["layer"] for layer in report["layers"]] == ["fc1", "fc2"]  # not the x x^T product
     model = onnx.load(out)
-    assert htp_units.rule_violations(model) == []
+    assert htp_rules.rule_violations(model) == []
     assert not any(n.domain for n in model.graph.node)
     options_cpu = ort.SessionOptions()
     options_cpu.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

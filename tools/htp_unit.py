@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stamp_onnx import htp_model, htp_runtime, htp_units
+from stamp_onnx import htp_model, htp_plan, htp_rules, htp_runtime, htp_units
 from stamp_onnx.calibration import load_feeds
-from stamp_onnx.htp_units import BlockPlan
+from stamp_onnx.htp_plan import BlockPlan
 from stamp_onnx.quant import sqnr_db
 
 
@@ -56,7 +56,7 @@ def real_layer(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--transform", default="haar", choices=htp_units.UNIT_TRANSFORMS)
+    ap.add_argument("--transform", default="haar", choices=htp_plan.UNIT_TRANSFORMS)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--features", type=int, default=64)
     ap.add_argument("--outputs", type=int, default=96)
@@ -84,7 +84,7 @@ def main() -> int:
             cpu_session = htp_runtime.cpu_reference_session(path)
             cpu = np.concatenate([cpu_session.run(None, {"x": row[None]})[0] for row in test])
             row = {"variant": label, "transform": transform, "hp_tokens": plan.hp_count, "onnx_nodes": len(model.graph.node),
-                   "rule_violations": len(htp_units.rule_violations(model)), "sqnr_cpu_db": round(sqnr_db(want, cpu), 2)}
+                   "rule_violations": len(htp_rules.rule_violations(model)), "sqnr_cpu_db": round(sqnr_db(want, cpu), 2)}
             if htp_runtime.available() and args.htp_samples:
                 k = min(args.htp_samples, len(test))
                 dump = Path(tmp) / f"{label}_json"
