@@ -248,6 +248,9 @@ def linear_regions(model: onnx.ModelProto, float_model: onnx.ModelProto, config:
     float_nodes = {n.name: n for n in float_model.graph.node}
     regions, skipped = [], []
     for node in g.graph.node:
+        if node.op_type == "Gemm" and len(node.input) > 1 and _is_constant(g, node.input[1]):
+            skipped.append(f"{layer_names.get(node.name, node.name)}: a Gemm (only MatMul + Add layers get units)")
+            continue
         if node.op_type != "MatMul":
             continue
         x_dq, w_dq = (g.producer.get(node.input[0]), g.producer.get(node.input[1]))
@@ -283,6 +286,12 @@ def linear_regions(model: onnx.ModelProto, float_model: onnx.ModelProto, config:
         regions.append(LinearRegion(layer, node, float_nodes[node.name].input[0], x_dq.input[0], g.encoding(x_dq),
                                     weight, bias, y_q, y_enc, removed))
     return regions, skipped
+
+
+def _is_constant(g: _Graph, name: str) -> bool:
+    """An initializer, or the DequantizeLinear of one."""
+    src = g.producer.get(name)
+    return name in g.inits or (src is not None and src.op_type == "DequantizeLinear" and src.input[0] in g.inits)
 
 
 def float_activations(float_path: str | Path, names: Sequence[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -194,6 +194,21 @@ def test_whole_model_splice(tmp_path, transform: str) -> None:
             assert sqnr_db(want, got) > floor
 
 
+def test_whole_model_at_batch_two_keeps_samples_apart(tmp_path) -> None:
+    source = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
+    x = _mlp_feeds(8, 6)["x"]
+    out = tmp_path / "mlp.b2.onnx"
+    quantize_for_htp(source, out, {"x": x}, StampConfig(hp_tokens=16), HtpOptions(seq_len=32, batch=2))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    first = session.run(["y"], {"x": x[:2]})[0]
+    other = session.run(["y"], {"x": np.stack([x[0], x[3]])})[0]
+    np.testing.assert_array_equal(first[0], other[0])  # sample 0 does not see sample 1
+    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(["y"], {"x": x[:2]})[0]
+    assert sqnr_db(want, first) > 30
+
+
 def test_whole_model_errors(tmp_path) -> None:
     source = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
     calib = _mlp_feeds(6, 2)
