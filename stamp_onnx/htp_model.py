@@ -37,6 +37,7 @@ from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
 from stamp_onnx.htp_plan import BlockPlan, Encoding, calibrate_unit
 from stamp_onnx.htp_units import QuantWeight, QValue, UnitEmitter, UnitSpec
+from stamp_onnx.model_io import check_output_path, load_model
 from stamp_onnx.naming import layer_name_from_metadata
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOpti
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
 
+    load_model(model_path)  # the project's checks: a readable model, safe external data, onnx.checker
     try:
         model = onnx.load(str(model_path))
     except Exception as err:  # OSError, protobuf's DecodeError, onnx's own errors
@@ -412,11 +414,7 @@ def quantize_for_htp(input_path: str | Path, output_path: str | Path, feeds: dic
     """``stamp-onnx quantize IN -o OUT --target htp --calibration FILE.npz --seq-len S``: a
     fixed-shape static QDQ model for the HTP; returns a report (layers rewritten, skipped).
     The output is written to a temporary file, checked and renamed into place."""
-    output_path = Path(output_path)
-    if output_path.resolve() == Path(input_path).resolve():
-        raise ConfigError(f"the output {output_path} is the input; write to another file")
-    if not output_path.parent.is_dir():
-        raise ConfigError(f"the output folder {output_path.parent} does not exist; create it first")
+    output_path = check_output_path(input_path, output_path)
     with tempfile.TemporaryDirectory(dir=output_path.parent) as tmp:
         prepared, base = Path(tmp) / "float.onnx", Path(tmp) / "qnn.onnx"
         layer_names = prepare_float(input_path, prepared, options, feeds)

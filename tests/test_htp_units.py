@@ -17,7 +17,7 @@ import pytest
 
 from stamp_onnx import htp_plan, htp_rules, htp_units, transforms
 from stamp_onnx.config import StampConfig
-from stamp_onnx.errors import ConfigError
+from stamp_onnx.errors import ConfigError, ModelLoadError
 from stamp_onnx.htp_model import HtpOptions, quantize_for_htp
 from stamp_onnx.htp_plan import BlockPlan, Encoding
 from stamp_onnx.quant import sqnr_db
@@ -212,11 +212,15 @@ def test_whole_model_at_batch_two_keeps_samples_apart(tmp_path) -> None:
 def test_whole_model_errors(tmp_path) -> None:
     source = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
     calib = _mlp_feeds(6, 2)
-    with pytest.raises(ConfigError, match="is the input"):
+    with pytest.raises(ConfigError, match="is the input file"):
         quantize_for_htp(source, source, calib, StampConfig(), HtpOptions(seq_len=32))
     with pytest.raises(ConfigError, match="no input of that name"):
         quantize_for_htp(source, tmp_path / "o.onnx", calib, StampConfig(), HtpOptions(seq_len=32, fold_inputs=("mask",)))
     with pytest.raises(ConfigError, match="lacks the model input"):
         quantize_for_htp(source, tmp_path / "o.onnx", {"y": calib["x"]}, StampConfig(), HtpOptions(seq_len=32))
+    with pytest.raises(ConfigError, match="does not exist"):
+        quantize_for_htp(source, tmp_path / "no" / "o.onnx", calib, StampConfig(), HtpOptions(seq_len=32))
+    with pytest.raises(ModelLoadError, match="no such file"):
+        quantize_for_htp(tmp_path / "none.onnx", tmp_path / "o.onnx", calib, StampConfig(), HtpOptions(seq_len=32))
     assert not (tmp_path / "o.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]
