@@ -24,8 +24,8 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from stamp_onnx.config import StampConfig  # noqa: E402
-from stamp_onnx.pipeline import quantize_file  # noqa: E402
+from stamp_onnx.config import StampConfig
+from stamp_onnx.pipeline import quantize_file
 
 CONFIGS = {
     "haar": StampConfig(),
