@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stamp_onnx import runtime
+from stamp_onnx import quant, runtime
 from stamp_onnx.cli import main
 from stamp_onnx.compare import batch_axis, compare_files, generate_inputs
 from stamp_onnx.config import StampConfig
@@ -25,16 +25,19 @@ VOCAB, POSITIONS = 37, 20
 
 
 def linear_model(*, d_out: int = 8, out_name: str = "y", in_name: str = "x", elem: int = TensorProto.FLOAT,
-                 mix: bool = False) -> onnx.ModelProto:
+                 mix: bool = False, unary: str = "", scale: float = 0.25) -> onnx.ModelProto:
     """x (batch, seq, 16) -> MatMul W -> y (batch, seq, d_out); ``mix`` subtracts the mean over the
-    batch axis from y, so every sample's output depends on every other sample."""
-    w = np.random.default_rng(3).standard_normal((16, d_out)).astype(helper.tensor_dtype_to_np_dtype(elem)) / 4
-    nodes = [helper.make_node("MatMul", [in_name, "w"], ["z" if mix else out_name], name="fc")]
+    batch axis from y, so every sample's output depends on every other sample; ``unary`` is an op
+    applied to y at the end (Sqrt: NaN where y < 0)."""
+    w = (np.random.default_rng(3).standard_normal((16, d_out)) * scale).astype(helper.tensor_dtype_to_np_dtype(elem))
+    nodes = [helper.make_node("MatMul", [in_name, "w"], ["z" if mix or unary else out_name], name="fc")]
     inits = [numpy_helper.from_array(w, "w")]
     if mix:
         nodes += [helper.make_node("ReduceMean", ["z", "axes"], ["mean"], keepdims=1),
                   helper.make_node("Sub", ["z", "mean"], [out_name])]
         inits.append(numpy_helper.from_array(np.array([0], np.int64), "axes"))
+    elif unary:
+        nodes.append(helper.make_node(unary, ["z"], [out_name]))
     graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info(in_name, elem, ["batch", "seq", 16])],
                               [helper.make_tensor_value_info(out_name, elem, ["batch", "seq", d_out])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
@@ -184,6 +187,30 @@ def test_outputs_that_differ_are_failures(linear_path: Path, tmp_path: Path) -> 
     assert report.failures == [f"output 'y' has shape (2, 16, 8) in {linear_path} but (2, 16, 4) in {narrow}"]
 
 
+def test_nan_where_the_float_model_is_finite_is_a_failure(linear_path: Path, tmp_path: Path) -> None:
+    rooted = models.save(linear_model(unary="Sqrt"), tmp_path / "sqrt.onnx")
+    report = compare_files(linear_path, rooted)
+    nans = int(np.sum(generate_inputs(linear_path)["x"] @ numpy_helper.to_array(linear_model().graph.initializer[0]) < 0))
+    assert nans > 0 and f"output 'y': {nans} values are nan or inf in {rooted} where {linear_path} is finite" in report.failures
+
+
+def test_an_all_zero_reference_gives_minus_inf(linear_path: Path, tmp_path: Path) -> None:
+    zero = models.save(linear_model(scale=0.0), tmp_path / "zero.onnx")
+    report = compare_files(zero, linear_path)
+    assert report.outputs[0].sqnr_db == -np.inf and report.outputs[0].max_abs > 0
+    with np.errstate(divide="ignore"):
+        assert quant.sqnr_db(np.zeros(3), np.ones(3)) == -np.inf  # the formula compare reuses says the same
+
+
+def test_a_non_numeric_output_is_compared_for_equality(tmp_path: Path) -> None:
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["t"], to=TensorProto.STRING)], "strings",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("t", TensorProto.STRING, ["batch", 3])])
+    path = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "s.onnx")
+    report = compare_files(path, path)
+    assert report.ok and report.outputs == [] and "output 't' is not numeric (object)" in report.notes[0]
+
+
 def _not_onnx(folder: Path) -> Path:
     path = folder / "notes.onnx"
     path.write_text("not a model\n")
@@ -240,6 +267,17 @@ def test_an_input_type_compare_cannot_make(tmp_path: Path) -> None:
     path = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "s.onnx")
     with pytest.raises(ValidationError, match="input 's' is STRING of rank 1: compare takes float"):
         compare_files(path, path)
+
+
+def test_unknown_dims(tmp_path: Path) -> None:
+    """Dims with neither a size nor a name: the first is the batch, the others get seq_len."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "unknown",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])])
+    path = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "unknown.onnx")
+    report = compare_files(path, path, batch=3, seq_len=7)
+    assert report.inputs[0].shape == (3, 7)
+    assert report.ok and report.batch_independent is True and "samples 1-2 of y compared" in report.batch_reason
 
 
 def test_runs_without_torch(linear_path: Path, stamp_path: Path) -> None:
