@@ -1,7 +1,8 @@
 """The README's commands, run through the CLI's Python entry point, so the README cannot rot.
 
 The usage block is run as written, on the tiny random LLaMA instead of SmolLM2 (same code
-path, seconds instead of minutes); the quick start's two make targets are checked to exist and
+path, seconds instead of minutes), and so is the Python example of ``compare_files`` (on the
+tiny MLP of tests/models.py); the quick start's two make targets are checked to exist and
 to call what the README says they call.
 """
 
@@ -11,9 +12,12 @@ import re
 import shlex
 from pathlib import Path
 
+import models
 import pytest
 
 from stamp_onnx.cli import main
+from stamp_onnx.config import StampConfig
+from stamp_onnx.pipeline import quantize_file
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -41,11 +45,23 @@ def test_quick_start_has_exactly_the_two_make_commands() -> None:
 def test_usage_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     commands = usage_commands()
-    assert [c[0] for c in commands] == ["export", *["quantize"] * 6, "inspect", "validate", "eval"]
+    assert [c[0] for c in commands] == ["export", *["quantize"] * 6, "inspect", "validate", "compare", "eval"]
     for argv in commands:
         argv = ["tiny-llama" if a == "smollm2-135m" else a for a in argv]
         assert main(["-q", *argv]) == 0, argv
     assert (tmp_path / "smollm2.stamp.onnx").exists() and (tmp_path / "smollm2.none.onnx").exists()
+
+
+def test_compare_library_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Usage section's Python example of compare_files, as written, on the tiny MLP and its rewrite."""
+    section = README.split("## Usage", 1)[1].split("\n## ", 1)[0]
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "compare_files" in b]
+    monkeypatch.chdir(tmp_path)
+    models.save(models.mlp_model(), tmp_path / "smollm2.onnx")
+    quantize_file(tmp_path / "smollm2.onnx", tmp_path / "smollm2.stamp.onnx", StampConfig())
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "batch independence: ok" in out and "\ny " in out and "\nTrue sample 0 of x changed" in out
 
 
 def test_demo_runs_on_the_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
