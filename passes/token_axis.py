@@ -41,9 +41,19 @@ import onnx_ir as ir
 from stamp_onnx.passes.constants import is_constant
 
 _SEQUENCE_NAME = re.compile(
-    r"seq|sequence|length|len\b|time|token|frame|step|position|^s$|^t$|^l$|^src$|^tgt$", re.IGNORECASE
+    r"seq|sequence|length|len\b|time|token|frame|step|position|past|total|^s$|^t$|^l$|^src$|^tgt$", re.IGNORECASE
 )
-_BATCH_NAME = re.compile(r"batch|^b$|^n$|^bs$|^bsz$|^num_samples$", re.IGNORECASE)
+_BATCH_NAME = re.compile(r"batch|^b$|^n$|^nb$|^bs$|^bsz$|^num_samples$", re.IGNORECASE)
+
+
+def looks_like_batch(name: str) -> bool:
+    """A dim name such as 'batch', 'batch_size', 'N', 'B', 'bs'."""
+    return bool(_BATCH_NAME.search(name))
+
+
+def looks_like_sequence(name: str) -> bool:
+    """A dim name such as 'seq', 'sequence_length', 'tokens', 'time', 'frames', 'past_len'."""
+    return not looks_like_batch(name) and bool(_SEQUENCE_NAME.search(name))
 FLATTENING_OPS = ("Reshape", "Flatten")
 
 Dim = int | str | None  # static, symbolic (an expression such as "batch*seq" after symbolic inference), unknown
@@ -88,9 +98,9 @@ class DimRoles:
         for value in inputs:
             for dim in dims_of(value) or []:
                 if isinstance(dim, str):
-                    if _BATCH_NAME.search(dim):
+                    if looks_like_batch(dim):
                         named_batch.add(dim)
-                    elif _SEQUENCE_NAME.search(dim):
+                    elif looks_like_sequence(dim):
                         named_sequence.add(dim)
         sequence = named_sequence | _attention_squares(model.graph.all_nodes(), named_batch)
         batch = set(named_batch)

@@ -33,10 +33,10 @@ from stamp_onnx import runtime
 from stamp_onnx.errors import ConfigError, ModelLoadError, ValidationError, first_line
 from stamp_onnx.metrics import RunningDiff
 from stamp_onnx.model_io import load_model
+from stamp_onnx.passes.token_axis import looks_like_batch, looks_like_sequence
 
 Dim = int | str | None  # static size, symbolic name, unknown
-_BATCH_NAMES = {"n", "b", "bs", "nb", "nbatch", "batches"}
-_SEQUENCE = re.compile(r"seq|len|token|time|frame|step|pos|past|total|height|width")
+_IMAGE_SIDE = re.compile(r"height|width", re.IGNORECASE)
 _PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"}  # keep the ids' values
 _TABLE_SOURCES = {"DequantizeLinear", "Cast", "Identity"}  # a constant table through these is still constant
 _FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE}
@@ -119,21 +119,16 @@ def batch_axis(dims: Sequence[Dim], shape: Sequence[int] | None = None) -> int |
        a static batch is only trusted for arrays the user gave.
     """
     for axis, dim in enumerate(dims):
-        if isinstance(dim, str) and _looks_like_batch(dim):
+        if isinstance(dim, str) and looks_like_batch(dim):
             return axis
     if not dims:
         return None
     first = dims[0]
-    if first is None or (isinstance(first, str) and not _SEQUENCE.search(first.lower())):
+    if first is None or (isinstance(first, str) and not looks_like_sequence(first) and not _IMAGE_SIDE.search(first)):
         return 0
     if isinstance(first, int) and shape is not None and len(shape) > 0 and shape[0] == first > 1:
         return 0
     return None
-
-
-def _looks_like_batch(name: str) -> bool:
-    name = name.lower()
-    return "batch" in name or re.sub(r"[^a-z]", "", name) in _BATCH_NAMES
 
 
 def compare_files(
