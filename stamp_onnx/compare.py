@@ -428,7 +428,8 @@ def _batch_check(
     specs: list[_Spec], feeds: dict[str, np.ndarray], axes: list[int | None], out_dims: dict[str, tuple[Dim, ...]],
     static: bool, rng: np.random.Generator, rewritten: _Ran, float_model: _Ran,
 ) -> tuple[bool | None, str, list[str]]:
-    """Change sample 0 of every batched input; every other sample's outputs must stay bit-identical.
+    """Change sample 0 of every batched input, then the last sample; every other sample's outputs
+    must stay bit-identical each time.
 
     When the rewritten model fails, the float model gets the same test: if it fails too, the
     axis taken is not a batch axis of this model (not a fault of the rewrite), and the check
@@ -451,34 +452,44 @@ def _batch_check(
             checked[name] = axis
     if not checked:
         return None, f"no output has a batch axis of size {size}", []
-    changed_feeds = dict(feeds)
-    changed = []
-    for spec in specs:
-        axis = batched.get(spec.name)
-        if axis is None:
+    names: list[str] = []
+    mixed: dict[str, float] = {}
+    float_mixed = False
+    for sample in (0, size - 1):  # the first and the last: a transform that keeps row 0 out (a prefix token) hides from sample 0
+        changed_feeds = dict(feeds)
+        for spec in specs:
+            axis = batched.get(spec.name)
+            if axis is None:
+                continue
+            new = _other_sample(spec, feeds[spec.name], axis, sample, rng)
+            if not np.array_equal(new, feeds[spec.name]):
+                changed_feeds[spec.name] = new
+                if spec.name not in names:
+                    names.append(spec.name)
+        if len(changed_feeds) == len(feeds) and all(changed_feeds[k] is feeds[k] for k in feeds):
             continue
-        new = _other_sample(spec, feeds[spec.name], axis, rng)
-        if not np.array_equal(new, feeds[spec.name]):
-            changed_feeds[spec.name] = new
-            changed.append(spec.name)
-    if not changed:
-        return None, "sample 0 of no input could be changed (masks, positions, token types and bools are kept)", []
-    mixed = _mixed(session, changed_feeds, outputs, checked)
-    others = "sample 1" if size == 2 else f"samples 1-{size - 1}"
-    what = f"sample 0 of {', '.join(changed)} changed; {others} of {', '.join(checked)} compared"
+        found = _mixed(session, changed_feeds, outputs, checked, sample)
+        if found:
+            mixed.update(found)
+            float_session, reference = float_model
+            float_mixed = float_mixed or bool(
+                _mixed(float_session, changed_feeds, reference, {k: v for k, v in checked.items() if k in reference}, sample))
+    if not names:
+        return None, "no sample of any input could be changed (masks, positions, token types and bools are kept)", []
+    what = (f"sample 0, then sample {size - 1}, of {', '.join(names)} changed; the other samples of "
+            f"{', '.join(checked)} compared")
     if not mixed:
         return True, what + ": bit-identical", []
-    float_session, reference = float_model
-    if _mixed(float_session, changed_feeds, reference, {k: v for k, v in checked.items() if k in reference}):
+    if float_mixed:
         return None, what + ": the float model's outputs change too, so the axis taken is not a batch axis", []
-    return False, what, [f"batch independence: output {name!r} changed in {others} when only sample 0 of "
-                         f"the inputs changed (max |diff| {diff:.3g}): the rewritten model mixes samples"
+    return False, what, [f"batch independence: output {name!r} changed in samples that were not changed "
+                         f"(max |diff| {diff:.3g}): the rewritten model mixes samples"
                          for name, diff in mixed.items()]
 
 
-def _other_sample(spec: _Spec, value: np.ndarray, axis: int, rng: np.random.Generator) -> np.ndarray:
-    """``value`` with sample 0 replaced by other values of the same kind (masks etc. kept)."""
-    first = np.take(value, [0], axis=axis)
+def _other_sample(spec: _Spec, value: np.ndarray, axis: int, sample: int, rng: np.random.Generator) -> np.ndarray:
+    """``value`` with one sample replaced by other values of the same kind (masks etc. kept)."""
+    first = np.take(value, [sample], axis=axis)
     other: np.ndarray
     if spec.kind == "float":
         other = _values(spec, first.shape, axis, rng).astype(np.float64)
@@ -491,20 +502,21 @@ def _other_sample(spec: _Spec, value: np.ndarray, axis: int, rng: np.random.Gene
         return value
     out = value.copy()
     index: list[Any] = [slice(None)] * value.ndim
-    index[axis] = 0
+    index[axis] = sample
     out[tuple(index)] = np.take(other.astype(value.dtype), 0, axis=axis)
     return out
 
 
 def _mixed(
     session: ort.InferenceSession, changed: dict[str, np.ndarray], before: dict[str, np.ndarray], checked: dict[str, int],
+    sample: int,
 ) -> dict[str, float]:
-    """Outputs whose samples 1.. differ from ``before`` when run on ``changed``: max |diff| of each."""
+    """Outputs whose samples other than ``sample`` differ from ``before`` when run on ``changed``: max |diff| of each."""
     names = [o.name for o in session.get_outputs()]
     after = dict(zip(names, session.run(names, changed), strict=True))
     mixed = {}
     for name, axis in checked.items():
-        old, new = np.delete(before[name], 0, axis=axis), np.delete(np.asarray(after[name]), 0, axis=axis)
+        old, new = np.delete(before[name], sample, axis=axis), np.delete(np.asarray(after[name]), sample, axis=axis)
         nan_aware = old.dtype.kind in "fc" and new.dtype.kind in "fc"
         if old.shape != new.shape or not np.array_equal(old, new, equal_nan=nan_aware):
             both = old.shape == new.shape and old.size and old.dtype.kind in "biuf" and new.dtype.kind in "biuf"
