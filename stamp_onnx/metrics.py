@@ -2,7 +2,8 @@
 
 Everything accumulates batch by batch, so no model output has to be held in memory whole
 (SmolLM2 logits are 25 MB per 128-token window). :class:`RunningDiff` sums the energies of
-:func:`stamp_onnx.quant.sqnr_db`'s formula, in float64, over all batches.
+:func:`stamp_onnx.quant.sqnr_db`'s formula, in float64, over all batches. Only the perplexity
+needs torch, and imports it when used: ``compare`` runs on numpy and onnxruntime alone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from stamp_onnx import transforms
 from stamp_onnx.config import StampConfig
@@ -64,7 +64,9 @@ class RunningDiff:
         return self.cosine_sum / self.vectors if self.vectors else math.nan
 
     def sqnr_db(self) -> float:
-        return math.inf if self.noise == 0.0 else 10.0 * math.log10(self.signal / self.noise)
+        if self.noise == 0.0:
+            return math.inf
+        return -math.inf if self.signal == 0.0 else 10.0 * math.log10(self.signal / self.noise)
 
 
 
@@ -76,6 +78,8 @@ class RunningNLL:
         self.count_all = self.count_leak_free = 0
 
     def update(self, logits: np.ndarray, input_ids: np.ndarray, mask: np.ndarray) -> None:
+        import torch
+
         logp = torch.log_softmax(torch.from_numpy(logits[:, :-1]).double(), dim=-1)
         targets = torch.from_numpy(input_ids[:, 1:]).unsqueeze(-1)
         nll = -logp.gather(-1, targets).squeeze(-1).numpy()  # (b, s-1): position t predicts t+1
