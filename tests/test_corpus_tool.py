@@ -25,9 +25,9 @@ def test_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mlp = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
     attention = models.save(models.attention_only_model(), tmp_path / "attention.onnx")
     axes = {"x": 0, "y": 0, "scores": 0}
-    rewritable = corpus.Model("local", "0", "mlp.onnx", _feeds, axes)
-    refused = corpus.Model("local", "0", "attention.onnx", _feeds, {"a": None, "b": None, "y": None})
-    crashing = corpus.Model("local", "0", "crash.onnx", _abort, axes)
+    rewritable = corpus.Model("local", "0", "mlp.onnx", _feeds, axes, "2 layers")
+    refused = corpus.Model("local", "0", "attention.onnx", _feeds, {"a": None, "b": None, "y": None}, "error")
+    crashing = corpus.Model("local", "0", "crash.onnx", _abort, axes, "crash")
     monkeypatch.setattr(corpus, "MODELS", [rewritable, refused, crashing])  # the child finds models by index
 
     row = corpus.run_isolated(rewritable, mlp, tmp_path)

