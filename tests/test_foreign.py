@@ -98,11 +98,13 @@ def test_token_axis(name: str, outcomes: dict[str, tuple[Path, RewriteReport | S
     _, report = _report(outcomes, name)
     wrong = []
     for spec in (s for s in foreign[name].expected.layers_spec if isinstance(s, Rewrite)):
-        for record in report.rewritten:
-            if _layer_matches(spec.pattern, record.name, record.node):
-                axis = getattr(record, "token_axis", "<LayerRecord has no token_axis>")
-                if axis != spec.axis:
-                    wrong.append(f"{record.name}: {axis} (expected {spec.axis})")
+        records = [r for r in report.rewritten if _layer_matches(spec.pattern, r.name, r.node)]
+        if len(records) != spec.count:
+            wrong.append(f"{spec.pattern!r}: {len(records)} of {spec.count} layers rewritten")
+        for record in records:
+            axis = getattr(record, "token_axis", "<LayerRecord has no token_axis>")
+            if axis != spec.axis:
+                wrong.append(f"{record.name}: {axis} (expected {spec.axis})")
     assert not wrong, f"{name}: wrong token axes: {wrong}"
 
 
