@@ -160,8 +160,7 @@ def gpt2_like(folder: Path) -> ForeignModel:
     """A GPT-2 block with Conv1D layers: x.view(-1, d) @ W + b, viewed back.
 
     The legacy exporter writes Reshape -> Gemm -> Reshape: each Gemm reads (B*S, d) rows, a
-    flattening of (B, S, d): tokens axis 1. The causal attention keeps the model's outputs
-    for token t independent of later tokens, but that does not matter here.
+    flattening of (B, S, d): tokens axis 1.
     """
     import torch
     from torch import nn
