@@ -18,12 +18,12 @@ import numpy as np
 import onnx
 import pytest
 from foreign_models import ForeignModel, Rewrite, Skip, matches
-from stamp_onnx.passes.report import RewriteReport
 
 from stamp_onnx import runtime
 from stamp_onnx.compare import compare_files
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import StampError
+from stamp_onnx.passes.report import RewriteReport
 from stamp_onnx.pipeline import quantize_file
 
 BATCH, SEQ = 3, foreign_models.EXPORT_SEQ
