@@ -34,7 +34,7 @@ class InferShapesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         _negative_dims_to_symbolic(model)
         try:
-            common_passes.ShapeInferencePass()(model)
+            common_passes.ShapeInferencePass(strict_mode=False)(model)
         except Exception as err:  # shapes are a help, not a requirement
             logger.warning("ONNX shape inference failed (%s)", first_line(err))
         if any(_incomplete(value) for value in _activations(model)):
@@ -46,10 +46,13 @@ class InferShapesPass(ir.passes.InPlacePass):
     def _symbolic(self, model: ir.Model) -> None:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+        proto = ir.to_proto(model)
+        for info in proto.graph.value_info:  # ONNX's unk__N dims would be taken as given, and kept
+            for dim in info.type.tensor_type.shape.dim:
+                if dim.dim_param.startswith("unk__"):
+                    dim.ClearField("dim_param")
         try:
-            inferred = SymbolicShapeInference.infer_shapes(
-                ir.to_proto(model), auto_merge=True, guess_output_rank=True
-            )
+            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
         except Exception as err:  # it asserts on graphs it cannot follow
             logger.info("symbolic shape inference failed (%s); keeping ONNX's shapes", first_line(err) or type(err).__name__)
             return

@@ -181,8 +181,8 @@ def decide(x: ir.Value, roles: DimRoles, override: int | None = None, features: 
     if isinstance(found, int):
         return TokenAxis(x, found, "inferred")
     source = _flattened_from(x)
-    if source is None or len(dims) != 2:
-        return found
+    if source is None or len(dims) != 2 or roles.role(dims[0]) == "batch":
+        return found  # (batch, d) rows are samples however they were made
     inner = dims_of(source) or []
     d = dims[-1] if isinstance(dims[-1], int) else features
     if d is not None and inner[-1] == d:

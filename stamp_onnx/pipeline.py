@@ -53,6 +53,7 @@ def rewrite(
             raise RewriteError(f"{source} was already rewritten by stamp-onnx; quantize the float model instead")
     report = RewriteReport()
     try:
+        InferShapesPass()(model)  # before the conversion too: symbolic inference knows the older opsets better
         ConvertOpsetPass(ops.MIN_OPSET, report)(model)
         InferShapesPass()(model)
         selected = SelectLinearLayersPass(config.selects, config.token_axis_for, subgraphs=not config.needs_calibration)(model)

@@ -149,9 +149,7 @@ def seq_first_encoder(folder: Path) -> ForeignModel:
                    {"src": {0: "seq", 1: "batch"}, "out": {0: "seq", 1: "batch"}})
     spec = (
         Rewrite(r"self_attn/MatMul$", 2, 0),   # in_proj
-        # out_proj reads (S*B, d) rows made from (S, B*H, hd) by a Reshape whose target the legacy
-        # exporter computes at run time: no inference names those axes, so it is skipped, with why
-        Skip(r"self_attn/Gemm$", 2, r"flattened into one axis .* cannot be told apart"),
+        Rewrite(r"self_attn/Gemm$", 2, 0),     # out_proj on (S*B, d) rows from (S, B*H, hd): viewed as (S, B, d)
         Rewrite(r"linear[12]/MatMul$", 4, 0),
     )
     return ForeignModel("seq_first_encoder", path, Expected(8, spec, batch_axes={"src": 1, "out": 1}),
@@ -253,7 +251,7 @@ def multihead_attention(folder: Path) -> ForeignModel:
     _reinit(model, 4)
     path = _export(model, (torch.randn(2, EXPORT_SEQ, D),), folder / "multihead_attention.onnx", ["x"], ["y"],
                    {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
-    spec = (Rewrite(r"attn/MatMul$", 1, 0), Skip(r"attn/Gemm$", 1, r"flattened into one axis .* cannot be told apart"))
+    spec = (Rewrite(r"attn/MatMul$", 1, 0), Rewrite(r"attn/Gemm$", 1, 0))
     return ForeignModel("multihead_attention", path, Expected(2, spec, batch_axes={"x": 0, "y": 0}),
                         _float_feeds("x", "bsd"))
 
