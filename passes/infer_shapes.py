@@ -24,7 +24,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from stamp_onnx.errors import first_line
-from stamp_onnx.passes.linear_layers import LINEAR_OPS
+from stamp_onnx.graph.contract import LINEAR_OPS
 from stamp_onnx.passes.token_axis import FLATTENING_OPS, dims_of
 
 logger = logging.getLogger(__name__)

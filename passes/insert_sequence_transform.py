@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY
 from stamp_onnx.passes.invariants import assert_invariants
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, reroute, unique_namer
+from stamp_onnx.passes.linear_layers import reroute, unique_namer
 from stamp_onnx.passes.report import RewriteReport
 
 

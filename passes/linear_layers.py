@@ -14,15 +14,11 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from stamp_onnx.naming import layer_name_from_metadata, numbered_layer_name
+from stamp_onnx.core.naming import layer_name_from_metadata, numbered_layer_name
+from stamp_onnx.graph.contract import LINEAR_OPS
 from stamp_onnx.passes.constants import is_constant
 from stamp_onnx.passes.report import SkippedLayer
 
-LINEAR_OPS = ("MatMul", "Gemm")
-LAYER_KEY = "stamp_onnx.layer"
-PASS_KEY = "stamp_onnx.pass"
-TOKEN_AXIS_KEY = "stamp_onnx.token_axis"  # on a rewritten layer's node: its token axis, and how it was found
-ACTIVATION_SHAPE_KEY = "stamp_onnx.activation_shape"  # on a rewritten layer's node: its input's shape as found
 # com.microsoft ops that hold linear layers inside (onnxruntime's transformer optimizer writes them)
 FUSED_OPS = frozenset({
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention",

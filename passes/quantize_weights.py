@@ -6,17 +6,17 @@ After::    ... ──► MatMul(x, DequantizeLinear(W_q, scale))
 W_q is a signed integer initializer (INT4 for up to 4 bits, INT8 up to 8; the codes use
 ``weight_bits``), scale a float32 initializer per output channel (axis = the output axis) or
 per block of ``weight_block`` input features (axis = the input axis, block_size). The math is
-:func:`stamp_onnx.weights.quantize_weight`; a DequantizeLinear of the ONNX spec then gives
+:func:`stamp_onnx.core.weights.quantize_weight`; a DequantizeLinear of the ONNX spec then gives
 exactly its ``w_hat``. Runs after RotateFeaturesPass, so a rotated layer quantizes R^T W.
 Does nothing for ``weight_bits=0``.
 
-``weight_method="gptq"`` chooses the codes with :func:`stamp_onnx.gptq.gptq_quantize` instead,
+``weight_method="gptq"`` chooses the codes with :func:`stamp_onnx.core.gptq.gptq_quantize` instead,
 from H = sum x^T x of what the layer's MatMul reads (its quantizer's output) on the calibration
 data, measured by :func:`stamp_onnx.pipeline.calibrate_for` in the same rewrite with
 round-to-nearest weights; that input is already rotated or smoothed, in the frame of the
 weight being quantized. (A sequence transform L is orthonormal on the tokens, so the MatMul
 input Q(L x) and the layer's effective input L^-1 Q(L x) have the same H.) The
-DequantizeLinear records the method (:data:`METHOD_KEY`).
+DequantizeLinear records the method (:data:`stamp_onnx.graph.contract.METHOD_KEY`).
 """
 
 from __future__ import annotations
@@ -25,47 +25,22 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.calibration import Calibration
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core.gptq import gptq_quantize
+from stamp_onnx.core.weights import quantize_weight
 from stamp_onnx.errors import RewriteError
-from stamp_onnx.gptq import gptq_quantize
-from stamp_onnx.passes.layer_weights import (
-    add_initializer,
+from stamp_onnx.graph.calibration import Calibration
+from stamp_onnx.graph.contract import (
+    LAYER_KEY,
+    METHOD_KEY,
+    PASS_KEY,
+    configured_weight_format,
     is_transposed,
-    read_weight,
-    replace_input,
     rewritten_layers,
-    stored,
 )
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from stamp_onnx.passes.layer_weights import add_initializer, read_weight, replace_input, stored
+from stamp_onnx.passes.linear_layers import unique_namer
 from stamp_onnx.passes.report import RewriteReport
-from stamp_onnx.weights import dequantize_linear, quantize_weight
-
-METHOD_KEY = "stamp_onnx.weight_method"
-
-
-def weight_format(config: StampConfig) -> str:
-    """'float', or e.g. 'int4 per channel' / 'int4 block 32' / 'int4 per channel gptq'."""
-    if not config.weight_bits:
-        return "float"
-    method = "" if config.weight_method == "rtn" else f" {config.weight_method}"
-    return f"int{config.weight_bits} " + (f"block {config.weight_block}" if config.weight_block else "per channel") + method
-
-
-def dequantized_weights(graph: ir.Graph) -> dict[str, np.ndarray]:
-    """Per rewritten layer with a quantized weight: w_hat (d_in, d_out) float32, as the graph computes it."""
-    found = {}
-    for layer, node, _ in rewritten_layers(graph):
-        dq = node.inputs[1].producer() if node.inputs[1] is not None else None
-        if dq is None or dq.metadata_props.get(PASS_KEY) != QuantizeWeightsPass.__name__:
-            continue
-        codes, scales = (v.const_value.numpy() if v is not None and v.const_value is not None else None for v in dq.inputs[:2])
-        if codes is None or scales is None:
-            raise RewriteError(f"layer {layer!r}: its weight codes or scales are not initializers")
-        block = dq.attributes.get("block_size")
-        w_hat = dequantize_linear(codes, scales, dq.attributes["axis"].as_int(), block.as_int() if block is not None else 0)
-        found[layer] = w_hat.T if is_transposed(node) else w_hat
-    return found
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
@@ -109,7 +84,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             w_hat.shape = ir.Shape(q_stored.shape)
             owner.insert_before(node, dq)
             replace_input(graph, node, 1, w_hat)
-            self.report.layer(layer).weight_format = weight_format(c)
+            self.report.layer(layer).weight_format = configured_weight_format(c)
             count += 1
         return ir.passes.PassResult(model, modified=count > 0)
 

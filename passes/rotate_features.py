@@ -3,8 +3,8 @@
 Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
 After::    x ──► FeatureRotation(d) ──► TransformQDQ / TokenQDQ ──► MatMul(R^T W)
 
-R is the orthonormal d x d matrix of :func:`stamp_onnx.weights.feature_rotation`, applied
-online by the ``ai.stamp::FeatureRotation`` op (:mod:`stamp_onnx.ops`: two small MatMuls on
+R is the orthonormal d x d matrix of :func:`stamp_onnx.core.weights.feature_rotation`, applied
+online by the ``ai.stamp::FeatureRotation`` op (:mod:`stamp_onnx.graph.ops`: two small MatMuls on
 x viewed as (m, p), d (p + m) multiply-adds per token instead of the d^2 of a dense x R).
 Layers that read the same activation (q/k/v, gate/up) share one rotation node, so x R is
 computed once. R^T W is a new initializer (the original stays if something else uses it, e.g.
@@ -18,18 +18,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx import ops
 from stamp_onnx.config import StampConfig
-from stamp_onnx.passes.layer_weights import (
-    add_initializer,
-    read_weight,
-    replace_input,
-    rewritten_layers,
-    stored,
-)
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from stamp_onnx.core.weights import feature_rotation
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, rewritten_layers
+from stamp_onnx.passes.layer_weights import add_initializer, read_weight, replace_input, stored
+from stamp_onnx.passes.linear_layers import unique_namer
 from stamp_onnx.passes.report import RewriteReport
-from stamp_onnx.weights import feature_rotation
 
 
 class RotateFeaturesPass(ir.passes.InPlacePass):

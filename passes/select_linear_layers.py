@@ -37,18 +37,16 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.passes.constants import constant_array
-from stamp_onnx.passes.layer_weights import add_initializer, drop_if_unused, is_transposed
-from stamp_onnx.passes.linear_layers import (
+from stamp_onnx.graph.contract import (
     ACTIVATION_SHAPE_KEY,
     LAYER_KEY,
     PASS_KEY,
-    QUANTIZED_OPS,
     TOKEN_AXIS_KEY,
-    find_linear_layers,
-    reroute,
-    unique_namer,
+    is_transposed,
 )
+from stamp_onnx.passes.constants import constant_array
+from stamp_onnx.passes.layer_weights import add_initializer, drop_if_unused
+from stamp_onnx.passes.linear_layers import QUANTIZED_OPS, find_linear_layers, reroute, unique_namer
 from stamp_onnx.passes.report import LayerRecord, SkippedLayer
 from stamp_onnx.passes.token_axis import DimRoles, TokenAxis, decide, shape_text
 

@@ -3,7 +3,7 @@
 Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
 After::    x / s ──► TransformQDQ / TokenQDQ ──► MatMul(diag(s) W)
 
-s comes from calibration statistics (:mod:`stamp_onnx.smoothing`, :mod:`stamp_onnx.calibration`);
+s comes from calibration statistics (:mod:`stamp_onnx.core.smoothing`, :mod:`stamp_onnx.graph.calibration`);
 layers that read one activation or belong to one module share it. The division is folded
 offline where the activation is made by a per-channel scale that nothing else reads:
 
@@ -16,7 +16,7 @@ Elsewhere (the attention output before o_proj, the SwiGLU product before down_pr
 post-LN encoder's block input that also feeds the residual) a ``Div(x, s)`` node runs
 online, shared by the group's quantizers: an O(d) elementwise op per token. diag(s) W is a new
 initializer; the original stays if anything else reads it. Each quantizer records its s
-(:data:`stamp_onnx.smoothing.SCALE_KEY`). Runs where RotateFeaturesPass does, before weight
+(:data:`stamp_onnx.core.smoothing.SCALE_KEY`). Runs where RotateFeaturesPass does, before weight
 quantization. Does nothing unless ``feature_transform="smoothquant"``.
 """
 
@@ -27,26 +27,15 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.calibration import Calibration
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core.naming import module_of_layer
+from stamp_onnx.core.smoothing import smooth_scales, smoothed_weight, weight_amax
 from stamp_onnx.errors import RewriteError
-from stamp_onnx.naming import module_of_layer
-from stamp_onnx.passes.layer_weights import (
-    add_initializer,
-    read_weight,
-    replace_input,
-    rewritten_layers,
-    stored,
-)
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
+from stamp_onnx.graph.calibration import Calibration
+from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, SCALE_KEY, encode_scale, rewritten_layers
+from stamp_onnx.passes.layer_weights import add_initializer, read_weight, replace_input, stored
+from stamp_onnx.passes.linear_layers import unique_namer
 from stamp_onnx.passes.report import RewriteReport
-from stamp_onnx.smoothing import (
-    SCALE_KEY,
-    encode_scale,
-    smooth_scales,
-    smoothed_weight,
-    weight_amax,
-)
 
 _Layer = tuple[str, ir.Node, ir.Node]  # (layer name, linear node, its quantizer)
 

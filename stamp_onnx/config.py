@@ -42,8 +42,8 @@ class StampConfig:
         when it matches ``include`` (if given) and does not match ``exclude`` (if given).
     weight_bits: round-to-nearest symmetric weight quantization of the rewritten layers
         (0: float weights); weight_block: per output channel (0) or per block of that many
-        input features. See :mod:`stamp_onnx.weights`.
-    weight_method: ``rtn`` (round to nearest) or ``gptq`` (:mod:`stamp_onnx.gptq`, needs
+        input features. See :mod:`stamp_onnx.core.weights`.
+    weight_method: ``rtn`` (round to nearest) or ``gptq`` (:mod:`stamp_onnx.core.gptq`, needs
         calibration data: the codes minimize each layer's output error on it).
     feature_transform: ``hadamard`` rotates each rewritten layer's activation along the
         features, X -> X R, with R^T folded into the weight (before weight quantization).
@@ -158,8 +158,7 @@ class StampConfig:
         """Average activation bits over ``tokens`` tokens: (k*hp + (s-k)*lp) / s."""
         if tokens <= 0:
             raise ConfigError(f"tokens={tokens} must be positive")
-        k = min(self.hp_tokens, tokens)
-        return (k * self.hp_bits + (tokens - k) * self.lp_bits) / tokens
+        return average_bits(self.hp_tokens, self.hp_bits, self.lp_bits, tokens)
 
     @property
     def needs_calibration(self) -> bool:
@@ -203,6 +202,12 @@ class StampConfig:
 
     def replace(self, **changes: Any) -> StampConfig:
         return dataclasses.replace(self, **changes)
+
+
+def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, tokens: int) -> float:
+    """(k*hp + (s-k)*lp) / s with k = min(hp_tokens, s): the mean bits per activation value."""
+    k = min(hp_tokens, tokens)
+    return (k * hp_bits + (tokens - k) * lp_bits) / tokens
 
 
 def _check_int(name: str, value: object, *, low: int, high: int) -> None:

@@ -11,19 +11,18 @@ import numpy as np
 import onnx_ir as ir
 
 import stamp_onnx
-from stamp_onnx import ops
-from stamp_onnx.calibration import Calibration, calibrate
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
-from stamp_onnx.model_io import check_output_path, load_model, save_model
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.calibration import Calibration, calibrate
+from stamp_onnx.graph.contract import LINEAR_OPS, rewritten_layers
+from stamp_onnx.graph.model_io import check_output_path, load_model, save_model
 from stamp_onnx.passes.constants import is_constant
 from stamp_onnx.passes.convert_opset import ConvertOpsetPass
 from stamp_onnx.passes.infer_shapes import InferShapesPass
 from stamp_onnx.passes.inline_stamp_ops import InlineStampOpsPass
 from stamp_onnx.passes.insert_sequence_transform import InsertSequenceTransformPass
 from stamp_onnx.passes.insert_token_qdq import InsertTokenQDQPass
-from stamp_onnx.passes.layer_weights import rewritten_layers
-from stamp_onnx.passes.linear_layers import LINEAR_OPS
 from stamp_onnx.passes.quantize_weights import QuantizeWeightsPass
 from stamp_onnx.passes.record_config import RecordConfigPass
 from stamp_onnx.passes.report import RewriteReport
@@ -46,7 +45,7 @@ def rewrite(
 
     ``inline`` lowers the ai.stamp ops into standard ONNX ops in the main graph (QDQ pairs
     visible) for runtimes without function or custom-op support. ``calibration``: statistics
-    of this float model (:func:`stamp_onnx.calibration.calibrate`), for configs that need them.
+    of this float model (:func:`stamp_onnx.graph.calibration.calibrate`), for configs that need them.
     """
     for node in model.graph.all_nodes():
         if node.domain == ops.DOMAIN:

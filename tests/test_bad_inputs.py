@@ -19,7 +19,7 @@ import onnx
 import pytest
 
 import stamp_onnx.pipeline
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 
 
 def _digests(folder: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stamp_onnx.cli import build_parser, config_from_args, main
+from stamp_onnx.cli.commands import build_parser, config_from_args, main
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ModelLoadError
 

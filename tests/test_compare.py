@@ -14,11 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stamp_onnx import quant, runtime
-from stamp_onnx.cli import main
-from stamp_onnx.compare import batch_axis, compare_files, generate_inputs
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import quant
 from stamp_onnx.errors import ConfigError, ModelLoadError, ValidationError
+from stamp_onnx.evaluation.compare import batch_axis, compare_files, generate_inputs
+from stamp_onnx.graph import runtime
 from stamp_onnx.pipeline import quantize_file
 
 VOCAB, POSITIONS = 37, 20
@@ -282,8 +283,8 @@ def test_unknown_dims(tmp_path: Path) -> None:
 
 def test_runs_without_torch(linear_path: Path, stamp_path: Path) -> None:
     code = ("import sys; sys.modules['torch'] = None  # any import of torch now fails\n"
-            "import stamp_onnx.runtime\n"
-            "from stamp_onnx.cli import main\n"
+            "import stamp_onnx.graph.runtime\n"
+            "from stamp_onnx.cli.commands import main\n"
             "sys.exit(main(['-q', 'compare', sys.argv[1], sys.argv[2]]))")
     done = subprocess.run([sys.executable, "-c", code, str(linear_path), str(stamp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

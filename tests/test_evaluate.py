@@ -6,7 +6,7 @@ import pytest
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.evaluate import config_label, parse_config_spec
+from stamp_onnx.evaluation.evaluate import config_label, parse_config_spec
 
 
 def test_specs_parse_to_configs() -> None:

@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch_models import tiny_llama, tiny_llama_onnx
 
+from stamp_onnx.core.naming import layer_name_from_metadata
 from stamp_onnx.errors import ConfigError, ExportError
-from stamp_onnx.export import SOURCE_KEY, TRACE_SEQ_LEN, export_onnx, matmul_layer_names
-from stamp_onnx.models import BUILTIN_MODELS, linear_layer_names, load_model, sample_inputs
-from stamp_onnx.naming import layer_name_from_metadata
+from stamp_onnx.graph.contract import SOURCE_KEY
+from stamp_onnx.zoo.export import TRACE_SEQ_LEN, export_onnx, matmul_layer_names
+from stamp_onnx.zoo.models import BUILTIN_MODELS, linear_layer_names, load_model, sample_inputs
 
 
 def torch_logits(feeds: dict[str, np.ndarray]) -> np.ndarray:

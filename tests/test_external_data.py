@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 import tool_modules
 
-from stamp_onnx import external_data
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
+from stamp_onnx.graph import external_data
 from stamp_onnx.pipeline import quantize_file
 
 make_llama = tool_modules.load("make_llama")

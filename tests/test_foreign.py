@@ -19,10 +19,10 @@ import onnx
 import pytest
 from foreign_models import ForeignModel, Rewrite, Skip, matches
 
-from stamp_onnx import runtime
-from stamp_onnx.compare import compare_files
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import StampError
+from stamp_onnx.evaluation.compare import compare_files
+from stamp_onnx.graph import runtime
 from stamp_onnx.passes.report import RewriteReport
 from stamp_onnx.pipeline import quantize_file
 

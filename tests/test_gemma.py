@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from stamp_onnx import gemma
 from stamp_onnx.errors import ExportError
+from stamp_onnx.zoo import gemma
 
 # Measured on pydoc_data.topics (fp32 de-quantized from the Q4_K_M GGUF): 23.7 on the 2 windows
 # x 128 tokens used here, 16.2 on 4 x 256 (SmolLM2-135M: 14.7 on 8 x 512).
@@ -134,8 +134,8 @@ def test_failed_assembly_leaves_nothing(cache: Path, monkeypatch: pytest.MonkeyP
     os.environ.get("STAMP_SLOW") != "1", reason="loads Gemma-3-270m from its GGUF (~1 min); STAMP_SLOW=1"
 )
 def test_real_model_has_a_sane_perplexity() -> None:
-    from stamp_onnx.data import text_windows
-    from stamp_onnx.models import _from_pretrained
+    from stamp_onnx.zoo.data import text_windows
+    from stamp_onnx.zoo.models import _from_pretrained
 
     try:
         folder = gemma.gguf_dir()

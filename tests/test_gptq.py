@@ -9,18 +9,18 @@ import onnx_ir as ir
 import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx import gptq, weights
-from stamp_onnx.calibration import calibrate
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import gptq, weights
+from stamp_onnx.core.smoothing import smoothed_weight
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.layer_check import per_layer_diffs
-from stamp_onnx.model_io import load_model
-from stamp_onnx.models import calibration_samples
-from stamp_onnx.passes.layer_weights import read_weight, rewritten_layers
+from stamp_onnx.evaluation.layer_check import per_layer_diffs
+from stamp_onnx.graph.calibration import calibrate
+from stamp_onnx.graph.contract import SCALE_KEY, decode_scale, dequantized_weights, rewritten_layers
+from stamp_onnx.graph.model_io import load_model
+from stamp_onnx.passes.layer_weights import read_weight
 from stamp_onnx.passes.linear_layers import find_linear_layers
-from stamp_onnx.passes.quantize_weights import dequantized_weights
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.smoothing import SCALE_KEY, decode_scale, smoothed_weight
+from stamp_onnx.zoo.models import calibration_samples
 
 
 def random_weight(rng: np.random.Generator, d_in: int, d_out: int) -> np.ndarray:
@@ -213,7 +213,7 @@ def test_the_pass_quantizes_in_the_frame_of_the_weight(feature: str, tmp_path: P
         w = smoothed_weight(w, decode_scale(quantizer.metadata_props[SCALE_KEY]))
     q, scale = gptq.gptq_quantize(w, h, 4, 16)
     expected = q.astype(np.float32) * weights.expand_scales(scale, w.shape[0], 16)
-    np.testing.assert_array_equal(dequantized_weights(rewritten.graph)[layer], expected)
+    np.testing.assert_array_equal(dequantized_weights(rewritten)[layer], expected)
 
 
 def test_gptq_lowers_the_layer_error_on_the_calibration_data(tmp_path: Path) -> None:

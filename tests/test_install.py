@@ -15,7 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from stamp_onnx.cli import MODELS_EXTRA, NEEDS_MODELS_EXTRA
+from stamp_onnx.cli.commands import MODELS_EXTRA, NEEDS_MODELS_EXTRA
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -28,8 +28,8 @@ for name in {blocked!r}:
 sys.path.insert(0, {tests!r})
 import models
 import numpy as np
-from stamp_onnx import runtime
-from stamp_onnx.cli import main
+from stamp_onnx.graph import runtime
+from stamp_onnx.cli.commands import main
 
 src = models.save(models.mlp_model(opset=17), Path("mlp.onnx"))
 np.savez("calib.npz", x=np.random.default_rng(0).standard_normal((4, 8, 16)).astype(np.float32))
@@ -103,7 +103,7 @@ def test_wheel_installs_passes_inside_stamp_onnx(tmp_path: Path) -> None:
     assert {n for n in names if ".dist-info/" not in n} == expected
     assert not any(n.startswith("passes/") for n in names)
     assert top_level == ["stamp_onnx"]
-    assert "stamp-onnx = stamp_onnx.cli:main" in entry_points
+    assert "stamp-onnx = stamp_onnx.cli.commands:main" in entry_points
 
     # The dependency split: PyTorch and the model packages only with the `models` extra.
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]

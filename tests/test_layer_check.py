@@ -9,9 +9,9 @@ import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
 from stamp_onnx.config import StampConfig
-from stamp_onnx.layer_check import expose_transformed, find_taps, per_layer_diffs
-from stamp_onnx.models import linear_layer_names, sample_inputs
+from stamp_onnx.evaluation.layer_check import expose_transformed, find_taps, per_layer_diffs
 from stamp_onnx.pipeline import quantize_file
+from stamp_onnx.zoo.models import linear_layer_names, sample_inputs
 
 
 @pytest.mark.parametrize("transform", ["haar", "dct", "wht", "none"])

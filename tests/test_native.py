@@ -15,12 +15,13 @@ import onnxruntime as ort
 import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx import ops, quant, runtime, weights
 from stamp_onnx.config import StampConfig
-from stamp_onnx.layer_check import per_layer_diffs
-from stamp_onnx.models import sample_inputs
-from stamp_onnx.op_models import single_op_model
+from stamp_onnx.core import quant, weights
+from stamp_onnx.evaluation.layer_check import per_layer_diffs
+from stamp_onnx.graph import ops, runtime
+from stamp_onnx.graph.op_models import single_op_model
 from stamp_onnx.pipeline import quantize_file
+from stamp_onnx.zoo.models import sample_inputs
 
 pytestmark = pytest.mark.skipif(
     runtime.native_library() is None, reason="native kernels not built (tools/build_native.sh)"

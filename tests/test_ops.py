@@ -8,8 +8,9 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from stamp_onnx import ops, weights
-from stamp_onnx.op_models import single_op_model
+from stamp_onnx.core import weights
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.op_models import single_op_model
 
 LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 33, 64, 65, 100]
 

@@ -11,13 +11,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from stamp_onnx import ops, quant, transforms
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import quant, transforms
 from stamp_onnx.errors import ModelLoadError, RewriteError
-from stamp_onnx.model_io import load_model
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, recorded_config
+from stamp_onnx.graph.model_io import load_model
 from stamp_onnx.passes.invariants import find_violations
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY
-from stamp_onnx.passes.record_config import recorded_config
 from stamp_onnx.pipeline import quantize_file, rewrite
 
 
@@ -232,7 +232,7 @@ def test_large_models_are_written_with_external_data(
     mlp_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Over the threshold (2 GB in practice; lowered here) tensors go to OUT.onnx.data."""
-    import stamp_onnx.model_io as model_io
+    import stamp_onnx.graph.model_io as model_io
 
     monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 0)
     out = tmp_path / "q.onnx"

@@ -1,4 +1,4 @@
-"""Tests for stamp_onnx.quant, the per-token mixed-precision quantizer oracle.
+"""Tests for stamp_onnx.core.quant, the per-token mixed-precision quantizer oracle.
 
 The quantizer is held bit for bit to a literal, scalar transcription of the formula in STAMP.md
 written below, and at 8 bits to ONNX Runtime's DynamicQuantizeLinear + DequantizeLinear.
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
 
-from stamp_onnx import quant, transforms
+from stamp_onnx.core import quant, transforms
 
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 F32 = np.float32

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch_models import tiny_llama
 
-from stamp_onnx import quant, transforms
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import quant, transforms
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.models import sample_inputs
-from stamp_onnx.reference import stamp_activation, stamp_reference
+from stamp_onnx.evaluation.reference import stamp_activation, stamp_reference
+from stamp_onnx.zoo.models import sample_inputs
 
 
 class TwoHeads(torch.nn.Module):

@@ -12,17 +12,18 @@ import pytest
 import torch
 from torch_models import tiny_llama, tiny_llama_onnx, tiny_vit, tiny_vit_onnx
 
-from stamp_onnx import smoothing
-from stamp_onnx.calibration import calibrate, load_feeds, save_feeds
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import smoothing
 from stamp_onnx.errors import ConfigError, RewriteError
-from stamp_onnx.inspection import summarize
-from stamp_onnx.layer_check import per_layer_diffs
-from stamp_onnx.model_io import load_model
-from stamp_onnx.models import calibration_samples, linear_layer_names, sample_inputs
+from stamp_onnx.evaluation.inspection import summarize
+from stamp_onnx.evaluation.layer_check import per_layer_diffs
+from stamp_onnx.evaluation.validate import validate
+from stamp_onnx.graph import contract
+from stamp_onnx.graph.calibration import calibrate, load_feeds, save_feeds
+from stamp_onnx.graph.model_io import load_model
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import validate
+from stamp_onnx.zoo.models import calibration_samples, linear_layer_names, sample_inputs
 
 SMOOTH = StampConfig(hp_tokens=8, feature_transform="smoothquant")
 
@@ -59,10 +60,10 @@ def test_scales_follow_the_formula() -> None:
 
 def test_scale_record_round_trips() -> None:
     s = np.random.default_rng(0).random(13).astype(np.float32)
-    np.testing.assert_array_equal(smoothing.decode_scale(smoothing.encode_scale(s)), s)
+    np.testing.assert_array_equal(contract.decode_scale(contract.encode_scale(s)), s)
     for bad in ("not base64!", "", "AAA="):
-        with pytest.raises(ValueError, match=smoothing.SCALE_KEY):
-            smoothing.decode_scale(bad)
+        with pytest.raises(ValueError, match=contract.SCALE_KEY):
+            contract.decode_scale(bad)
 
 
 def test_calibration_measures_each_channel_max(tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_calibration_measures_each_channel_max(tmp_path: Path) -> None:
 
 
 def test_calibration_windows_are_held_out_from_the_evaluation() -> None:
-    from stamp_onnx.data import window_starts
+    from stamp_onnx.zoo.data import window_starts
 
     evaluation = set(window_starts(1000, 4, 10))
     held = window_starts(1000, 8, 10, avoid=4)
@@ -124,8 +125,8 @@ def test_folding_and_online_division(tmp_path: Path) -> None:
     scales = collections.defaultdict(set)
     for node in proto.graph.node:
         props = {p.key: p.value for p in node.metadata_props}
-        if smoothing.SCALE_KEY in props:
-            scales[node.input[0]].add(props[smoothing.SCALE_KEY])
+        if contract.SCALE_KEY in props:
+            scales[node.input[0]].add(props[contract.SCALE_KEY])
     assert all(len(s) == 1 for s in scales.values())  # layers reading one activation share s
     names = {t.name for t in proto.graph.initializer}
     assert not any(name.endswith("input_layernorm.weight") for name in names)  # replaced by the folded copy
@@ -165,7 +166,7 @@ def test_validate_uses_the_recorded_scales(tmp_path: Path) -> None:
 
 def test_the_reference_needs_the_scales() -> None:
     from stamp_onnx.errors import ValidationError
-    from stamp_onnx.reference import stamp_reference
+    from stamp_onnx.evaluation.reference import stamp_reference
 
     with pytest.raises(ValidationError, match="no scale"), stamp_reference(tiny_llama().module, SMOOTH):
         pass
@@ -192,7 +193,7 @@ def test_config_and_pipeline_errors(tmp_path: Path) -> None:
 
 
 def test_missing_statistics_are_an_error() -> None:
-    from stamp_onnx.calibration import Calibration
+    from stamp_onnx.graph.calibration import Calibration
     from stamp_onnx.passes.report import RewriteReport
     from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
     from stamp_onnx.pipeline import rewrite

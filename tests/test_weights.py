@@ -13,15 +13,15 @@ import pytest
 import torch
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx import weights
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import weights
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.inspection import summarize
-from stamp_onnx.layer_check import per_layer_diffs
-from stamp_onnx.model_io import load_model
-from stamp_onnx.models import sample_inputs
+from stamp_onnx.evaluation.inspection import summarize
+from stamp_onnx.evaluation.layer_check import per_layer_diffs
+from stamp_onnx.evaluation.reference import layer_weight, stamp_reference
+from stamp_onnx.graph.model_io import load_model
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.reference import layer_weight, stamp_reference
+from stamp_onnx.zoo.models import sample_inputs
 
 
 @pytest.mark.parametrize("d", [1, 2, 7, 64, 192, 576, 1536])

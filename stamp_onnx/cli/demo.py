@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stamp_onnx.config import StampConfig
-from stamp_onnx.evaluate import evaluate_configs, text_table
+from stamp_onnx.evaluation.evaluate import evaluate_configs, text_table
 
 DEMO_CONFIGS = (StampConfig(), StampConfig(transform="none"))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 
-from stamp_onnx import ops
+from stamp_onnx.graph import ops
 
 OPSET = 21
 

@@ -2,8 +2,8 @@
 
 For a model from any exporter: no PyTorch, no built-in model. Both files run in onnxruntime on
 the same inputs (the user's, or generated ones that fit the declared input types and shapes);
-each output is compared (SQNR with :func:`stamp_onnx.quant.sqnr_db`'s formula, through
-:class:`stamp_onnx.metrics.RunningDiff`, cosine, max |diff|), and the rewritten model is checked
+each output is compared (SQNR with :func:`stamp_onnx.core.quant.sqnr_db`'s formula, through
+:class:`stamp_onnx.evaluation.metrics.RunningDiff`, cosine, max |diff|), and the rewritten model is checked
 for batch independence: a per-token quantizer must never let one sample change another's output.
 
 Generated inputs, per graph input: the batch axis (:func:`batch_axis`) gets ``batch`` rows,
@@ -29,10 +29,10 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from stamp_onnx import runtime
 from stamp_onnx.errors import ConfigError, ModelLoadError, ValidationError, first_line
-from stamp_onnx.metrics import RunningDiff
-from stamp_onnx.model_io import load_model
+from stamp_onnx.evaluation.metrics import RunningDiff
+from stamp_onnx.graph import runtime
+from stamp_onnx.graph.model_io import load_model
 from stamp_onnx.passes.token_axis import looks_like_batch, looks_like_sequence
 
 Dim = int | str | None  # static size, symbolic name, unknown

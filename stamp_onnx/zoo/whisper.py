@@ -257,7 +257,7 @@ def build_model() -> WhisperForConditionalGeneration:
 
 def espeak_dir() -> Path:
     """The unpacked espeak-ng folder: $STAMP_ESPEAK, default <repo>/.venv/espeak."""
-    default = Path(__file__).resolve().parents[1] / ".venv" / "espeak"
+    default = Path(__file__).resolve().parents[2] / ".venv" / "espeak"
     return Path(os.environ.get("STAMP_ESPEAK") or default)
 
 

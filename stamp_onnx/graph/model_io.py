@@ -18,7 +18,11 @@ import onnx
 import onnx_ir as ir
 
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, StampError, first_line
-from stamp_onnx.external_data import check_external_data, external_tensors, write_external_data
+from stamp_onnx.graph.external_data import (
+    check_external_data,
+    external_tensors,
+    write_external_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,26 +30,26 @@ logger = logging.getLogger(__name__)
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def load_model(path: str | Path) -> ir.Model:
-    """Load an ONNX file (external data stays on disk until a pass reads it)."""
+def load_model(path: str | Path, error: type[StampError] = ModelLoadError) -> ir.Model:
+    """Load an ONNX file (external data stays on disk until a pass reads it); ``error`` on failure."""
     path = Path(path)
     if not path.exists():
-        raise ModelLoadError(f"{path}: no such file; pass the path of an .onnx model")
+        raise error(f"{path}: no such file; pass the path of an .onnx model")
     if path.is_dir():
-        raise ModelLoadError(f"{path} is a directory; pass the path of an .onnx model file")
+        raise error(f"{path} is a directory; pass the path of an .onnx model file")
     if path.stat().st_size == 0:
-        raise ModelLoadError(f"{path} is empty; pass a valid .onnx model")
+        raise error(f"{path} is empty; pass a valid .onnx model")
     try:
         model = ir.load(path)
     except Exception as err:  # protobuf and onnx raise many kinds
-        raise ModelLoadError(f"{path} is not a readable ONNX model ({first_line(err)})") from err
+        raise error(f"{path} is not a readable ONNX model ({first_line(err)})") from err
     if model.graph.num_nodes() == 0:
-        raise ModelLoadError(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
+        raise error(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
     check_external_data(model, path)
     try:  # by path: the C++ checker reads the graph only, however large the weights
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as err:
-        raise ModelLoadError(
+        raise error(
             f"{path} fails onnx.checker ({first_line(err)}); fix or re-export the model"
         ) from err
     return model

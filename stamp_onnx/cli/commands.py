@@ -195,15 +195,15 @@ def _check_eval_flags(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from stamp_onnx.export import export_onnx
-    from stamp_onnx.models import load_model
+    from stamp_onnx.zoo.export import export_onnx
+    from stamp_onnx.zoo.models import load_model
 
     if args.calibration_data is None and (args.calibration_samples is not None or args.calibration_seq_len is not None):
         raise ConfigError("--calibration-samples and --calibration-seq-len describe --calibration-data; pass it too")
     loaded = load_model(args.model)
     if args.calibration_data is not None:
-        from stamp_onnx.calibration import save_feeds
-        from stamp_onnx.models import calibration_samples
+        from stamp_onnx.graph.calibration import save_feeds
+        from stamp_onnx.zoo.models import calibration_samples
 
         if not args.calibration_data.parent.is_dir():
             raise ConfigError(f"folder of --calibration-data {args.calibration_data} does not exist; create it first")
@@ -222,7 +222,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     feeds = None
     if args.calibration is not None:
-        from stamp_onnx.calibration import load_feeds
+        from stamp_onnx.graph.calibration import load_feeds
 
         feeds = load_feeds(args.calibration)
     report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds)
@@ -239,7 +239,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _print_quantize_report(args: argparse.Namespace, config: StampConfig, report: RewriteReport) -> None:
-    from stamp_onnx.passes.quantize_weights import weight_format
+    from stamp_onnx.graph.contract import configured_weight_format as weight_format
 
     skipped = report.skipped_linear
     print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}; skipped {len(skipped)}")
@@ -265,8 +265,8 @@ def _print_quantize_report(args: argparse.Namespace, config: StampConfig, report
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from stamp_onnx.inspection import summarize
-    from stamp_onnx.model_io import load_model
+    from stamp_onnx.evaluation.inspection import summarize
+    from stamp_onnx.graph.model_io import load_model
 
     if args.seq_len < 1:
         raise ConfigError(f"--seq-len must be positive, got {args.seq_len}")
@@ -276,7 +276,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from stamp_onnx.validate import validate
+    from stamp_onnx.evaluation.validate import validate
 
     _check_eval_flags(args)
     report = validate(
@@ -289,7 +289,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from stamp_onnx.compare import compare_files, load_inputs
+    from stamp_onnx.evaluation.compare import compare_files, load_inputs
 
     if args.inputs is not None and (args.batch is not None or args.seq_len is not None):
         raise ConfigError("--batch and --seq-len shape generated inputs; with --inputs the arrays set the shapes")
@@ -304,7 +304,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from stamp_onnx.evaluate import evaluate_configs, markdown_table, parse_config_spec, text_table
+    from stamp_onnx.evaluation.evaluate import (
+        evaluate_configs,
+        markdown_table,
+        parse_config_spec,
+        text_table,
+    )
 
     _check_eval_flags(args)
     configs = [parse_config_spec(spec) for spec in args.configs]
@@ -320,7 +325,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.markdown is not None:
         args.markdown.write_text(table + "\n")
     if args.report is not None:
-        from stamp_onnx.report import write_report
+        from stamp_onnx.evaluation.report import write_report
 
         command = "stamp-onnx " + " ".join(shlex.quote(a) for a in args.argv)
         path = write_report(reports, args.report, title=f"STaMP evaluation: {reports[0].model}",
@@ -330,7 +335,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stamp_onnx.demo import run_demo
+    from stamp_onnx.cli.demo import run_demo
 
     _check_eval_flags(args)
     print(run_demo(args.model, args.out_dir, seq_len=args.seq_len, n_windows=args.windows, native=args.native))

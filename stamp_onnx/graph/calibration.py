@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stamp_onnx import runtime
 from stamp_onnx.errors import ConfigError, first_line
+from stamp_onnx.graph import runtime
 
 logger = logging.getLogger(__name__)
 
-_PROTOBUF_LIMIT = 2**31 - 1
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
               "tensor(bool)": np.bool_, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -73,16 +72,8 @@ def calibrate(
     each activation, and its x^T x when ``hessians``."""
     names = list(dict.fromkeys(activations))
     proto = onnx.load(str(model_path))  # with its external data: the session is built from bytes
-    existing = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in existing:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
-        raise ConfigError(f"{model_path} is over 2 GB: calibration builds the model in memory and cannot take it")
-    try:
-        session = runtime.session(proto.SerializeToString(), native=True)  # a rewritten model (GPTQ) runs faster
-    except Exception as err:
-        raise ConfigError(f"onnxruntime cannot load {model_path} for calibration: {first_line(err)}") from err
+    # native: a rewritten model (GPTQ's Hessians) runs faster
+    session = runtime.session_exposing(proto, names, native=True, source=model_path, what="calibration", error=ConfigError)
     feeds = _check_feeds(session, feeds)
     n = len(next(iter(feeds.values())))
     amax: dict[str, np.ndarray] = {}

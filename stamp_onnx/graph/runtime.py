@@ -14,11 +14,13 @@ disable the native kernels everywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 
-from stamp_onnx.errors import ConfigError
+from stamp_onnx.errors import ConfigError, StampError, first_line
 
 LIBRARY_NAME = "libstamp_onnx_ops.so"
 ENV_VAR = "STAMP_NATIVE_LIBRARY"
@@ -26,6 +28,7 @@ PROVIDERS = ["CPUExecutionProvider"]
 MATMULNBITS_ACCURACY = "session.qdq_matmulnbits_accuracy_level"
 NATIVE = "native"
 FUNCTION_BODIES = "function bodies"
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: a model rebuilt in memory must stay below
 
 
 def native_library() -> Path | None:
@@ -33,7 +36,7 @@ def native_library() -> Path | None:
     override = os.environ.get(ENV_VAR)
     if override is not None:
         return Path(override) if override and Path(override).is_file() else None
-    path = Path(__file__).resolve().parent / "native" / LIBRARY_NAME
+    path = Path(__file__).resolve().parents[1] / "native" / LIBRARY_NAME
     return path if path.is_file() else None
 
 
@@ -68,3 +71,28 @@ def session(model: str | Path | bytes, native: bool = True) -> ort.InferenceSess
     """An onnxruntime CPU session for ``model`` (a path or serialized bytes)."""
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, session_options(native), providers=PROVIDERS)
+
+
+def session_exposing(
+    proto: onnx.ModelProto, names: Iterable[str], *, native: bool, source: str | Path, what: str,
+    error: type[StampError],
+) -> ort.InferenceSession:
+    """A session of ``proto`` in which every value in ``names`` is also a graph output (float32).
+
+    The one way calibration and the per-layer check observe a model's activations: the model
+    is rebuilt in memory (so it must stay under protobuf's 2 GiB) and run with the extra
+    outputs. ``error`` (naming ``source`` and ``what`` needs it) when it is too large or does
+    not load.
+    """
+    existing = {o.name for o in proto.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in existing:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise error(f"{source} is over 2 GB: {what} builds the model in memory and cannot take it")
+    try:
+        return session(proto.SerializeToString(), native)
+    except StampError:
+        raise
+    except Exception as err:  # onnxruntime raises its own Fail/RuntimeError kinds
+        raise error(f"onnxruntime cannot load {source} for {what}: {first_line(err)}") from err

@@ -29,19 +29,15 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from stamp_onnx import ops, quant, runtime
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import quant
+from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.naming import module_of_layer
-from stamp_onnx.passes.linear_layers import LAYER_KEY
-from stamp_onnx.passes.quantize_weights import dequantized_weights
-from stamp_onnx.reference import layer_weight, sequence_transform, stamp_activation
-from stamp_onnx.smoothing import SCALE_KEY, decode_scale
+from stamp_onnx.evaluation.reference import layer_weight, sequence_transform, stamp_activation
+from stamp_onnx.graph import ops, runtime
+from stamp_onnx.graph.contract import LAYER_KEY, SCALE_KEY, RewrittenModel, decode_scale, read_model
 
 logger = logging.getLogger(__name__)
-
-_PROTOBUF_LIMIT = 2**31 - 1
-
 
 @dataclasses.dataclass(frozen=True)
 class LayerTap:
@@ -145,19 +141,15 @@ def per_layer_diffs(
     taps = find_taps(proto.graph)
     if not taps:
         return []
-    existing = {o.name for o in proto.graph.output}
-    for name in dict.fromkeys(n for tap in taps for n in (tap.x, tap.t, tap.q, tap.y)):
-        if name not in existing:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
-        raise ValidationError(f"{onnx_path} is over 2 GB: the per-layer check cannot rebuild it in memory")
-    session = runtime.session(proto.SerializeToString(), native)
+    names = [n for tap in taps for n in (tap.x, tap.t, tap.q, tap.y)]
+    session = runtime.session_exposing(proto, names, native=native, source=onnx_path, what="the per-layer check",
+                                       error=ValidationError)
     wanted = {i.name for i in session.get_inputs()}
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
     modules = dict(module.named_modules())
     if recorded is None:
-        recorded = recorded_weights(onnx_path, config)
+        recorded = recorded_weights(read_model(onnx_path), config) if config.weight_method == "gptq" else {}
     diffs = []
     with torch.no_grad():
         for tap in taps:
@@ -169,14 +161,12 @@ def per_layer_diffs(
     return diffs
 
 
-def recorded_weights(onnx_path: str | Path, config: StampConfig) -> dict[str, np.ndarray]:
+def recorded_weights(rewritten: RewrittenModel, config: StampConfig) -> dict[str, np.ndarray]:
     """The quantized weights (d_in, d_out) of a GPTQ model, by layer name; {} for other methods.
 
     GPTQ's codes depend on calibration data, so the reference takes them from the model.
     """
-    if config.weight_method != "gptq":
-        return {}
-    return dequantized_weights(ir.load(str(onnx_path)).graph)
+    return rewritten.dequantized_weights() if config.weight_method == "gptq" else {}
 
 
 def _compare_layer(

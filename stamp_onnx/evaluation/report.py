@@ -32,8 +32,8 @@ from matplotlib.ticker import FuncFormatter
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.evaluate import config_label
-from stamp_onnx.validate import ONNX_VS_FLOAT, ValidationReport
+from stamp_onnx.evaluation.evaluate import config_label
+from stamp_onnx.evaluation.validate import ONNX_VS_FLOAT, ValidationReport
 
 logger = logging.getLogger(__name__)
 

@@ -13,18 +13,14 @@ splits the range evenly; larger alpha moves more of it into the weights.
 
 Layers that read the same activation (q/k/v, gate/up) must share s; so must the calls of one
 module (one weight in the PyTorch model). Each rewritten layer's s is recorded on its
-quantizer node (:data:`SCALE_KEY`, float32 little-endian, base64) so the PyTorch reference and
+quantizer node (:data:`stamp_onnx.graph.contract.SCALE_KEY`) so the PyTorch reference and
 the per-layer check rebuild the same layer without the calibration data.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping
-
 import numpy as np
 
-SCALE_KEY = "stamp_onnx.smooth_scale"
 FLOOR = 1e-5
 
 
@@ -47,26 +43,3 @@ def smoothed_weight(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (np.asarray(w, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]).astype(np.float32)
 
 
-def encode_scale(scale: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(scale, dtype="<f4").tobytes()).decode("ascii")
-
-
-def decode_scale(text: str) -> np.ndarray:
-    """The (d,) float32 array :func:`encode_scale` wrote; ValueError when ``text`` is not one."""
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError) as err:
-        raise ValueError(f"{SCALE_KEY} is not base64: {err}") from err
-    if not raw or len(raw) % 4:
-        raise ValueError(f"{SCALE_KEY} holds {len(raw)} bytes, not a float32 vector")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-
-
-def scales_by_module(scales: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-layer scales keyed by module name instead (a module called twice shares one s)."""
-    from stamp_onnx.naming import module_of_layer
-
-    out: dict[str, np.ndarray] = {}
-    for layer, scale in scales.items():
-        out.setdefault(module_of_layer(layer), scale)
-    return out

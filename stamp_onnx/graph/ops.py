@@ -6,7 +6,7 @@ Domain ``ai.stamp`` (version 1). Four ops, all shape-preserving on (..., s, d), 
     attributes: transform ("haar" | "haar2d" | "dct" | "wht"), levels (int, Haar only),
     inverse (0 | 1), prefix_tokens (int: the first tokens pass through untransformed),
     grid_width (int, haar2d only: width of the token grid, 0 for a square grid).
-    Reference: :func:`stamp_onnx.transforms.forward` / :func:`~stamp_onnx.transforms.inverse`.
+    Reference: :func:`stamp_onnx.core.transforms.forward` / :func:`~stamp_onnx.core.transforms.inverse`.
 
 ``TokenQDQ(X) -> Y``
     attributes: hp_tokens, hp_bits, lp_bits. Per-token QuantizeLinear/DequantizeLinear pairs:
@@ -21,7 +21,7 @@ Domain ``ai.stamp`` (version 1). Four ops, all shape-preserving on (..., s, d), 
 
 ``FeatureRotation(X) -> Y``
     attribute: features (d). Y = X R along the last axis, R the orthonormal rotation of
-    ``--feature-transform hadamard`` (:func:`stamp_onnx.weights.feature_rotation`,
+    ``--feature-transform hadamard`` (:func:`stamp_onnx.core.weights.feature_rotation`,
     R = C_m (x) H_p for d = p m, p a power of two, m odd). The body never forms R: X is viewed
     as (..., m, p) and Y = C (X H) (two MatMuls with a p x p and an m x m constant), which costs
     d (p + m) multiply-adds per token instead of d^2 (576: 8x fewer; 1536 = 3 x 512: 3x).
@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx import quant, transforms
+from stamp_onnx.core import quant, transforms
 
 DOMAIN = "ai.stamp"
 DOMAIN_VERSION = 1
@@ -222,13 +222,13 @@ class FeatureRotationSpec:
         return [ir.AttrInt64("features", self.features)]
 
     def reference(self, x: Any) -> Any:
-        from stamp_onnx.weights import feature_rotation
+        from stamp_onnx.core.weights import feature_rotation
 
         r = feature_rotation(self.features).astype(np.float32)
         return x @ (r if isinstance(x, np.ndarray) else _torch_like(x, r))
 
     def function(self, opset: int) -> ir.Function:
-        from stamp_onnx.weights import rotation_factors
+        from stamp_onnx.core.weights import rotation_factors
 
         body = _Body(f"{FEATURE_ROTATION}_{self.overload}")
         x = body.input("X")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from stamp_onnx.transforms import matrix
+from stamp_onnx.core.transforms import matrix
 
 
 def weight_scales(w: np.ndarray, bits: int, block: int = 0) -> np.ndarray:

@@ -38,7 +38,7 @@ INSTALL = (
 
 def cache_dir() -> Path:
     """Where the GGUF is assembled: $STAMP_GEMMA_DIR, default <repo>/.venv/gemma3-270m."""
-    default = Path(__file__).resolve().parents[1] / ".venv" / "gemma3-270m"
+    default = Path(__file__).resolve().parents[2] / ".venv" / "gemma3-270m"
     return Path(os.environ.get("STAMP_GEMMA_DIR") or default)
 
 

@@ -1,6 +1,6 @@
 """What a rewritten model holds, per layer: transform, levels, bits per token group, average bits.
 
-Everything is read back from the graph itself (node attributes and provenance metadata), not
+Everything is read back from the graph itself (:func:`stamp_onnx.graph.contract.read_layers`), not
 from the recorded config, so ``inspect`` also tells the truth about hand-edited models.
 """
 
@@ -12,17 +12,8 @@ from typing import Any
 
 import onnx_ir as ir
 
-from stamp_onnx import ops
-from stamp_onnx.passes.layer_weights import rewritten_layers
-from stamp_onnx.passes.linear_layers import (
-    ACTIVATION_SHAPE_KEY,
-    LAYER_KEY,
-    PASS_KEY,
-    TOKEN_AXIS_KEY,
-)
-from stamp_onnx.passes.quantize_weights import METHOD_KEY
-from stamp_onnx.passes.record_config import recorded_config, recorded_skips
-from stamp_onnx.smoothing import SCALE_KEY
+from stamp_onnx.config import average_bits
+from stamp_onnx.graph.contract import read_layers, recorded_config, recorded_skips
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,34 +75,16 @@ class ModelSummary:
         return "\n".join(lines)
 
 
-def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, seq_len: int) -> float:
-    """(k*hp + (s-k)*lp) / s with k = min(hp_tokens, s)."""
-    k = min(hp_tokens, seq_len)
-    return (k * hp_bits + (seq_len - k) * lp_bits) / seq_len
-
-
 def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
-    qdq: dict[str, ops.TokenQDQSpec] = {}
-    transform: dict[str, ops.SequenceTransformSpec] = {}
-    counts: collections.Counter[str] = collections.Counter()
-    for node in model.graph.all_nodes():
-        counts[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
-        spec = ops.spec_from_node(node)
-        layer = node.metadata_props.get(LAYER_KEY)
-        if spec is None or layer is None:
-            continue
-        if isinstance(spec, ops.TransformQDQSpec):
-            qdq[layer], transform[layer] = spec.qdq, spec.transform
-        elif isinstance(spec, ops.TokenQDQSpec):
-            qdq[layer] = spec
-    features, weight_formats = _weight_side(model)
-    linear_nodes = {layer: node for layer, node, _ in rewritten_layers(model.graph)}
+    counts: collections.Counter[str] = collections.Counter(
+        f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type for node in model.graph.all_nodes()
+    )
     layers = []
-    for name, q in qdq.items():
-        t = transform.get(name)
+    for layer in read_layers(model):
+        t, q = layer.transform, layer.qdq
         layers.append(
             LayerSummary(
-                name=name,
+                name=layer.name,
                 transform=t.transform if t else "none",
                 levels=t.levels if t else 0,
                 prefix_tokens=t.prefix_tokens if t else 0,
@@ -119,10 +92,10 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
                 hp_bits=q.hp_bits,
                 lp_bits=q.lp_bits,
                 average_bits=average_bits(q.hp_tokens, q.hp_bits, q.lp_bits, seq_len),
-                feature_transform=features.get(name, "none"),
-                weight_format=weight_formats.get(name, "float"),
-                activation_shape=linear_nodes[name].metadata_props.get(ACTIVATION_SHAPE_KEY, "") if name in linear_nodes else "",
-                token_axis=linear_nodes[name].metadata_props.get(TOKEN_AXIS_KEY, "") if name in linear_nodes else "",
+                feature_transform=layer.feature_transform,
+                weight_format=layer.weight_format,
+                activation_shape=layer.activation_shape,
+                token_axis=layer.token_axis,
             )
         )
     config = recorded_config(model)
@@ -135,28 +108,3 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
         opset=model.opset_imports.get("", 0),
         skipped=recorded_skips(model),
     )
-
-
-def _weight_side(model: ir.Model) -> tuple[dict[str, str], dict[str, str]]:
-    """Per layer: its feature transform and weight format, read from what feeds its quantizer and weight.
-
-    A rotation can be shared by the layers that read the same activation, so it is found through
-    each layer's quantizer input, not by the layer named in the rotation node's provenance.
-    """
-    features: dict[str, str] = {}
-    formats: dict[str, str] = {}
-    for layer, node, quantizer in rewritten_layers(model.graph):
-        before = quantizer.inputs[0].producer() if quantizer.inputs[0] is not None else None
-        made_by = before.metadata_props.get(PASS_KEY) if before is not None else None
-        if made_by == "RotateFeaturesPass":
-            features[layer] = "hadamard"
-        elif SCALE_KEY in quantizer.metadata_props:  # s divides the activation: online, or folded upstream
-            features[layer] = "smoothquant" + (" (online)" if made_by == "SmoothFeaturesPass" else " (folded)")
-        dq = node.inputs[1].producer() if node.inputs[1] is not None else None
-        if dq is not None and dq.metadata_props.get(PASS_KEY) == "QuantizeWeightsPass" and dq.inputs[0] is not None:
-            block = dq.attributes.get("block_size")
-            kind = f"block {block.as_int()}" if block is not None and block.as_int() else "per channel"
-            method = dq.metadata_props.get(METHOD_KEY, "rtn")
-            formats[layer] = f"{'int4' if dq.inputs[0].dtype == ir.DataType.INT4 else 'int8'} {kind}" + (
-                "" if method == "rtn" else f" {method}")
-    return features, formats

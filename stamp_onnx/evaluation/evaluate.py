@@ -1,7 +1,7 @@
 """Evaluate several configs on one model through the product path, and tabulate them.
 
 For each config: export once (cached in ``out_dir``), rewrite, run in onnxruntime on real text
-and compare with PyTorch (:func:`stamp_onnx.validate.validate`). Configs are written as compact
+and compare with PyTorch (:func:`stamp_onnx.evaluation.validate.validate`). Configs are written as compact
 specs, a transform followed by overrides of :class:`StampConfig` fields::
 
     haar                          the defaults (3 levels, K=64 at 8 bits, rest 4)
@@ -21,14 +21,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stamp_onnx import runtime
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.export import SOURCE_KEY, export_onnx
-from stamp_onnx.model_io import read_header
-from stamp_onnx.models import BUILTIN_MODELS, CALIBRATION_SAMPLES, calibration_samples, load_model
-from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import (
+from stamp_onnx.evaluation.validate import (
     ONNX_VS_FLOAT,
     TORCH_VS_FLOAT,
     Perplexity,
@@ -37,6 +32,17 @@ from stamp_onnx.validate import (
     mean_hp_energy,
     mean_layer_sqnr,
     validate,
+)
+from stamp_onnx.graph import runtime
+from stamp_onnx.graph.contract import SOURCE_KEY
+from stamp_onnx.graph.model_io import read_header
+from stamp_onnx.pipeline import quantize_file
+from stamp_onnx.zoo.export import export_onnx
+from stamp_onnx.zoo.models import (
+    BUILTIN_MODELS,
+    CALIBRATION_SAMPLES,
+    calibration_samples,
+    load_model,
 )
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Everything accumulates batch by batch, so no model output has to be held in memory whole
 (SmolLM2 logits are 25 MB per 128-token window). :class:`RunningDiff` sums the energies of
-:func:`stamp_onnx.quant.sqnr_db`'s formula, in float64, over all batches. Only the perplexity
+:func:`stamp_onnx.core.quant.sqnr_db`'s formula, in float64, over all batches. Only the perplexity
 needs torch, and imports it when used: ``compare`` runs on numpy and onnxruntime alone.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stamp_onnx import transforms
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import transforms
 from stamp_onnx.errors import ValidationError
 
 

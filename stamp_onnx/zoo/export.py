@@ -2,7 +2,7 @@
 
 The HF module itself is exported, called with keyword inputs, so the exporter's name scopes
 (``pkg.torch.onnx.name_scopes`` on every node) start at the module's own children: the
-layer name :func:`stamp_onnx.naming.layer_name_from_metadata` reads off a linear MatMul is
+layer name :func:`stamp_onnx.core.naming.layer_name_from_metadata` reads off a linear MatMul is
 exactly its ``named_modules()`` name (``model.layers.0.mlp.down_proj``, ``lm_head``). A
 wrapper module would prefix every name with its attribute; :func:`export_onnx` checks the
 names and logs any linear layer it cannot find.
@@ -25,15 +25,15 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 import torch
 
+from stamp_onnx.core.naming import layer_name_from_metadata
 from stamp_onnx.errors import ExportError, first_line
-from stamp_onnx.models import LoadedModel, linear_layer_names, with_attention_mask
-from stamp_onnx.naming import layer_name_from_metadata
+from stamp_onnx.graph.contract import SOURCE_KEY
+from stamp_onnx.zoo.models import LoadedModel, linear_layer_names, with_attention_mask
 
 logger = logging.getLogger(__name__)
 
 TRACE_BATCH = 2  # not 1: torch.export would specialise a size-1 axis to a constant
 TRACE_SEQ_LEN = 16
-SOURCE_KEY = "stamp_onnx.source_model"
 
 
 def export_onnx(

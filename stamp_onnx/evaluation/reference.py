@@ -6,13 +6,13 @@ For each selected ``nn.Linear`` the input x (..., s, d) is replaced by
 
 so the layer computes x' W^T + b = L^-1 (Q(L x) W^T) + b: in exact arithmetic the same as the
 rewritten ONNX graph (L^-1 commutes with the feature-axis matmul). The math is
-:mod:`stamp_onnx.transforms` and :mod:`stamp_onnx.quant` themselves, torch branch, float32,
+:mod:`stamp_onnx.core.transforms` and :mod:`stamp_onnx.core.quant` themselves, torch branch, float32,
 so this reference and the ONNX function bodies are held to one oracle.
 
 With a feature transform the input is first rotated, x -> x R, and the layer's weight becomes
 R^T W (``hadamard``), or divided per channel, x -> x / s, with the weight diag(s) W
 (``smoothquant``; s per module, as the rewritten model records it); with weight quantization
-that weight is fake-quantized (:mod:`stamp_onnx.weights`). The hooked layers' weights are
+that weight is fake-quantized (:mod:`stamp_onnx.core.weights`). The hooked layers' weights are
 swapped for those while the context is open.
 
 Example::
@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from stamp_onnx import quant, smoothing, transforms, weights
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import quant, smoothing, transforms, weights
 from stamp_onnx.errors import ValidationError
+from stamp_onnx.graph.contract import SCALE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def layer_weight(
 def _needs_scale(scale: np.ndarray | None) -> np.ndarray:
     if scale is None:
         raise ValidationError("a smoothquant layer needs its scale s: read it from the rewritten model "
-                              f"({smoothing.SCALE_KEY} on its quantizer)")
+                              f"({SCALE_KEY} on its quantizer)")
     return np.asarray(scale, dtype=np.float32)
 
 

@@ -11,7 +11,7 @@ Comparisons, with their tolerances:
 
 - float ONNX vs float torch: max |diff| / max |ref| <= FLOAT_RTOL (checks the export).
 - STaMP ONNX vs STaMP torch per layer, stage by stage on the ONNX run's own inputs
-  (:mod:`stamp_onnx.layer_check`): transforms and matmul within LAYER_RTOL, every quantized
+  (:mod:`stamp_onnx.evaluation.layer_check`): transforms and matmul within LAYER_RTOL, every quantized
   value bit for bit (checks the custom ops against the math oracle).
 - STaMP ONNX vs STaMP torch end to end: reported, no tolerance. At 4 bits they are two
   different noise draws: ~1e-7 float differences flip a few roundings, and the flips grow
@@ -24,7 +24,7 @@ Causal LMs also get perplexity on the same windows, twice (see /work/shared/STAM
 ``all`` scores every position; ``leak-free`` only positions t whose output cannot depend on
 tokens after t through the sequence transform (:func:`leak_free_mask`). For ``none`` both are
 the same set; for Haar the block ends; for DCT/WHT over a whole window almost nothing.
-Metrics accumulate batch by batch (:mod:`stamp_onnx.metrics`).
+Metrics accumulate batch by batch (:mod:`stamp_onnx.evaluation.metrics`).
 """
 
 from __future__ import annotations
@@ -45,18 +45,15 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from stamp_onnx import ops, runtime
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
-from stamp_onnx.layer_check import LayerDiff, per_layer_diffs, recorded_weights
-from stamp_onnx.metrics import RunningDiff, RunningNLL, leak_free_mask, word_error_rate
-from stamp_onnx.model_io import read_header
-from stamp_onnx.models import LoadedModel, Samples, evaluation_samples, load_model
-from stamp_onnx.naming import module_of_layer
-from stamp_onnx.passes.linear_layers import LAYER_KEY
-from stamp_onnx.passes.record_config import CONFIG_KEY
-from stamp_onnx.reference import stamp_reference
-from stamp_onnx.smoothing import SCALE_KEY, decode_scale
+from stamp_onnx.evaluation.layer_check import LayerDiff, per_layer_diffs, recorded_weights
+from stamp_onnx.evaluation.metrics import RunningDiff, RunningNLL, leak_free_mask, word_error_rate
+from stamp_onnx.evaluation.reference import stamp_reference
+from stamp_onnx.graph import runtime
+from stamp_onnx.graph.contract import CONFIG_KEY, read_model
+from stamp_onnx.zoo.models import LoadedModel, Samples, evaluation_samples, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -185,38 +182,10 @@ class ValidationReport:
 
 def read_stamp_metadata(path: str | Path) -> tuple[StampConfig, list[str]]:
     """The config a model was rewritten with and the module names of its rewritten layers."""
-    config, layers, _ = _read_metadata(path)
-    if config is None:
+    rewritten = read_model(path, ValidationError)
+    if rewritten.config is None:
         raise ValidationError(f"{path} has no {CONFIG_KEY!r} metadata: it was not written by stamp-onnx quantize")
-    return config, layers
-
-
-def _read_metadata(path: str | Path) -> tuple[StampConfig | None, list[str], dict[str, np.ndarray]]:
-    """The recorded config, the rewritten modules and their SmoothQuant scales (by module)."""
-    proto = read_header(path, ValidationError)
-    text = {p.key: p.value for p in proto.metadata_props}.get(CONFIG_KEY)
-    try:
-        config = None if text is None else StampConfig.from_json(text)
-    except ConfigError as err:
-        raise ValidationError(f"{path}: the recorded config is invalid: {err}") from err
-    layers: set[str] = set()
-    scales: dict[str, np.ndarray] = {}
-    for node in proto.graph.node:
-        if node.domain == ops.DOMAIN and node.op_type in ops.QUANTIZERS:
-            props = {p.key: p.value for p in node.metadata_props}
-            name = props.get(LAYER_KEY)
-            if name is not None:
-                layers.add(module_of_layer(name))  # a module called twice: one hook
-                if SCALE_KEY in props:
-                    scales[module_of_layer(name)] = _decode(path, name, props[SCALE_KEY])
-    return config, sorted(layers), scales
-
-
-def _decode(path: str | Path, layer: str, text: str) -> np.ndarray:
-    try:
-        return decode_scale(text)
-    except ValueError as err:
-        raise ValidationError(f"{path}: layer {layer!r}: {err}") from err
+    return rewritten.config, rewritten.modules
 
 
 def validate(
@@ -241,8 +210,9 @@ def validate(
     the ai.stamp ops with the native kernels when they were built (else the function bodies).
     """
     start = time.perf_counter()
-    recorded, layers, scales = _read_metadata(rewritten_onnx_path)
-    config = config or recorded
+    recorded = read_model(rewritten_onnx_path, ValidationError)  # the file's contract, read once
+    config = config or recorded.config
+    layers, scales = recorded.modules, recorded.scales_by_module()
     if config is None:
         raise ValidationError(
             f"{rewritten_onnx_path} has no {CONFIG_KEY!r} metadata: it was not written by stamp-onnx quantize"
@@ -255,13 +225,13 @@ def validate(
     seq_len = loaded.tokens or seq_len
     rewritten = _session(rewritten_onnx_path, native)
     if float_onnx_path is None:
-        from stamp_onnx.export import export_onnx
+        from stamp_onnx.zoo.export import export_onnx
 
         with tempfile.TemporaryDirectory(prefix="stamp-onnx-") as tmp:
             floated = _session(export_onnx(loaded, Path(tmp) / f"{loaded.name}.onnx"))
     else:
         floated = _session(float_onnx_path)
-    by_layer = recorded_weights(rewritten_onnx_path, config)
+    by_layer = recorded_weights(recorded, config)
     held = {module_of_layer(layer): w for layer, w in by_layer.items()}
     with stamp_reference(loaded.module, config, layers=layers or None, scales=scales, recorded_weights=held) as hooked:
         pass  # resolve and check the layer names once, before the long loop

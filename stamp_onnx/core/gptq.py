@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stamp_onnx.weights import weight_scales
+from stamp_onnx.core.weights import weight_scales
 
 
 def hessian(x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stamp_onnx.transforms import _cat, _is_torch
+from stamp_onnx.core.transforms import _cat, _is_torch
 
 
 def qparams(x: Any, bits: int) -> tuple[Any, Any]:
