@@ -47,19 +47,22 @@ from stamp_onnx.graph.contract import (
 from stamp_onnx.passes.constants import constant_array
 from stamp_onnx.passes.layer_weights import add_initializer, drop_if_unused
 from stamp_onnx.passes.linear_layers import QUANTIZED_OPS, find_linear_layers, reroute, unique_namer
-from stamp_onnx.passes.report import LayerRecord, SkippedLayer
+from stamp_onnx.passes.report import LayerRecord, ReportsInto, RewriteReport, SkippedLayer
 from stamp_onnx.passes.token_axis import DimRoles, TokenAxis, decide, shape_text
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 
 
 @dataclasses.dataclass
-class SelectResult(ir.passes.PassResult):
+class SelectResult(ir.passes.PassResult, ReportsInto):
     """The pass's findings: the layers to rewrite and the MatMul/Gemm nodes left alone."""
 
     layers: list[LayerRecord] = dataclasses.field(default_factory=list)
     skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+
+    def merge_into(self, report: RewriteReport) -> None:
+        report.rewritten, report.skipped, report.notes = self.layers, self.skipped, self.notes
 
 
 class SelectLinearLayersPass(ir.passes.InPlacePass):

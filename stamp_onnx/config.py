@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 from pathlib import Path
@@ -16,12 +17,38 @@ from typing import Any
 
 from stamp_onnx.errors import ConfigError
 
-TRANSFORMS = ("haar", "haar2d", "dct", "wht", "none")
+
+class Transform(enum.StrEnum):
+    """The sequence transforms (along the tokens)."""
+
+    HAAR = "haar"
+    HAAR2D = "haar2d"
+    DCT = "dct"
+    WHT = "wht"
+    NONE = "none"
+
+
+class FeatureTransform(enum.StrEnum):
+    """The transforms along the features, folded into the weights."""
+
+    NONE = "none"
+    HADAMARD = "hadamard"
+    SMOOTHQUANT = "smoothquant"
+
+
+class WeightMethod(enum.StrEnum):
+    """How weight codes are chosen."""
+
+    RTN = "rtn"
+    GPTQ = "gptq"
+
+
+TRANSFORMS = tuple(Transform)
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
-FEATURE_TRANSFORMS = ("none", "hadamard", "smoothquant")
-CALIBRATED_FEATURE_TRANSFORMS = ("smoothquant",)  # need calibration data
-WEIGHT_METHODS = ("rtn", "gptq")
+FEATURE_TRANSFORMS = tuple(FeatureTransform)
+CALIBRATED_FEATURE_TRANSFORMS = (FeatureTransform.SMOOTHQUANT,)  # need calibration data
+WEIGHT_METHODS = tuple(WeightMethod)
 
 
 @dataclasses.dataclass(frozen=True)

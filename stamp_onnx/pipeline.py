@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 import stamp_onnx
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import FeatureTransform, StampConfig, Transform, WeightMethod
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
 from stamp_onnx.graph import ops
 from stamp_onnx.graph.calibration import Calibration, calibrate
@@ -23,11 +24,16 @@ from stamp_onnx.passes.infer_shapes import InferShapesPass
 from stamp_onnx.passes.inline_stamp_ops import InlineStampOpsPass
 from stamp_onnx.passes.insert_sequence_transform import InsertSequenceTransformPass
 from stamp_onnx.passes.insert_token_qdq import InsertTokenQDQPass
-from stamp_onnx.passes.quantize_weights import QuantizeWeightsPass
+from stamp_onnx.passes.quantize_weights import (
+    QuantizeWeightsPass,
+    WeightQuantizer,
+    gptq,
+    round_to_nearest,
+)
 from stamp_onnx.passes.record_config import RecordConfigPass
 from stamp_onnx.passes.report import RewriteReport
 from stamp_onnx.passes.rotate_features import RotateFeaturesPass
-from stamp_onnx.passes.select_linear_layers import SelectLinearLayersPass, SelectResult
+from stamp_onnx.passes.select_linear_layers import SelectLinearLayersPass
 from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
 
 logger = logging.getLogger(__name__)
@@ -52,25 +58,18 @@ def rewrite(
             raise RewriteError(f"{source} was already rewritten by stamp-onnx; quantize the float model instead")
     report = RewriteReport()
     try:
-        InferShapesPass()(model)  # before the conversion too: symbolic inference knows the older opsets better
-        ConvertOpsetPass(ops.MIN_OPSET, report)(model)
-        InferShapesPass()(model)
-        selected = SelectLinearLayersPass(config.selects, config.token_axis_for, subgraphs=not config.needs_calibration)(model)
-        assert isinstance(selected, SelectResult)
-        report.rewritten, report.skipped, report.notes = selected.layers, selected.skipped, selected.notes
+        for step in (
+            InferShapesPass(),  # before the conversion too: symbolic inference knows the older opsets better
+            ConvertOpsetPass(ops.MIN_OPSET),
+            InferShapesPass(),
+            SelectLinearLayersPass(config.selects, config.token_axis_for, subgraphs=not config.needs_calibration),
+        ):
+            report.merge(step(model))
         if not report.rewritten:
             raise RewriteError(_nothing_to_rewrite(source, report, config))
-        ir.passes.PassManager(
-            [
-                InsertTokenQDQPass(config),
-                InsertSequenceTransformPass(config, report),
-                RotateFeaturesPass(config, report),
-                SmoothFeaturesPass(config, report, calibration),
-                QuantizeWeightsPass(config, report, calibration),
-                RecordConfigPass(config, stamp_onnx.__version__, report.skipped),
-                *([InlineStampOpsPass()] if inline else []),
-            ]
-        )(model)
+        for step in (*rewrite_passes(config, calibration), RecordConfigPass(config, stamp_onnx.__version__, report.skipped),
+                     *([InlineStampOpsPass()] if inline else [])):
+            report.merge(step(model))
     except ir.passes.PassError as err:
         cause: BaseException | None = err
         while cause is not None and not isinstance(cause, StampError):  # pass managers nest PassErrors
@@ -80,6 +79,49 @@ def rewrite(
         raise RewriteError(f"rewriting {source} failed: {first_line(err)}") from err
     model.ir_version = max(model.ir_version, 10)  # function overloads need IR >= 10
     return report
+
+
+def rewrite_passes(config: StampConfig, calibration: Calibration | None = None) -> list[ir.passes.PassBase]:
+    """The passes that rewrite the selected layers as ``config`` asks, in order; a pass that does
+    not apply is not in the list. ``calibration``: what :func:`calibrate_for` measured, when needed."""
+    passes: list[ir.passes.PassBase] = [InsertTokenQDQPass(config.hp_tokens, config.hp_bits, config.lp_bits)]
+    if config.transform != Transform.NONE:
+        passes.append(InsertSequenceTransformPass(config.transform, config.levels, config.prefix_tokens, config.grid_width))
+    feature = FEATURE_TRANSFORMS[FeatureTransform(config.feature_transform)]
+    if feature is not None:
+        passes.append(feature(config, calibration))
+    if config.weight_bits:
+        method = WeightMethod(config.weight_method)
+        passes.append(QuantizeWeightsPass(config.weight_bits, config.weight_block, method.value,
+                                          WEIGHT_METHODS[method](calibration)))
+    return passes
+
+
+def _smooth(config: StampConfig, calibration: Calibration | None) -> ir.passes.PassBase:
+    return SmoothFeaturesPass(config.smooth_alpha, _calibrated(calibration, f"feature transform {FeatureTransform.SMOOTHQUANT}").amax)
+
+
+def _gptq(calibration: Calibration | None) -> WeightQuantizer:
+    return gptq(_calibrated(calibration, f"weight method {WeightMethod.GPTQ}").hessian)
+
+
+def _calibrated(calibration: Calibration | None, what: str) -> Calibration:
+    if calibration is None:
+        raise RewriteError(f"{what} needs calibration statistics; pass calibration data (quantize --calibration FILE.npz)")
+    return calibration
+
+
+# What each feature transform and weight method adds to the pass list (None: nothing), as
+# onnxruntime's quantizer maps op types to quantizers: a new method is one entry here.
+FEATURE_TRANSFORMS: dict[FeatureTransform, Callable[[StampConfig, Calibration | None], ir.passes.PassBase] | None] = {
+    FeatureTransform.NONE: None,
+    FeatureTransform.HADAMARD: lambda config, calibration: RotateFeaturesPass(),
+    FeatureTransform.SMOOTHQUANT: _smooth,
+}
+WEIGHT_METHODS: dict[WeightMethod, Callable[[Calibration | None], WeightQuantizer]] = {
+    WeightMethod.RTN: lambda calibration: round_to_nearest,
+    WeightMethod.GPTQ: _gptq,
+}
 
 
 def _nothing_to_rewrite(source: str, report: RewriteReport, config: StampConfig) -> str:

@@ -18,7 +18,7 @@ from stamp_onnx.graph import ops
 from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, recorded_config
 from stamp_onnx.graph.model_io import load_model
 from stamp_onnx.passes.invariants import find_violations
-from stamp_onnx.pipeline import quantize_file, rewrite
+from stamp_onnx.pipeline import quantize_file, rewrite, rewrite_passes
 
 
 def ir_model(proto: onnx.ModelProto) -> ir.Model:
@@ -249,3 +249,33 @@ def test_output_is_byte_identical_across_runs(mlp_path: Path, tmp_path: Path) ->
     quantize_file(mlp_path, first, config)
     quantize_file(mlp_path, second, config)
     assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    (StampConfig(), ["InsertTokenQDQPass", "InsertSequenceTransformPass"]),
+    (StampConfig(transform="none"), ["InsertTokenQDQPass"]),
+    (StampConfig(weight_bits=4, feature_transform="hadamard"),
+     ["InsertTokenQDQPass", "InsertSequenceTransformPass", "RotateFeaturesPass", "QuantizeWeightsPass"]),
+])
+def test_pass_list_holds_only_the_passes_that_apply(config: StampConfig, expected: list[str]) -> None:
+    assert [type(p).__name__ for p in rewrite_passes(config)] == expected
+
+
+def test_passes_state_their_preconditions() -> None:
+    from stamp_onnx.passes.insert_sequence_transform import InsertSequenceTransformPass
+    from stamp_onnx.passes.rotate_features import RotateFeaturesPass
+
+    model = ir_model(models.mlp_model())
+    with pytest.raises(ir.passes.PreconditionError, match="InsertTokenQDQPass first"):
+        InsertSequenceTransformPass("haar", 3, 1, 0)(model)
+    with pytest.raises(ir.passes.PreconditionError, match="InsertTokenQDQPass first"):
+        RotateFeaturesPass()(model)
+    with pytest.raises(ValueError, match="no transform 'none'"):  # the pipeline leaves the pass out instead
+        InsertSequenceTransformPass("none", 3, 0, 0)
+
+
+def test_pass_results_fill_the_report() -> None:
+    model = ir_model(models.mlp_model())
+    report = rewrite(model, StampConfig(transform="dct", weight_bits=8, weight_block=8, feature_transform="hadamard"))
+    assert {(r.transform, r.feature_transform, r.weight_format) for r in report.rewritten} == {("dct", "hadamard", "int8 block 8")}
+    assert (report.opset_from, report.opset_to) == (21, 21)

@@ -194,14 +194,12 @@ def test_config_and_pipeline_errors(tmp_path: Path) -> None:
 
 def test_missing_statistics_are_an_error() -> None:
     from stamp_onnx.graph.calibration import Calibration
-    from stamp_onnx.passes.report import RewriteReport
-    from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
     from stamp_onnx.pipeline import rewrite
 
     with pytest.raises(RewriteError, match="no calibration statistics"):
         rewrite(load_model(tiny_llama_onnx()), SMOOTH, calibration=Calibration({}, 0, 0))
     with pytest.raises(RewriteError, match="needs calibration statistics"):
-        SmoothFeaturesPass(SMOOTH, RewriteReport(), None).call(load_model(tiny_llama_onnx()))
+        rewrite(load_model(tiny_llama_onnx()), SMOOTH)
 
 
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
