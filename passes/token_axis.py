@@ -34,27 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Iterable
 
 import onnx_ir as ir
 
+from stamp_onnx.core.naming import looks_like_batch, looks_like_sequence
 from stamp_onnx.passes.constants import is_constant
 
-_SEQUENCE_NAME = re.compile(
-    r"seq|sequence|length|len\b|time|token|frame|step|position|past|total|^s$|^t$|^l$|^src$|^tgt$", re.IGNORECASE
-)
-_BATCH_NAME = re.compile(r"batch|^b$|^n$|^nb$|^bs$|^bsz$|^num_samples$", re.IGNORECASE)
-
-
-def looks_like_batch(name: str) -> bool:
-    """A dim name such as 'batch', 'batch_size', 'N', 'B', 'bs'."""
-    return bool(_BATCH_NAME.search(name))
-
-
-def looks_like_sequence(name: str) -> bool:
-    """A dim name such as 'seq', 'sequence_length', 'tokens', 'time', 'frames', 'past_len'."""
-    return not looks_like_batch(name) and bool(_SEQUENCE_NAME.search(name))
 FLATTENING_OPS = ("Reshape", "Flatten")
 
 Dim = int | str | None  # static, symbolic (an expression such as "batch*seq" after symbolic inference), unknown

@@ -29,11 +29,11 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from stamp_onnx.core.naming import looks_like_batch, looks_like_sequence
 from stamp_onnx.errors import ConfigError, ModelLoadError, ValidationError, first_line
 from stamp_onnx.evaluation.metrics import RunningDiff
 from stamp_onnx.graph import runtime
 from stamp_onnx.graph.model_io import load_model
-from stamp_onnx.passes.token_axis import looks_like_batch, looks_like_sequence
 
 Dim = int | str | None  # static size, symbolic name, unknown
 _IMAGE_SIDE = re.compile(r"height|width", re.IGNORECASE)
