@@ -1,7 +1,7 @@
 """Tests for stamp_onnx.core.quant, the per-token mixed-precision quantizer oracle.
 
-The quantizer is held bit for bit to a literal, scalar transcription of the formula in STAMP.md
-written below, and at 8 bits to ONNX Runtime's DynamicQuantizeLinear + DequantizeLinear.
+The quantizer is held bit for bit to a literal, scalar transcription of the formula in docs/design.md
+("QDQ details") written below, and at 8 bits to ONNX Runtime's DynamicQuantizeLinear + DequantizeLinear.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ F32 = np.float32
 
 
 def _reference_token(row: np.ndarray, bits: int) -> np.ndarray:
-    """STAMP.md's quantizer for one float32 token, one scalar at a time.
+    """docs/design.md's quantizer for one float32 token, one scalar at a time.
 
     Every float operation is a numpy float32 scalar operation; rounding uses Python's round(),
     which rounds half to even (exact here: a float32 converts to a Python float losslessly).

@@ -1,4 +1,4 @@
-"""Tests for stamp_onnx.core.transforms, the sequence-transform oracle (conventions: docs STAMP.md).
+"""Tests for stamp_onnx.core.transforms, the sequence-transform oracle (conventions: docs/design.md).
 
 Each transform is checked against an independent construction written here (hand-computed Haar
 values, a plain recursive Haar, scipy's DCT and Hadamard), plus the algebra every transform must

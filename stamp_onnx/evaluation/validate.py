@@ -20,7 +20,7 @@ Comparisons, with their tolerances:
 - STaMP torch / STaMP ONNX vs float torch: the quality of the quantization; the ONNX one must
   be within SQNR_MATCH_DB of the torch one (same method, same bits, a different noise draw).
 
-Causal LMs also get perplexity on the same windows, twice (see /work/shared/STAMP.md):
+Causal LMs also get perplexity on the same windows, twice (docs/design.md, "Causality"):
 ``all`` scores every position; ``leak-free`` only positions t whose output cannot depend on
 tokens after t through the sequence transform (:func:`leak_free_mask`). For ``none`` both are
 the same set; for Haar the block ends; for DCT/WHT over a whole window almost nothing.

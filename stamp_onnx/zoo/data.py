@@ -1,6 +1,6 @@
 """Real English text for evaluation, cut into fixed token windows.
 
-Two corpora can be had offline (docs: /work/shared/OFFLINE.md); the first one present wins:
+Two corpora can be had offline (docs/design.md, "Data offline"); the first one present wins:
 
 1. ``python3.11-doc``: Debian's reStructuredText sources of the Python tutorial
    (``/usr/share/doc/python3.11/html/_sources/tutorial/*.rst.txt``), files in name order.
