@@ -187,6 +187,28 @@ class StampConfig:
             raise ConfigError(f"tokens={tokens} must be positive")
         return average_bits(self.hp_tokens, self.hp_bits, self.lp_bits, tokens)
 
+    def label(self) -> str:
+        """The config in one line, the same everywhere (eval rows and plots, quantize, validate,
+        inspect): 'haar L=3, P=1, K=64, 8/4'; settings at their defaults are left out."""
+        parts = [self.transform + (f" L={self.levels}" if self.transform in (Transform.HAAR, Transform.HAAR2D) else "")]
+        if self.grid_width:
+            parts.append(f"W={self.grid_width}")
+        if self.prefix_tokens:
+            parts.append(f"P={self.prefix_tokens}")
+        parts += [f"K={self.hp_tokens}", f"{self.hp_bits}/{self.lp_bits}"]
+        if self.feature_transform == FeatureTransform.SMOOTHQUANT:
+            parts.append(f"smoothquant a={self.smooth_alpha:g}")
+        elif self.feature_transform != FeatureTransform.NONE:
+            parts.append(self.feature_transform)
+        if self.weight_bits:
+            parts.append(f"W{self.weight_bits}" + (f" b{self.weight_block}" if self.weight_block else "")
+                         + (f" {self.weight_method}" if self.weight_method != WeightMethod.RTN else ""))
+        parts += [f"{name} {value!r}" for name, value in (("include", self.include), ("exclude", self.exclude)) if value is not None]
+        if self.token_axis is not None:
+            parts.append(f"token axis {self.token_axis}")
+        parts += [f"token axis {axis} for {pattern!r}" for pattern, axis in self.token_axes]
+        return ", ".join(parts)
+
     @property
     def needs_calibration(self) -> bool:
         """True when the rewrite needs statistics of the float model on calibration data."""
@@ -227,8 +249,22 @@ class StampConfig:
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from err
 
+    @classmethod
+    def text_fields(cls) -> dict[str, type]:
+        """The fields a flag or a ``key=value`` spec can set, with the type their text is read as
+        (every field but token_axes, which only a JSON config holds)."""
+        kinds: dict[str, type] = {}
+        for field in dataclasses.fields(cls):
+            kind = str(field.type).split(" |")[0]
+            if kind in _TEXT_KINDS:
+                kinds[field.name] = _TEXT_KINDS[kind]
+        return kinds
+
     def replace(self, **changes: Any) -> StampConfig:
         return dataclasses.replace(self, **changes)
+
+
+_TEXT_KINDS: dict[str, type] = {"str": str, "int": int, "float": float}
 
 
 def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, tokens: int) -> float:

@@ -27,13 +27,12 @@ from stamp_onnx.config import (
     StampConfig,
 )
 from stamp_onnx.errors import ConfigError, MissingExtraError, StampError
+from stamp_onnx.zoo import CALIBRATION_SAMPLES, DEFAULT_MODEL, DEFAULT_WINDOWS
 
 if TYPE_CHECKING:
     from stamp_onnx.passes.report import RewriteReport
 
 logger = logging.getLogger("stamp_onnx")
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_WINDOWS = 4  # eval/validate/demo --windows; export's calibration data avoids these windows
 # These commands run PyTorch models: they need the `models` extra (pyproject.toml), these modules.
 NEEDS_MODELS_EXTRA = ("export", "validate", "eval", "demo")
 MODELS_EXTRA = ("torch", "transformers", "safetensors", "tokenizers", "gguf", "accelerate", "tqdm", "scipy", "skimage",
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
                    help="also write calibration inputs from the model's own data (for quantize --calibration)")
-    p.add_argument("--calibration-samples", type=int, help="samples in --calibration-data (default 8)")
+    p.add_argument("--calibration-samples", type=int, help=f"samples in --calibration-data (default {CALIBRATION_SAMPLES})")
     p.add_argument("--calibration-seq-len", type=int,
                    help="tokens per text sample in --calibration-data (default 256); the windows are held out from "
                    f"an evaluation of --windows {DEFAULT_WINDOWS} at that length")
@@ -172,12 +171,8 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
         if text != "channel" and not text.isdigit():
             raise ConfigError(f"--weight-granularity {args.weight_granularity!r} is not 'channel' or a block size")
         args.weight_block = 0 if text == "channel" else int(text)
-    changes = {
-        key: getattr(args, key)
-        for key in ("transform", "levels", "prefix_tokens", "grid_width", "hp_tokens", "hp_bits", "lp_bits", "include", "exclude",
-                    "weight_bits", "weight_block", "weight_method", "feature_transform", "smooth_alpha", "token_axis")
-        if getattr(args, key) is not None
-    }
+    # every field a flag can set has one, with the field's name as its dest (_add_config_flags)
+    changes = {key: getattr(args, key) for key in StampConfig.text_fields() if getattr(args, key) is not None}
     return base.replace(**changes)
 
 
@@ -207,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         if not args.calibration_data.parent.is_dir():
             raise ConfigError(f"folder of --calibration-data {args.calibration_data} does not exist; create it first")
-        n = 8 if args.calibration_samples is None else args.calibration_samples
+        n = CALIBRATION_SAMPLES if args.calibration_samples is None else args.calibration_samples
         seq_len = 256 if args.calibration_seq_len is None else args.calibration_seq_len
         samples = calibration_samples(loaded, n, seq_len, held_out=DEFAULT_WINDOWS)
         save_feeds(args.calibration_data, samples.feeds)
@@ -243,10 +238,7 @@ def _print_quantize_report(args: argparse.Namespace, config: StampConfig, report
 
     skipped = report.skipped_linear
     print(f"rewrote {len(report.rewritten)} linear layers of {args.input} -> {args.output}; skipped {len(skipped)}")
-    print(f"  transform={config.transform} levels={config.levels} prefix={config.prefix_tokens} K={config.hp_tokens} "
-          f"bits={config.hp_bits}/{config.lp_bits} features={config.feature_transform}"
-          f"{f' alpha={config.smooth_alpha}' if config.feature_transform == 'smoothquant' else ''} "
-          f"weights={weight_format(config)}")
+    print(f"  {config.label()}; weights {weight_format(config)}")
     axes: dict[str, int] = {}
     for record in report.rewritten:
         traced = " from " in record.activation_shape

@@ -37,53 +37,29 @@ from stamp_onnx.graph import runtime
 from stamp_onnx.graph.contract import SOURCE_KEY
 from stamp_onnx.graph.model_io import read_header
 from stamp_onnx.pipeline import quantize_file
+from stamp_onnx.zoo import CALIBRATION_SAMPLES
 from stamp_onnx.zoo.export import export_onnx
-from stamp_onnx.zoo.models import (
-    BUILTIN_MODELS,
-    CALIBRATION_SAMPLES,
-    calibration_samples,
-    load_model,
-)
+from stamp_onnx.zoo.models import BUILTIN_MODELS, calibration_samples, load_model
 
 logger = logging.getLogger(__name__)
 
-_FIELDS = {f.name: f for f in dataclasses.fields(StampConfig)}
 
 
 def parse_config_spec(spec: str) -> StampConfig:
     """'haar,prefix_tokens=1' -> StampConfig(transform='haar', prefix_tokens=1)."""
     head, *overrides = [part.strip() for part in spec.split(",")]
+    fields = StampConfig.text_fields()
     changes: dict[str, object] = {"transform": head}
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in _FIELDS:
+        if not sep or key not in fields:
             raise ConfigError(
-                f"config spec {spec!r}: {item!r} is not key=value with a key among {', '.join(sorted(_FIELDS))}"
+                f"config spec {spec!r}: {item!r} is not key=value with a key among {', '.join(sorted(fields))}"
             )
-        if key in ("include", "exclude", "transform", "feature_transform", "weight_method"):
-            changes[key] = value
-        else:
-            changes[key] = _number(spec, key, value, float if _FIELDS[key].type in (float, "float") else int)
+        kind = fields[key]
+        changes[key] = value if kind is str else _number(spec, key, value, kind)
     return StampConfig().replace(**changes)
-
-
-def config_label(config: StampConfig) -> str:
-    """A short row label: 'haar L=3, P=1, K=64, 8/4'."""
-    parts = [config.transform + (f" L={config.levels}" if config.transform.startswith("haar") else "")]
-    if config.grid_width:
-        parts.append(f"W={config.grid_width}")
-    if config.prefix_tokens:
-        parts.append(f"P={config.prefix_tokens}")
-    parts += [f"K={config.hp_tokens}", f"{config.hp_bits}/{config.lp_bits}"]
-    if config.feature_transform == "smoothquant":
-        parts.append(f"smoothquant a={config.smooth_alpha:g}")
-    elif config.feature_transform != "none":
-        parts.append(config.feature_transform)
-    if config.weight_bits:
-        parts.append(f"W{config.weight_bits}" + (f" b{config.weight_block}" if config.weight_block else "")
-                     + (f" {config.weight_method}" if config.weight_method != "rtn" else ""))
-    return ", ".join(parts)
 
 
 def evaluate_configs(
@@ -134,7 +110,7 @@ def evaluate_configs(
         stem = f"{loaded.name}.{config.transform}.{hashlib.sha256(key.encode()).hexdigest()[:10]}"
         saved = out_dir / f"{stem}.report.json"
         if not fresh and (report := _load_saved(saved, key)) is not None:
-            logger.info("reusing the saved evaluation %s (%s)", saved, config_label(config))
+            logger.info("reusing the saved evaluation %s (%s)", saved, config.label())
             reports.append(report)
             continue
         path = out_dir / f"{stem}.onnx"
@@ -216,7 +192,7 @@ def _row(report: ValidationReport) -> _Row:
     wer = report.word_error_rates
     torch_row, onnx_row = report.comparison(TORCH_VS_FLOAT), report.comparison(ONNX_VS_FLOAT)
     return _Row(
-        label=config_label(report.config),
+        label=report.config.label(),
         average_bits=report.config.average_bits(report.seq_len),
         sqnr_torch=torch_row.sqnr_db,
         sqnr_onnx=onnx_row.sqnr_db,

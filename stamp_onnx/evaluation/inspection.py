@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from stamp_onnx.config import average_bits
+from stamp_onnx.config import StampConfig, average_bits
 from stamp_onnx.graph.contract import read_layers, recorded_config, recorded_skips
 
 
@@ -48,7 +48,7 @@ class ModelSummary:
     def to_text(self) -> str:
         lines = [f"opset {self.opset}; {len(self.layers)} rewritten linear layers"]
         if self.config is not None:
-            lines.append("recorded config: " + ", ".join(f"{k}={v}" for k, v in sorted(self.config.items())))
+            lines.append("recorded config: " + StampConfig.from_dict(self.config).label())
         if self.layers:
             width = max(len(layer.name) for layer in self.layers)
             lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}"

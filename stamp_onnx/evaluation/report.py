@@ -32,7 +32,6 @@ from matplotlib.ticker import FuncFormatter
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.evaluation.evaluate import config_label
 from stamp_onnx.evaluation.validate import ONNX_VS_FLOAT, ValidationReport
 
 logger = logging.getLogger(__name__)
@@ -292,8 +291,8 @@ def _energy_layers(reports: list[ValidationReport]) -> list[str]:
 
 
 def _labels(configs: list[StampConfig]) -> list[str]:
-    """config_label of each config, numbered where two configs would otherwise share a label."""
-    labels = [config_label(c) for c in configs]
+    """StampConfig.label() of each config, numbered where two configs would otherwise share a label."""
+    labels = [c.label() for c in configs]
     return [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 

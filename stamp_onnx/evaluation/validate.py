@@ -53,6 +53,7 @@ from stamp_onnx.evaluation.metrics import RunningDiff, RunningNLL, leak_free_mas
 from stamp_onnx.evaluation.reference import stamp_reference
 from stamp_onnx.graph import runtime
 from stamp_onnx.graph.contract import CONFIG_KEY, read_model
+from stamp_onnx.zoo import DEFAULT_WINDOWS
 from stamp_onnx.zoo.models import LoadedModel, Samples, evaluation_samples, load_model
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 FLOAT_RTOL = 1e-4  # float ONNX vs float torch: max |diff| / max |reference|
 LAYER_RTOL = 1e-4  # per layer, transform and matmul+inverse stages: max |diff| / max |ref|
 SQNR_MATCH_DB = 3.0  # |SQNR(STaMP ONNX vs float) - SQNR(STaMP torch vs float)|
-DEFAULT_WINDOWS = 8
 VARIANTS = ("float torch", "float ONNX", "STaMP torch reference", "STaMP ONNX")
 TORCH_VS_FLOAT = "STaMP torch reference vs float torch"  # names of the two quality rows
 ONNX_VS_FLOAT = "STaMP ONNX vs float torch"
@@ -154,9 +154,7 @@ class ValidationReport:
         lines = [
             f"model    {self.model}: {self.description}",
             f"onnx     {self.onnx_path}",
-            f"config   transform {c.transform}" + (f" ({c.levels} levels)" if c.transform.startswith("haar") else "")
-            + f", first {c.hp_tokens} tokens {c.hp_bits} bits, rest {c.lp_bits} bits "
-            f"(average {avg:.2f} bits at {self.seq_len} tokens)",
+            f"config   {c.label()} (average {avg:.2f} bits at {self.seq_len} tokens)",
             f"data     {self.n_windows} samples x {self.seq_len} tokens of {self.data}",
             f"layers   {self.layers_rewritten} rewritten in ONNX, {self.layers_hooked} hooked in PyTorch",
             f"runtime  onnxruntime {ort.__version__}, ai.stamp ops run by {self.kernels}",

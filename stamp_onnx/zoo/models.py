@@ -48,7 +48,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 Kind = Literal["causal-lm", "encoder"]
-DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA_SEED = 0
 
@@ -330,7 +329,6 @@ def evaluation_samples(loaded: LoadedModel, n: int, seq_len: int, seed: int) -> 
     return _samples(loaded, n, seq_len, seed, avoid=0, count_name="n_windows")
 
 
-CALIBRATION_SAMPLES = 8
 CALIBRATION_SEED = 1
 
 
