@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,9 @@ import onnxruntime as ort
 
 from stamp_onnx.core.naming import looks_like_batch, looks_like_sequence
 from stamp_onnx.errors import ConfigError, ModelLoadError, ValidationError, first_line
-from stamp_onnx.evaluation.metrics import RunningDiff
+from stamp_onnx.evaluation.metrics import RunningDiff, json_finite
 from stamp_onnx.graph import runtime
-from stamp_onnx.graph.model_io import load_model
+from stamp_onnx.graph.model_io import load_arrays, load_model
 
 Dim = int | str | None  # static size, symbolic name, unknown
 _IMAGE_SIDE = re.compile(r"height|width", re.IGNORECASE)
@@ -89,7 +88,7 @@ class CompareReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; inf and nan as the strings 'inf', '-inf', 'nan' (as validate writes them)."""
-        return _finite({**dataclasses.asdict(self), "ok": self.ok})
+        return json_finite({**dataclasses.asdict(self), "ok": self.ok})
 
     def to_text(self) -> str:
         kernels = "native kernels" if self.kernels == runtime.NATIVE else self.kernels
@@ -206,16 +205,7 @@ def generate_inputs(model_path: str | Path, *, batch: int = 2, seq_len: int = 16
 
 def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file, by name (ConfigError when it cannot be read)."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: np.asarray(data[name]) for name in data.files}
-    except FileNotFoundError as err:
-        raise ConfigError(f"inputs file {path} does not exist") from err
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as err:
-        raise ConfigError(f"inputs file {path} is not a readable .npz of arrays ({first_line(err)}); "
-                          "write one with numpy.savez(path, name=array, ...)") from err
-    return arrays
+    return load_arrays(path, "inputs file", "write one with numpy.savez(path, name=array, ...)")
 
 
 # --- the inputs ---------------------------------------------------------------------------------
@@ -532,12 +522,3 @@ def _shape(dims: Sequence[Dim]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

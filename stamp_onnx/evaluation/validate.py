@@ -49,7 +49,13 @@ from stamp_onnx.config import StampConfig
 from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.errors import ConfigError, ValidationError, first_line
 from stamp_onnx.evaluation.layer_check import LayerDiff, per_layer_diffs, recorded_weights
-from stamp_onnx.evaluation.metrics import RunningDiff, RunningNLL, leak_free_mask, word_error_rate
+from stamp_onnx.evaluation.metrics import (
+    RunningDiff,
+    RunningNLL,
+    json_finite,
+    leak_free_mask,
+    word_error_rate,
+)
 from stamp_onnx.evaluation.reference import stamp_reference
 from stamp_onnx.graph import runtime
 from stamp_onnx.graph.contract import CONFIG_KEY, read_model
@@ -130,7 +136,7 @@ class ValidationReport:
         data = dataclasses.asdict(self)
         data["config"] = dataclasses.asdict(self.config)
         data["ok"] = self.ok
-        return _finite(data)
+        return json_finite(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
@@ -429,12 +435,3 @@ def _unfinite(value: Any) -> Any:
     return value
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import onnx
 
 from stamp_onnx.errors import ConfigError, first_line
 from stamp_onnx.graph import runtime
+from stamp_onnx.graph.model_io import load_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +46,7 @@ class Calibration:
 
 def load_feeds(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of a calibration ``.npz`` file, by name (ConfigError when it cannot be read)."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            feeds = {name: np.asarray(data[name]) for name in data.files}
-    except FileNotFoundError as err:
-        raise ConfigError(f"calibration file {path} does not exist") from err
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise ConfigError(f"calibration file {path} is not a readable .npz of arrays ({first_line(err)}); "
-                          "write one with numpy.savez or `stamp-onnx export --calibration-data`") from err
+    feeds = load_arrays(path, "calibration file", "write one with numpy.savez or `stamp-onnx export --calibration-data`")
     if not feeds:
         raise ConfigError(f"calibration file {path} holds no arrays; it needs one per model input")
     return feeds

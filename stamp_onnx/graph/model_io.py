@@ -11,9 +11,11 @@ import contextlib
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -53,6 +55,20 @@ def load_model(path: str | Path, error: type[StampError] = ModelLoadError) -> ir
             f"{path} fails onnx.checker ({first_line(err)}); fix or re-export the model"
         ) from err
     return model
+
+
+def load_arrays(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, by name; ConfigError naming ``what`` the file is, with ``hint``
+    (how to write one), when it is missing or unreadable."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: np.asarray(data[name]) for name in data.files}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{what} {path} does not exist") from err
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as err:
+        raise ConfigError(f"{what} {path} is not a readable .npz of arrays ({first_line(err)}); {hint}") from err
+    return arrays
 
 
 def read_header(path: str | Path, error: type[StampError] = ModelLoadError) -> onnx.ModelProto:
