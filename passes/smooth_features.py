@@ -31,6 +31,7 @@ from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.core.smoothing import smooth_scales, smoothed_weight, weight_amax
 from stamp_onnx.errors import RewriteError
 from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, SCALE_KEY, encode_scale, rewritten_layers
+from stamp_onnx.passes.constants import channel_constant
 from stamp_onnx.passes.layer_weights import add_initializer, read_weight, replace_input, stored
 from stamp_onnx.passes.linear_layers import unique_namer
 from stamp_onnx.passes.report import FeatureResult
@@ -115,7 +116,7 @@ def _fold(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.n
         return None
     d = scale.shape[0]
     if producer.op_type == "Mul":
-        consts = [i for i, v in enumerate(producer.inputs) if _channel_constant(v, d) is not None]
+        consts = [i for i, v in enumerate(producer.inputs) if channel_constant(v, d) is not None]
         if len(consts) != 1:
             return None
         slots = consts
@@ -125,26 +126,16 @@ def _fold(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.n
         if axis is not None and axis.as_int() not in (-1, (rank or 0) - 1):
             return None
         slots = [i for i in (1, 2) if i < len(producer.inputs) and producer.inputs[i] is not None]
-        if not slots or any(_channel_constant(producer.inputs[i], d) is None for i in slots):
+        if not slots or any(channel_constant(producer.inputs[i], d) is None for i in slots):
             return None
     for i in slots:
         value = producer.inputs[i]
-        c = _channel_constant(value, d)
+        c = channel_constant(value, d)
         assert c is not None and value is not None
         divided = (c.astype(np.float64) / scale.astype(np.float64).reshape(c.shape)).astype(np.float32)
         new = add_initializer(graph, fresh(f"{value.name or 'constant'}/smoothed"), ir.tensor(divided))
         replace_input(graph, producer, i, new)
     return f"folded into {producer.op_type} {producer.name}"
-
-
-def _channel_constant(value: ir.Value | None, d: int) -> np.ndarray | None:
-    """The float32 initializer ``value`` when it holds d numbers along the last axis only."""
-    if value is None or value.const_value is None or value.dtype != ir.DataType.FLOAT:
-        return None
-    array = value.const_value.numpy()
-    if array.size != d or array.shape[-1:] != (d,):
-        return None
-    return array
 
 
 def _divide(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.ndarray, quantizers: list[ir.Node], layer: str) -> str:

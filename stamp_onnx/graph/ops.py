@@ -307,17 +307,14 @@ def quant_type(bits: int) -> ir.DataType:
 
 
 class _Body:
-    """A tiny builder: named values, constants, nodes in order."""
+    """A function body recorded on onnx-ir's :class:`ir.tape.Tape`, with the naming the bodies
+    keep: nodes ``n0, n1, ...`` and values ``v1, v2, ...`` in order, inputs and outputs by name."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.nodes: list[ir.Node] = []
+        self.tape = ir.tape.Tape()
         self.inputs: list[ir.Value] = []
         self._count = 0
-
-    def _name(self) -> str:
-        self._count += 1
-        return f"v{self._count}"
 
     def input(self, name: str) -> ir.Value:
         value = ir.Value(name=name)
@@ -328,11 +325,12 @@ class _Body:
         return self.op_multi(op_type, inputs, 1, **attributes)[0]
 
     def op_multi(self, op_type: str, inputs: list[ir.Value], count: int, **attributes: Any) -> list[ir.Value]:
-        node = ir.Node("", op_type, inputs, attributes=_attrs(attributes), num_outputs=count, name=f"n{len(self.nodes)}")
-        for value in node.outputs:
-            value.name = self._name()
-        self.nodes.append(node)
-        return list(node.outputs)
+        attrs = {attr.name: attr for attr in _attrs(attributes)}
+        outputs = self.tape.op_multi_out(op_type, inputs, attrs, num_outputs=count, name=f"n{len(self.tape.nodes)}")
+        for value in outputs:
+            self._count += 1
+            value.name = f"v{self._count}"
+        return list(outputs)
 
     def const(self, array: np.ndarray) -> ir.Value:
         return self.op("Constant", [], value=ir.tensor(array))
@@ -342,7 +340,7 @@ class _Body:
     ) -> ir.Function:
         for output_name, value in outputs.items():
             value.name = output_name
-        graph = ir.Graph(self.inputs, list(outputs.values()), nodes=self.nodes, opset_imports={"": opset}, name=self.prefix)
+        graph = ir.Graph(self.inputs, list(outputs.values()), nodes=self.tape.nodes, opset_imports={"": opset}, name=self.prefix)
         return ir.Function(DOMAIN, name, overload, graph=graph, attributes=attributes)
 
 
