@@ -44,6 +44,7 @@ class WeightMethod(enum.StrEnum):
 
 
 TRANSFORMS = tuple(Transform)
+HAAR_TRANSFORMS = (Transform.HAAR, Transform.HAAR2D)  # the transforms with levels
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
 FEATURE_TRANSFORMS = tuple(FeatureTransform)
@@ -190,7 +191,7 @@ class StampConfig:
     def label(self) -> str:
         """The config in one line, the same everywhere (eval rows and plots, quantize, validate,
         inspect): 'haar L=3, P=1, K=64, 8/4'; settings at their defaults are left out."""
-        parts = [self.transform + (f" L={self.levels}" if self.transform in (Transform.HAAR, Transform.HAAR2D) else "")]
+        parts = [self.transform + (f" L={self.levels}" if self.transform in HAAR_TRANSFORMS else "")]
         if self.grid_width:
             parts.append(f"W={self.grid_width}")
         if self.prefix_tokens:

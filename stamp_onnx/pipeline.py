@@ -155,7 +155,7 @@ def quantize_file(
     """
     out = check_output_path(in_path, out_path)
     if config.needs_calibration and calibration_feeds is None:
-        what = "weight method gptq" if config.weight_method == "gptq" else f"feature transform {config.feature_transform}"
+        what = "weight method gptq" if config.weight_method == WeightMethod.GPTQ else f"feature transform {config.feature_transform}"
         raise ConfigError(f"{what} needs calibration data: pass --calibration FILE.npz "
                           "(arrays named after the model inputs; `stamp-onnx export MODEL --calibration-data FILE.npz` writes one)")
     if calibration_feeds is not None and not config.needs_calibration:
@@ -182,13 +182,13 @@ def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, fee
     """
     logger.info("calibrating %s", in_path)
     calibration = None
-    if config.feature_transform == "smoothquant":
+    if config.feature_transform == FeatureTransform.SMOOTHQUANT:
         calibration = calibrate(in_path, feeds, _linear_inputs(model))
-    if config.weight_method != "gptq":
+    if config.weight_method != WeightMethod.GPTQ:
         assert calibration is not None
         return calibration
     first = load_model(in_path)
-    rewrite(first, config.replace(weight_method="rtn"), source=str(in_path), calibration=calibration)
+    rewrite(first, config.replace(weight_method=WeightMethod.RTN), source=str(in_path), calibration=calibration)
     # Every quantizer of a model has one config, so layers whose quantizers read one activation
     # (q/k/v, gate/up) get the same MatMul input: measure it once, for the first of them.
     readers: dict[str, list[str]] = {}

@@ -44,6 +44,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from stamp_onnx.config import Transform
+
 Array = TypeVar("Array", bound=Any)  # np.ndarray or torch.Tensor
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -56,26 +58,26 @@ def forward(x: Array, transform: str, levels: int = 3, prefix: int = 0, grid_wid
     (an attention sink, a CLS token); the rest is transformed as a sequence of its own.
     ``grid_width``: haar2d only, the width of the token grid (0: square).
     """
-    if transform == "none" or _tokens(x) <= prefix:
+    if transform == Transform.NONE or _tokens(x) <= prefix:
         return x
     if prefix:
         return _cat([x[..., :prefix, :], forward(x[..., prefix:, :], transform, levels, 0, grid_width)])
-    if transform == "haar":
+    if transform == Transform.HAAR:
         return _haar_forward(x, levels)
-    if transform == "haar2d":
+    if transform == Transform.HAAR2D:
         return _haar2d_forward(x, levels, grid_width)
     return _apply_matrix(matrix(_tokens(x), transform, levels), x)
 
 
 def inverse(x: Array, transform: str, levels: int = 3, prefix: int = 0, grid_width: int = 0) -> Array:
     """Apply L^-1 = L^T to the token axis (-2) of ``x`` (arguments as in :func:`forward`)."""
-    if transform == "none" or _tokens(x) <= prefix:
+    if transform == Transform.NONE or _tokens(x) <= prefix:
         return x
     if prefix:
         return _cat([x[..., :prefix, :], inverse(x[..., prefix:, :], transform, levels, 0, grid_width)])
-    if transform == "haar":
+    if transform == Transform.HAAR:
         return _haar_inverse(x, levels)
-    if transform == "haar2d":
+    if transform == Transform.HAAR2D:
         return _haar2d_inverse(x, levels, grid_width)
     return _apply_matrix(matrix(_tokens(x), transform, levels).T, x)
 
@@ -88,15 +90,15 @@ def matrix(s: int, transform: str, levels: int = 3, prefix: int = 0, grid_width:
     if 0 < prefix < s:
         m = np.eye(s)
         m[prefix:, prefix:] = matrix(s - prefix, transform, levels, 0, grid_width)
-    elif prefix >= s or transform == "none":
+    elif prefix >= s or transform == Transform.NONE:
         m = np.eye(s)
-    elif transform == "haar":
+    elif transform == Transform.HAAR:
         m = _haar_forward(np.eye(s), levels)
-    elif transform == "haar2d":
+    elif transform == Transform.HAAR2D:
         m = _haar2d_forward(np.eye(s), levels, grid_width)
-    elif transform == "dct":
+    elif transform == Transform.DCT:
         m = _dct_matrix(s)
-    elif transform == "wht":
+    elif transform == Transform.WHT:
         m = _wht_matrix(s)
     else:
         raise ValueError(f"unknown transform {transform!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import FeatureTransform, StampConfig, WeightMethod
 from stamp_onnx.errors import ConfigError
 from stamp_onnx.evaluation.validate import (
     ONNX_VS_FLOAT,
@@ -140,9 +140,9 @@ def _cache_key(
     stat = float_path.stat()
     fields = json.loads(config.to_json())
     # fields added later are left out where they do not apply, so earlier saved results stay valid
-    if config.feature_transform != "smoothquant":
+    if config.feature_transform != FeatureTransform.SMOOTHQUANT:
         fields.pop("smooth_alpha")
-    if config.weight_method == "rtn":
+    if config.weight_method == WeightMethod.RTN:
         fields.pop("weight_method")
     key = {"model": name, "config": fields, "seq_len": seq_len, "n_windows": n_windows,
            "float_onnx": [stat.st_size, stat.st_mtime_ns], "kernels": kernels}

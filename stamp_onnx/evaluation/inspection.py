@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from stamp_onnx.config import StampConfig, average_bits
+from stamp_onnx.config import HAAR_TRANSFORMS, StampConfig, average_bits
 from stamp_onnx.graph.contract import read_layers, recorded_config, recorded_skips
 
 
@@ -54,7 +54,7 @@ class ModelSummary:
             lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}"
                          "  features  weights")
             for layer in self.layers:
-                levels = str(layer.levels) if layer.transform.startswith("haar") else "-"
+                levels = str(layer.levels) if layer.transform in HAAR_TRANSFORMS else "-"
                 lines.append(
                     f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
                     f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}  "

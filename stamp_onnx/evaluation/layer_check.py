@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import StampConfig, WeightMethod
 from stamp_onnx.core import quant
 from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.errors import ValidationError
@@ -149,7 +149,7 @@ def per_layer_diffs(
     values = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
     modules = dict(module.named_modules())
     if recorded is None:
-        recorded = recorded_weights(read_model(onnx_path), config) if config.weight_method == "gptq" else {}
+        recorded = recorded_weights(read_model(onnx_path), config) if config.weight_method == WeightMethod.GPTQ else {}
     diffs = []
     with torch.no_grad():
         for tap in taps:
@@ -166,7 +166,7 @@ def recorded_weights(rewritten: RewrittenModel, config: StampConfig) -> dict[str
 
     GPTQ's codes depend on calibration data, so the reference takes them from the model.
     """
-    return rewritten.dequantized_weights() if config.weight_method == "gptq" else {}
+    return rewritten.dequantized_weights() if config.weight_method == WeightMethod.GPTQ else {}
 
 
 def _compare_layer(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import StampConfig, Transform
 from stamp_onnx.core import transforms
 from stamp_onnx.errors import ValidationError
 
@@ -27,7 +27,7 @@ def leak_free_mask(seq_len: int, config: StampConfig) -> np.ndarray:
     L[i, u] != 0 and L[i, j] != 0; position t is leak-free when every u <= t depends on
     nothing after t. Haar with L levels: the ends of aligned 2^L-token blocks.
     """
-    if config.transform == "none" or seq_len < 2:
+    if config.transform == Transform.NONE or seq_len < 2:
         return np.ones(seq_len, dtype=bool)
     m = transforms.matrix(seq_len, config.transform, config.levels, config.prefix_tokens, config.grid_width)
     support = (np.abs(m) > 1e-12).astype(np.float32)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import FeatureTransform, StampConfig, WeightMethod
 from stamp_onnx.core import quant, smoothing, transforms, weights
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.graph.contract import SCALE_KEY
@@ -49,10 +49,10 @@ def sequence_transform(x: torch.Tensor, config: StampConfig, *, inverse: bool = 
 
 def transform_features(x: torch.Tensor, config: StampConfig, scale: np.ndarray | None = None) -> torch.Tensor:
     """The quantizer's input: x R (``hadamard``), x / s (``smoothquant``, ``scale`` = s) or x, along axis -1."""
-    if config.feature_transform == "hadamard":
+    if config.feature_transform == FeatureTransform.HADAMARD:
         r = torch.from_numpy(weights.feature_rotation(int(x.shape[-1])).astype(np.float32)).to(x.dtype)
         return x @ r
-    if config.feature_transform == "smoothquant":
+    if config.feature_transform == FeatureTransform.SMOOTHQUANT:
         return x / torch.from_numpy(_needs_scale(scale)).to(x.dtype)
     return x
 
@@ -66,10 +66,10 @@ def layer_weight(
     (the float layer on a transformed input).
     """
     w = weight.detach().T  # (d_in, d_out), the MatMul layout
-    if config.feature_transform == "hadamard":
+    if config.feature_transform == FeatureTransform.HADAMARD:
         r = weights.feature_rotation(int(w.shape[0]))
         w = torch.from_numpy((r.T @ w.double().numpy()).astype(np.float32)).to(weight.dtype)
-    elif config.feature_transform == "smoothquant":
+    elif config.feature_transform == FeatureTransform.SMOOTHQUANT:
         w = torch.from_numpy(smoothing.smoothed_weight(w.float().numpy(), _needs_scale(scale))).to(weight.dtype)
     if quantized:
         w = weights.fake_quantize_weight(w, config.weight_bits, config.weight_block)
@@ -84,7 +84,7 @@ def _needs_scale(scale: np.ndarray | None) -> np.ndarray:
 
 
 def changes_weights(config: StampConfig) -> bool:
-    return bool(config.weight_bits) or config.feature_transform != "none"
+    return bool(config.weight_bits) or config.feature_transform != FeatureTransform.NONE
 
 
 def stamp_activation(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
@@ -127,8 +127,8 @@ def stamp_reference(
         logger.warning("no linear layer selected: the STaMP reference equals the float model")
 
     scales, recorded_weights = scales or {}, recorded_weights or {}
-    for needed, given, what in ((config.feature_transform == "smoothquant", scales, "smoothquant layer(s) have no scale s"),
-                                (config.weight_method == "gptq", recorded_weights, "gptq layer(s) have no recorded weight")):
+    for needed, given, what in ((config.feature_transform == FeatureTransform.SMOOTHQUANT, scales, "smoothquant layer(s) have no scale s"),
+                                (config.weight_method == WeightMethod.GPTQ, recorded_weights, "gptq layer(s) have no recorded weight")):
         missing = [name for name in names if name not in given] if needed else []
         if missing:
             raise ValidationError(f"{len(missing)} {what} (e.g. {missing[0]!r}); pass what the rewritten model records")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import StampConfig, WeightMethod
 from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.core.weights import dequantize_linear
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, ValidationError
@@ -73,7 +73,7 @@ def decode_scale(text: str) -> np.ndarray:
 
 def weight_format(kind: str, block: int, method: str) -> str:
     """'int4 per channel', 'int8 block 32', 'int4 per channel gptq' ('rtn' is not named)."""
-    return f"{kind} " + (f"block {block}" if block else "per channel") + ("" if method == "rtn" else f" {method}")
+    return f"{kind} " + (f"block {block}" if block else "per channel") + ("" if method == WeightMethod.RTN else f" {method}")
 
 
 def configured_weight_format(config: StampConfig) -> str:

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from stamp_onnx.config import HAAR_TRANSFORMS, TRANSFORMS, Transform
 from stamp_onnx.core import quant, transforms
 
 DOMAIN = "ai.stamp"
@@ -78,16 +79,16 @@ class SequenceTransformSpec:
     grid_width: int = 0
 
     def __post_init__(self) -> None:
-        if self.transform not in ("haar", "haar2d", "dct", "wht"):
+        if self.transform not in TRANSFORMS or self.transform == Transform.NONE:
             raise ValueError(f"SequenceTransform has no transform {self.transform!r}")
-        if not self.transform.startswith("haar"):
+        if self.transform not in HAAR_TRANSFORMS:
             object.__setattr__(self, "levels", 0)
-        if self.transform != "haar2d":
+        if self.transform != Transform.HAAR2D:
             object.__setattr__(self, "grid_width", 0)
 
     @property
     def overload(self) -> str:
-        name = f"{self.transform}{self.levels}" if self.transform.startswith("haar") else self.transform
+        name = f"{self.transform}{self.levels}" if self.transform in HAAR_TRANSFORMS else self.transform
         if self.grid_width:
             name += f"_w{self.grid_width}"
         if self.prefix_tokens:
@@ -101,7 +102,7 @@ class SequenceTransformSpec:
             ir.AttrInt64("inverse", int(self.inverse)),
             ir.AttrInt64("prefix_tokens", self.prefix_tokens),
         ]
-        if self.transform == "haar2d":
+        if self.transform == Transform.HAAR2D:
             attrs.append(ir.AttrInt64("grid_width", self.grid_width))
         return attrs
 
@@ -121,12 +122,12 @@ class SequenceTransformSpec:
             split, end = _i64(body, self.prefix_tokens), _i64(body, _INT64_MAX)
             head = _tokens_slice(body, x, _i64(body, 0), split)
             x = _tokens_slice(body, x, split, end)
-        if self.transform == "haar":
+        if self.transform == Transform.HAAR:
             y = (_haar_inverse if self.inverse else _haar_forward)(body, x, self.levels)
-        elif self.transform == "haar2d":
+        elif self.transform == Transform.HAAR2D:
             y = _haar2d(body, x, self.levels, self.grid_width, inverse=self.inverse)
         else:
-            m = _dct_matrix(body, x) if self.transform == "dct" else _wht_matrix(body, x)
+            m = _dct_matrix(body, x) if self.transform == Transform.DCT else _wht_matrix(body, x)
             if self.inverse:
                 m = body.op("Transpose", [m], perm=[1, 0])
             y = body.op("MatMul", [m, x])
