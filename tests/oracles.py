@@ -120,15 +120,18 @@ HAND_CHECKED = [
 
 def transform_bound(x: np.ndarray, transform: str, levels: int, prefix: int = 0, grid_width: int = 0,
                     *, inverse: bool = False) -> np.ndarray:
-    """Per-element bound on |float32 L x - exact L x| for any summation order: (s + 2) eps |L| |x|.
+    """Per-element bound on |float32 L x - L x| for any summation order: (s + 2) eps32 |L| |x| + 1e-15 sum |x|.
 
     The textbook bound of a float dot product of length s, plus the rounding of L's entries to
     float32 and of the result; element by element, so a small output is held to a small error.
+    The last term is the float64 matrix's own error: an entry that is 0 in exact arithmetic
+    (a DCT cosine of pi/2) is 1e-16 there, and a body that reduces the angle first gets 0.
     """
     s = x.shape[-2]
     m = transforms.matrix(s, transform, levels, prefix, grid_width)
     m = m.T if inverse else m
-    return (s + 2) * EPS32 * (np.abs(m) @ np.abs(x.astype(np.float64)))
+    ax = np.abs(x.astype(np.float64))
+    return (s + 2) * EPS32 * (np.abs(m) @ ax) + 1e-15 * ax.sum(axis=-2, keepdims=True)
 
 
 def exact_transform(x: np.ndarray, transform: str, levels: int, prefix: int = 0, grid_width: int = 0,
