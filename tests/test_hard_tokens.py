@@ -23,12 +23,17 @@ from stamp_onnx import ops, quant
 BITS = oracles.BITS
 
 
+# oracles.HAND_CHECKED with readable ids: width and token, e.g. 3b[-3.5,0.25,3.5].
+HAND_CHECKED = [pytest.param(*case, id=f"{case[0]}b[{','.join(f'{v:g}' for v in case[1])}]")
+                for case in oracles.HAND_CHECKED]
+
+
 def _other(bits: int) -> int:
     """Another width, for the group that the test does not look at."""
     return 8 if bits != 8 else 4
 
 
-@pytest.mark.parametrize(("bits", "token", "codes", "scale"), oracles.HAND_CHECKED)
+@pytest.mark.parametrize(("bits", "token", "codes", "scale"), HAND_CHECKED)
 def test_hand_checked_tokens_in_numpy_and_torch(bits: int, token: list[float], codes: list[int], scale: np.float32) -> None:
     x = np.array([token], np.float32)
     want = np.float32(codes) * scale
@@ -37,7 +42,7 @@ def test_hand_checked_tokens_in_numpy_and_torch(bits: int, token: list[float], c
     np.testing.assert_array_equal(quant.qdq(torch.from_numpy(x), bits).numpy()[0], want)
 
 
-@pytest.mark.parametrize(("bits", "token", "codes", "scale"), oracles.HAND_CHECKED)
+@pytest.mark.parametrize(("bits", "token", "codes", "scale"), HAND_CHECKED)
 def test_hand_checked_tokens_in_onnxruntime(backend: str, bits: int, token: list[float], codes: list[int],
                                             scale: np.float32) -> None:
     x = np.array([[token]], np.float32)

@@ -22,6 +22,7 @@ ops: the suite must still catch every mutant listed here.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import os
 import re
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = ", ".join(result.failing[:3]) + (f" (+{len(result.failing) - 3} more)" if len(result.failing) > 3 else "")
         print(f"{mutant.name:20} {result.outcome:9} {result.seconds:4.0f} s  {len(result.failing):3} failing  {shown}",
               flush=True)
+        if args.all_failures and result.failing:
+            files = collections.Counter(name.split("::")[0] for name in result.failing)
+            print("    failing by file: " + ", ".join(f"{f} {n}" for f, n in files.items()))
         if result.detail:
             print("    " + result.detail.replace("\n", "\n    "))
     survived = [r.name for r in results if r.outcome != "caught"]
