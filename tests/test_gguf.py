@@ -13,6 +13,7 @@ come back.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -25,12 +26,12 @@ Q4_1 = gguf.GGMLQuantizationType.Q4_1
 VOCAB = 256
 
 
-def _tiny(arch: str) -> torch.nn.Module:
+def _tiny(arch: str) -> Any:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if arch == "llama":
-        model: torch.nn.Module = LlamaForCausalLM(LlamaConfig(
+        model: Any = LlamaForCausalLM(LlamaConfig(
             vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True))
     else:
@@ -58,7 +59,7 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(model: torch.nn.Module, arch: str, path: Path) -> None:
+def write_gguf(model: Any, arch: str, path: Path) -> None:
     cfg = model.config
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -112,7 +113,7 @@ def test_a_gguf_checkpoint_loads_as_written(arch: str, cls: str, tmp_path: Path)
     model = _tiny(arch)
     write_gguf(model, arch, tmp_path / "tiny.gguf")
     loaded = _from_pretrained("tiny", tmp_path, kind="causal-lm", gguf_file="tiny.gguf")
-    module = loaded.module
+    module: Any = loaded.module
     assert type(module).__name__ == cls and loaded.kind == "causal-lm" and loaded.vocab_size == VOCAB
     assert all(p.dtype == torch.float32 for p in module.parameters())
     assert module.config.tie_word_embeddings and module.lm_head.weight is module.get_input_embeddings().weight

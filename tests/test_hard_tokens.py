@@ -36,7 +36,7 @@ def _other(bits: int) -> int:
 @pytest.mark.parametrize(("bits", "token", "codes", "scale"), HAND_CHECKED)
 def test_hand_checked_tokens_in_numpy_and_torch(bits: int, token: list[float], codes: list[int], scale: np.float32) -> None:
     x = np.array([token], np.float32)
-    want = np.float32(codes) * scale
+    want = np.array(codes, np.float32) * scale
     np.testing.assert_array_equal(oracles.literal_qdq_token(x[0], bits), want)
     np.testing.assert_array_equal(quant.qdq(x, bits)[0], want)
     np.testing.assert_array_equal(quant.qdq(torch.from_numpy(x), bits).numpy()[0], want)
@@ -47,7 +47,7 @@ def test_hand_checked_tokens_in_onnxruntime(backend: str, bits: int, token: list
                                             scale: np.float32) -> None:
     x = np.array([[token]], np.float32)
     (y,) = backends.session(ops.TokenQDQSpec(0, _other(bits), bits), backend).run(None, {"x": x})
-    np.testing.assert_array_equal(y[0, 0], np.float32(codes) * scale)
+    np.testing.assert_array_equal(y[0, 0], np.array(codes, np.float32) * scale)
 
 
 def _hard_batch(bits: int) -> np.ndarray:
