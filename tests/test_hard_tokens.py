@@ -106,7 +106,7 @@ def structured_tokens() -> np.ndarray:
     0: positive and decreasing along the tokens (Haar details > 0): all-positive coefficients;
     1: its negative; 2: every feature column the same, constant over blocks of 4 tokens:
     constant tokens, and all-zero Haar details; 3: features in +- pairs: every coefficient
-    token is symmetric, and about half of them need the clip; 4: small values and one outlier.
+    token is symmetric, and most of them need the clip; 4: small values and one outlier.
     """
     rng = np.random.default_rng(2026)
     n, d = TRANSFORMED, oracles.FEATURES

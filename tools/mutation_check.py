@@ -161,12 +161,17 @@ def environment(dest: Path) -> dict[str, str]:
     return env
 
 
-def build(dest: Path, headers: Path) -> tuple[bool, str]:
-    """tools/build_native.sh in the copy (a no-op when its library is newer than every source)."""
+def build(dest: Path, headers: Path, *, must_compile: bool) -> tuple[bool, str]:
+    """tools/build_native.sh in the copy (a no-op when its library is newer than every source).
+
+    ``must_compile``: a native mutant, whose library must really be rebuilt from the edit.
+    """
     done = subprocess.run(["bash", "tools/build_native.sh", "--headers", str(headers)], cwd=dest,
                           capture_output=True, text=True, timeout=TIMEOUT)
     log = dest / "build" / "native.log"
     detail = (done.stderr.strip() + "\n" + (log.read_text()[-2000:] if log.is_file() else "")).strip()
+    if done.returncode == 0 and must_compile and "built" not in done.stdout:
+        return False, "the library was not rebuilt after the edit (build_native.sh found it up to date)"
     return done.returncode == 0, detail
 
 
@@ -203,7 +208,7 @@ def run_mutant(mutant: Mutant | None, tests: tuple[str, ...], headers: Path, kee
         make_copy(ROOT, dest)
         if mutant:
             apply(dest, mutant)
-        built, log = build(dest, headers)
+        built, log = build(dest, headers, must_compile=mutant is not None and mutant.native)
         if not built:
             outcome = "build failed" if mutant and mutant.native else "error"
             return Result(name, outcome, time.perf_counter() - start, [], log)
