@@ -77,7 +77,8 @@ def test_export_into_missing_folder_is_an_error(tmp_path: Path) -> None:
         export_onnx(tiny_llama(), tmp_path / "missing" / "m.onnx")
 
 
-@pytest.mark.skipif(os.environ.get("STAMP_SLOW") != "1", reason="loads and exports SmolLM2 (minutes); STAMP_SLOW=1")
+@pytest.mark.skipif(os.environ.get("STAMP_SLOW") != "1", reason="loads and exports SmolLM2 (minutes); STAMP_SLOW=1 "
+                    "(fast: GGUF loading in test_gguf.py, the Llama export in test_dynamic_batch_and_sequence_match_torch)")
 def test_smollm2_export_names_and_numerics(tmp_path: Path) -> None:
     loaded = load_model("smollm2-135m")
     path = export_onnx(loaded, tmp_path / "smollm2.onnx")

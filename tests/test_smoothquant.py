@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import backends
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -133,23 +134,26 @@ def test_folding_and_online_division(tmp_path: Path) -> None:
     onnx.checker.check_model(proto, full_check=True)
 
 
-def test_layer_norm_is_folded_in_a_vit(tmp_path: Path) -> None:
+def test_layer_norm_is_folded_in_a_vit(backend: str, tmp_path: Path) -> None:
     feeds = calibration_samples(tiny_vit(), 3, 0, held_out=0).feeds
     config = StampConfig(transform="haar2d", levels=1, hp_tokens=4, feature_transform="smoothquant")
     path = _rewrite(config, tmp_path, tiny_vit_onnx(), feeds)
     where = {layer.name: layer.feature_transform for layer in summarize(load_model(path)).layers}
     assert where["encoder.layer.0.attention.q_proj"] == where["encoder.layer.0.mlp.fc1"] == "smoothquant (folded)"
     assert where["encoder.layer.0.mlp.fc2"] == "smoothquant (online)"
-    diffs = per_layer_diffs(path, tiny_vit().module, config, sample_inputs(tiny_vit(), 2, 0, seed=4))
+    diffs = per_layer_diffs(path, tiny_vit().module, config, sample_inputs(tiny_vit(), 2, 0, seed=4),
+                            native=backend == backends.NATIVE)
     assert diffs and all(d.qdq_mismatches == 0 for d in diffs)
     assert max(d.output_rel for d in diffs) < 1e-4
 
 
 @pytest.mark.parametrize(("transform", "bits", "block", "alpha"), [("haar", 4, 0, 0.5), ("dct", 8, 16, 0.7), ("none", 4, 0, 0.3)])
-def test_onnx_matches_the_reference_layer_by_layer(transform: str, bits: int, block: int, alpha: float, tmp_path: Path) -> None:
+def test_onnx_matches_the_reference_layer_by_layer(backend: str, transform: str, bits: int, block: int, alpha: float,
+                                                   tmp_path: Path) -> None:
     config = SMOOTH.replace(transform=transform, weight_bits=bits, weight_block=block, smooth_alpha=alpha)
     out = _rewrite(config, tmp_path)
-    diffs = per_layer_diffs(out, tiny_llama().module, config, sample_inputs(tiny_llama(), 2, 37, seed=9))
+    diffs = per_layer_diffs(out, tiny_llama().module, config, sample_inputs(tiny_llama(), 2, 37, seed=9),
+                            native=backend == backends.NATIVE)
     assert len(diffs) == 15 and all(d.qdq_mismatches == 0 for d in diffs)
     assert max(d.transform_rel for d in diffs) < 1e-5
     assert max(d.output_rel for d in diffs) < 1e-4
