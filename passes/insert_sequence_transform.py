@@ -95,7 +95,10 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
 
 
 def _drop_unused_qdq_functions(model: ir.Model) -> None:
-    """Remove the TokenQDQ bodies that no node calls any more (all were fused)."""
+    """Remove the TokenQDQ bodies that no node calls any more (all were fused).
+
+    Not onnx-ir's RemoveUnusedFunctionsPass: it removes every function no node calls, also
+    those the input model brought, which the rewrite leaves as they are."""
     used = {(node.domain, node.op_type, node.overload) for node in model.graph.all_nodes()}
     for key in [k for k in model.functions if k[1] == ops.TOKEN_QDQ and k not in used]:
         del model.functions[key]

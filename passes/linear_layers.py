@@ -129,7 +129,10 @@ def unique_namer(graph: ir.Graph) -> Callable[[str], str]:
 
 def reroute(old: ir.Value, new: ir.Value, *, skip: ir.Node) -> None:
     """Point every consumer of ``old`` (but ``skip``) and any graph output at ``new``; a graph
-    output keeps its name, so the model's interface is unchanged."""
+    output keeps its name, so the model's interface is unchanged.
+
+    Not ``old.replace_all_uses_with(new, replace_graph_outputs=True)``: ``skip`` (the node that
+    makes ``new`` from ``old``) must keep reading ``old``, and the output's name must move to ``new``."""
     for user, index in list(old.uses()):
         if user is not skip:
             user.replace_input_with(index, new)
