@@ -103,7 +103,7 @@ def test_wheel_installs_passes_inside_stamp_onnx(tmp_path: Path) -> None:
     assert {n for n in names if ".dist-info/" not in n} == expected
     assert not any(n.startswith("passes/") for n in names)
     assert top_level == ["stamp_onnx"]
-    assert "stamp-onnx = stamp_onnx.cli.commands:main" in entry_points
+    assert "stamp-onnx = stamp_onnx.cli:main" in entry_points
 
     # The dependency split: PyTorch and the model packages only with the `models` extra.
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
