@@ -43,14 +43,14 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     """The array of a constant ``value`` (see :func:`is_constant`), or None when it is not one."""
     if value is None:
         return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
+    tensor = ir.convenience.get_const_tensor(value)  # an initializer or a Constant node's output
+    if tensor is not None:
+        return tensor.numpy()
     producer = value.producer()
     if producer is None or producer.domain not in ("", "ai.onnx") or not is_constant(value):
         return None
     if producer.op_type == "Constant":
-        attr = producer.attributes.get("value")
-        return None if attr is None else attr.as_tensor().numpy()
+        return None  # a Constant node of a form get_const_tensor does not read
     inputs = [None if v is None else constant_array(v) for v in producer.inputs]
     if producer.op_type == "Identity":
         return inputs[0]
@@ -59,6 +59,17 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         assert inputs[0] is not None
         return np.transpose(inputs[0], None if perm is None else perm.as_ints())
     return _evaluate(producer, inputs)[producer.outputs.index(value)]
+
+
+def channel_constant(value: ir.Value | None, d: int) -> np.ndarray | None:
+    """The float32 initializer ``value`` when it holds d numbers along the last axis only (a per-channel
+    scale that SmoothQuant can fold its s into); None otherwise. Only initializers: a new one replaces it."""
+    if value is None or value.const_value is None or value.dtype != ir.DataType.FLOAT:
+        return None
+    array = value.const_value.numpy()
+    if array.size != d or array.shape[-1:] != (d,):
+        return None
+    return array
 
 
 def _evaluate(node: ir.Node, inputs: list[np.ndarray | None]) -> list[np.ndarray]:

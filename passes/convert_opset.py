@@ -13,23 +13,20 @@ import onnx_ir as ir
 import onnxscript.version_converter
 
 from stamp_onnx.errors import ModelLoadError
-from stamp_onnx.passes.report import RewriteReport
+from stamp_onnx.passes.report import OpsetResult
 
 logger = logging.getLogger(__name__)
 
 
 class ConvertOpsetPass(ir.passes.InPlacePass):
-    def __init__(self, target: int, report: RewriteReport) -> None:
+    def __init__(self, target: int) -> None:
         super().__init__()
         self.target = target
-        self.report = report
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> OpsetResult:
         current = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        self.report.opset_from = current
         if current >= self.target:
-            self.report.opset_to = current
-            return ir.passes.PassResult(model, modified=False)
+            return OpsetResult(model, modified=False, opset_from=current, opset_to=current)
         logger.info("converting opset %d -> %d", current, self.target)
         try:
             onnxscript.version_converter.convert_version(model, self.target, fallback=True)
@@ -43,5 +40,4 @@ class ConvertOpsetPass(ir.passes.InPlacePass):
             raise ModelLoadError(
                 f"opset conversion stopped at {reached} (wanted {self.target}); re-export with opset >= {self.target}"
             )
-        self.report.opset_to = reached
-        return ir.passes.PassResult(model, modified=True)
+        return OpsetResult(model, modified=True, opset_from=current, opset_to=reached)

@@ -24,7 +24,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from stamp_onnx.errors import first_line
-from stamp_onnx.passes.linear_layers import LINEAR_OPS
+from stamp_onnx.graph.contract import LINEAR_OPS
 from stamp_onnx.passes.token_axis import FLATTENING_OPS, dims_of
 
 logger = logging.getLogger(__name__)
@@ -34,20 +34,25 @@ class InferShapesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         _negative_dims_to_symbolic(model)
         try:
-            common_passes.ShapeInferencePass()(model)
+            common_passes.ShapeInferencePass(strict_mode=False)(model)
         except Exception as err:  # shapes are a help, not a requirement
             logger.warning("ONNX shape inference failed (%s)", first_line(err))
         if any(_incomplete(value) for value in _activations(model)):
             self._symbolic(model)
+        if any(_incomplete(value) for value in _activations(model)):
+            _carry_names(model)
         return ir.passes.PassResult(model, modified=False)
 
     def _symbolic(self, model: ir.Model) -> None:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+        proto = ir.to_proto(model)
+        for info in proto.graph.value_info:  # ONNX's unk__N dims would be taken as given, and kept
+            for dim in info.type.tensor_type.shape.dim:
+                if dim.dim_param.startswith("unk__"):
+                    dim.ClearField("dim_param")
         try:
-            inferred = SymbolicShapeInference.infer_shapes(
-                ir.to_proto(model), auto_merge=True, guess_output_rank=True
-            )
+            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
         except Exception as err:  # it asserts on graphs it cannot follow
             logger.info("symbolic shape inference failed (%s); keeping ONNX's shapes", first_line(err) or type(err).__name__)
             return
@@ -64,6 +69,55 @@ class InferShapesPass(ir.passes.InPlacePass):
                     continue
                 dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
                 value.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in dims])
+
+
+_SAME_SHAPE = frozenset({
+    "Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "LayerNormalization", "Dropout", "Cast",
+    "Identity", "Sqrt", "Neg", "Abs", "Exp", "Log", "Clip", "LeakyRelu", "HardSigmoid", "Softplus", "Mish",
+    "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu", "FastGelu",
+})
+_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where"})
+
+
+def _carry_names(model: ir.Model) -> None:
+    """Where both inferences leave a dim unknown, carry a named dim through ops that keep it.
+
+    Elementwise and normalization ops keep their input's dims; a broadcasting op's output dim
+    is the one named non-1 dim its inputs have there (a residual Add of a known stream and an
+    unknown attention branch: valid models have equal dims there); a MatMul/Gemm keeps its
+    activation's leading dims. Legacy exports that compute Reshape targets at run time are
+    where this is needed: the residual stream keeps the input's names across every layer.
+    """
+    for node in model.graph.all_nodes():
+        out = node.outputs[0] if node.outputs else None
+        if out is None or not _incomplete(out):
+            continue
+        known = dims_of(out)
+        if node.op_type in _SAME_SHAPE or node.op_type in _BROADCAST:
+            inputs = [dims_of(v) for v in node.inputs if v is not None and not v.is_initializer() and v.const_value is None]
+            rank = max((len(d) for d in inputs if d is not None), default=None)
+            if rank is None or (known is not None and len(known) != rank):
+                continue
+            merged: list[int | str | None] = list(known) if known is not None else [None] * rank
+            for i in range(rank):
+                if merged[i] is not None and not _made_up(merged[i]):
+                    continue
+                names = {d[len(d) - rank + i] for d in inputs if d is not None and len(d) - rank + i >= 0}
+                names = {n for n in names if n is not None and n != 1 and not _made_up(n)}
+                if len(names) == 1:
+                    merged[i] = names.pop()
+            out.shape = ir.Shape([ir.SymbolicDim(d) if not isinstance(d, int) else d for d in merged])
+        elif node.op_type in LINEAR_OPS and node.inputs[0] is not None and known is not None:
+            source = dims_of(node.inputs[0])
+            if source is None or len(source) != len(known):
+                continue
+            merged = [s if (k is None or _made_up(k)) and s is not None and not _made_up(s) else k
+                      for s, k in zip(source[:-1], known[:-1], strict=True)] + [known[-1]]
+            out.shape = ir.Shape([ir.SymbolicDim(d) if not isinstance(d, int) else d for d in merged])
+
+
+def _made_up(dim: int | str | None) -> bool:
+    return isinstance(dim, str) and dim.startswith("unk__")
 
 
 def _activations(model: ir.Model) -> list[ir.Value]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass, NameFixPass
 
-from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY
 from stamp_onnx.passes.invariants import check_qdq_pairs
-from stamp_onnx.passes.linear_layers import LAYER_KEY
 
 
 class InlineStampOpsPass(ir.passes.InPlacePass):

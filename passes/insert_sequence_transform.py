@@ -9,33 +9,36 @@ kernel makes one pass over the activation. A Gemm's C input is moved out
 into an Add after the inverse for the same reason. If the layer's output is a graph output,
 the new output takes over its name, so graph inputs and outputs keep names, types and shapes.
 
-Handles the layers InsertTokenQDQPass marked. Does nothing for ``transform="none"``.
+Handles the layers InsertTokenQDQPass quantized (a precondition); the pipeline leaves this
+pass out for ``transform="none"``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx_ir as ir
 
-from stamp_onnx import ops
-from stamp_onnx.config import StampConfig
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY
 from stamp_onnx.passes.invariants import assert_invariants
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, reroute, unique_namer
-from stamp_onnx.passes.report import RewriteReport
+from stamp_onnx.passes.linear_layers import reroute, unique_namer
+from stamp_onnx.passes.report import TransformResult
 
 
 class InsertSequenceTransformPass(ir.passes.InPlacePass):
-    def __init__(self, config: StampConfig, report: RewriteReport) -> None:
+    def __init__(self, transform: str, levels: int, prefix_tokens: int, grid_width: int) -> None:
         super().__init__()
-        self.config = config
-        self.report = report
+        self.forward = ops.SequenceTransformSpec(transform, levels, False, prefix_tokens, grid_width)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.config.transform == "none":
-            return ir.passes.PassResult(model, modified=False)
-        c = self.config
-        forward, inverse = (
-            ops.SequenceTransformSpec(c.transform, c.levels, inv, c.prefix_tokens, c.grid_width) for inv in (False, True)
-        )
+    def requires(self, model: ir.Model) -> None:
+        if not any(node.domain == ops.DOMAIN and node.op_type == ops.TOKEN_QDQ for node in model.graph.all_nodes()):
+            raise ir.passes.PreconditionError("no TokenQDQ node to wrap: run InsertTokenQDQPass first")
+
+    def call(self, model: ir.Model) -> TransformResult:
+        forward = self.forward
+        inverse = dataclasses.replace(forward, inverse=True)
+        done: dict[str, str] = {}
         fused_specs: set[ops.TransformQDQSpec] = set()
         graph = model.graph
         fresh = unique_namer(graph)
@@ -71,14 +74,14 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
                 final = add.outputs[0]
             reroute(y, final, skip=inv)
             owner.insert_after(node, new_nodes)
-            self.report.layer(layer).transform = self.config.transform
+            done[layer] = forward.transform
             count += 1
         for spec in sorted(fused_specs, key=lambda f: f.overload):
             ops.add_function(model, spec)
         if count:
             ops.add_function(model, inverse)
         _drop_unused_qdq_functions(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return TransformResult(model, modified=count > 0, values=done)
 
     @staticmethod
     def _node(spec: ops.Spec, inputs: list[ir.Value | None], name: str, meta: dict[str, str]) -> ir.Node:
@@ -92,7 +95,10 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
 
 
 def _drop_unused_qdq_functions(model: ir.Model) -> None:
-    """Remove the TokenQDQ bodies that no node calls any more (all were fused)."""
+    """Remove the TokenQDQ bodies that no node calls any more (all were fused).
+
+    Not onnx-ir's RemoveUnusedFunctionsPass: it removes every function no node calls, also
+    those the input model brought, which the rewrite leaves as they are."""
     used = {(node.domain, node.op_type, node.overload) for node in model.graph.all_nodes()}
     for key in [k for k in model.functions if k[1] == ops.TOKEN_QDQ and k not in used]:
         del model.functions[key]

@@ -5,7 +5,7 @@ After::    x ──► TokenQDQ(hp_tokens, hp_bits, lp_bits) ──► MatMul(W)
 
 Handles MatMul and Gemm with a constant 2-D weight and a float32 activation of rank >= 2
 (see :mod:`passes.linear_layers`). Leaves alone: products of two activations, layers not
-selected by the config's include/exclude, and nodes inside subgraphs (If/Loop bodies).
+selected (SelectLinearLayersPass marks the selected ones), and nodes inside subgraphs (If/Loop bodies).
 On its own this pass is the ``--transform none`` baseline; InsertSequenceTransformPass then
 wraps the quantized layers in the sequence transform.
 """
@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from stamp_onnx import ops
-from stamp_onnx.config import StampConfig
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY, LINEAR_OPS, PASS_KEY
 from stamp_onnx.passes.invariants import assert_invariants
-from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY, unique_namer
+from stamp_onnx.passes.linear_layers import unique_namer
 
 
 class InsertTokenQDQPass(ir.passes.InPlacePass):
-    def __init__(self, config: StampConfig) -> None:
+    def __init__(self, hp_tokens: int, hp_bits: int, lp_bits: int) -> None:
         super().__init__()
-        self.config = config
+        self.spec = ops.TokenQDQSpec(hp_tokens, hp_bits, lp_bits)
 
     def requires(self, model: ir.Model) -> None:
         opset = model.opset_imports.get("", 0)
@@ -38,7 +38,7 @@ class InsertTokenQDQPass(ir.passes.InPlacePass):
                 )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        spec = ops.TokenQDQSpec(self.config.hp_tokens, self.config.hp_bits, self.config.lp_bits)
+        spec = self.spec
         fresh = unique_namer(model.graph)
         count = 0
         for node in list(model.graph.all_nodes()):

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
-from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS, PASS_KEY
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY, LINEAR_OPS, PASS_KEY
 
 
 def find_violations(model: ir.Model) -> list[str]:

@@ -10,29 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx import ops
 from stamp_onnx.errors import RewriteError
+from stamp_onnx.graph.contract import is_transposed
 from stamp_onnx.passes.constants import PURE_OPS, constant_array
-from stamp_onnx.passes.linear_layers import LAYER_KEY, LINEAR_OPS
-
-
-def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
-    """(layer name, linear node, its activation quantizer) of every rewritten layer, in graph order
-    (subgraphs included: a layer in an If branch is rewritten like any other)."""
-    found = []
-    for node in graph.all_nodes():
-        layer = node.metadata_props.get(LAYER_KEY)
-        if node.op_type not in LINEAR_OPS or layer is None or node.inputs[0] is None:
-            continue
-        quantizer = node.inputs[0].producer()
-        if quantizer is not None and quantizer.domain == ops.DOMAIN and quantizer.op_type in ops.QUANTIZERS:
-            found.append((layer, node, quantizer))
-    return found
-
-
-def is_transposed(node: ir.Node) -> bool:
-    attr = node.attributes.get("transB")
-    return node.op_type == "Gemm" and attr is not None and attr.as_int() != 0
 
 
 def read_weight(node: ir.Node) -> np.ndarray:

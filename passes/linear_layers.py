@@ -14,15 +14,11 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from stamp_onnx.naming import layer_name_from_metadata, numbered_layer_name
+from stamp_onnx.core.naming import layer_name_from_metadata, numbered_layer_name
+from stamp_onnx.graph.contract import LINEAR_OPS
 from stamp_onnx.passes.constants import is_constant
 from stamp_onnx.passes.report import SkippedLayer
 
-LINEAR_OPS = ("MatMul", "Gemm")
-LAYER_KEY = "stamp_onnx.layer"
-PASS_KEY = "stamp_onnx.pass"
-TOKEN_AXIS_KEY = "stamp_onnx.token_axis"  # on a rewritten layer's node: its token axis, and how it was found
-ACTIVATION_SHAPE_KEY = "stamp_onnx.activation_shape"  # on a rewritten layer's node: its input's shape as found
 # com.microsoft ops that hold linear layers inside (onnxruntime's transformer optimizer writes them)
 FUSED_OPS = frozenset({
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention",
@@ -133,7 +129,10 @@ def unique_namer(graph: ir.Graph) -> Callable[[str], str]:
 
 def reroute(old: ir.Value, new: ir.Value, *, skip: ir.Node) -> None:
     """Point every consumer of ``old`` (but ``skip``) and any graph output at ``new``; a graph
-    output keeps its name, so the model's interface is unchanged."""
+    output keeps its name, so the model's interface is unchanged.
+
+    Not ``old.replace_all_uses_with(new, replace_graph_outputs=True)``: ``skip`` (the node that
+    makes ``new`` from ``old``) must keep reading ``old``, and the output's name must move to ``new``."""
     for user, index in list(old.uses()):
         if user is not skip:
             user.replace_input_with(index, new)

@@ -1,4 +1,4 @@
-"""QuantizeWeightsPass: round-to-nearest quantization of each rewritten layer's weight.
+"""QuantizeWeightsPass: integer codes for each rewritten layer's weight, chosen by a weight method.
 
 Before::   ... ──► MatMul(x, W)
 After::    ... ──► MatMul(x, DequantizeLinear(W_q, scale))
@@ -6,118 +6,111 @@ After::    ... ──► MatMul(x, DequantizeLinear(W_q, scale))
 W_q is a signed integer initializer (INT4 for up to 4 bits, INT8 up to 8; the codes use
 ``weight_bits``), scale a float32 initializer per output channel (axis = the output axis) or
 per block of ``weight_block`` input features (axis = the input axis, block_size). The math is
-:func:`stamp_onnx.weights.quantize_weight`; a DequantizeLinear of the ONNX spec then gives
+:func:`stamp_onnx.core.weights.quantize_weight`; a DequantizeLinear of the ONNX spec then gives
 exactly its ``w_hat``. Runs after RotateFeaturesPass, so a rotated layer quantizes R^T W.
-Does nothing for ``weight_bits=0``.
+The pipeline runs it when ``weight_bits`` is set.
 
-``weight_method="gptq"`` chooses the codes with :func:`stamp_onnx.gptq.gptq_quantize` instead,
+The weight method is a function given to the pass (the pipeline maps ``weight_method`` to it):
+:func:`round_to_nearest`, or :func:`gptq`, which chooses the codes with :func:`stamp_onnx.core.gptq.gptq_quantize` instead,
 from H = sum x^T x of what the layer's MatMul reads (its quantizer's output) on the calibration
 data, measured by :func:`stamp_onnx.pipeline.calibrate_for` in the same rewrite with
 round-to-nearest weights; that input is already rotated or smoothed, in the frame of the
 weight being quantized. (A sequence transform L is orthonormal on the tokens, so the MatMul
 input Q(L x) and the layer's effective input L^-1 Q(L x) have the same H.) The
-DequantizeLinear records the method (:data:`METHOD_KEY`).
+DequantizeLinear records the method (:data:`stamp_onnx.graph.contract.METHOD_KEY`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.calibration import Calibration
-from stamp_onnx.config import StampConfig
+from stamp_onnx.core.gptq import gptq_quantize
+from stamp_onnx.core.weights import quantize_weight
 from stamp_onnx.errors import RewriteError
-from stamp_onnx.gptq import gptq_quantize
-from stamp_onnx.passes.layer_weights import (
-    add_initializer,
+from stamp_onnx.graph.contract import (
+    LAYER_KEY,
+    METHOD_KEY,
+    PASS_KEY,
     is_transposed,
-    read_weight,
-    replace_input,
     rewritten_layers,
-    stored,
+    weight_format,
 )
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
-from stamp_onnx.passes.report import RewriteReport
-from stamp_onnx.weights import dequantize_linear, quantize_weight
+from stamp_onnx.passes.layer_weights import add_initializer, read_weight, replace_input, stored
+from stamp_onnx.passes.linear_layers import unique_namer
+from stamp_onnx.passes.report import WeightResult
 
-METHOD_KEY = "stamp_onnx.weight_method"
-
-
-def weight_format(config: StampConfig) -> str:
-    """'float', or e.g. 'int4 per channel' / 'int4 block 32' / 'int4 per channel gptq'."""
-    if not config.weight_bits:
-        return "float"
-    method = "" if config.weight_method == "rtn" else f" {config.weight_method}"
-    return f"int{config.weight_bits} " + (f"block {config.weight_block}" if config.weight_block else "per channel") + method
+# (layer name, linear node, W (d_in, d_out), bits, block) -> (codes, scales) as quantize_weight returns them
+WeightQuantizer = Callable[[str, ir.Node, np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
 
 
-def dequantized_weights(graph: ir.Graph) -> dict[str, np.ndarray]:
-    """Per rewritten layer with a quantized weight: w_hat (d_in, d_out) float32, as the graph computes it."""
-    found = {}
-    for layer, node, _ in rewritten_layers(graph):
-        dq = node.inputs[1].producer() if node.inputs[1] is not None else None
-        if dq is None or dq.metadata_props.get(PASS_KEY) != QuantizeWeightsPass.__name__:
-            continue
-        codes, scales = (v.const_value.numpy() if v is not None and v.const_value is not None else None for v in dq.inputs[:2])
-        if codes is None or scales is None:
-            raise RewriteError(f"layer {layer!r}: its weight codes or scales are not initializers")
-        block = dq.attributes.get("block_size")
-        w_hat = dequantize_linear(codes, scales, dq.attributes["axis"].as_int(), block.as_int() if block is not None else 0)
-        found[layer] = w_hat.T if is_transposed(node) else w_hat
-    return found
+def round_to_nearest(layer: str, node: ir.Node, w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    return quantize_weight(w, bits, block)
+
+
+def gptq(hessians: Mapping[str, np.ndarray]) -> WeightQuantizer:
+    """GPTQ with H = sum x^T x of each layer's MatMul input (by value name), as calibration measured it."""
+
+    def quantize(layer: str, node: ir.Node, w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        x = node.inputs[0]
+        h = None if x is None else hessians.get(x.name or "")
+        if h is None:
+            raise RewriteError(f"layer {layer!r}: GPTQ needs H = sum x^T x of its input {getattr(x, 'name', None)!r} on the "
+                               "calibration data (stamp_onnx.pipeline.calibrate_for measures it)")
+        return gptq_quantize(w, h, bits, block)
+
+    return quantize
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
-    def __init__(self, config: StampConfig, report: RewriteReport, calibration: Calibration | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.report = report
-        self.calibration = calibration
+    """``bits`` (2-8) and ``block`` (0: per output channel) of the codes; ``method`` names the
+    weight method that ``quantizer`` implements (recorded on each DequantizeLinear)."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        c = self.config
-        if not c.weight_bits:
-            return ir.passes.PassResult(model, modified=False)
+    def __init__(self, bits: int, block: int, method: str, quantizer: WeightQuantizer) -> None:
+        super().__init__()
+        self.bits, self.block, self.method, self.quantizer = bits, block, method, quantizer
+
+    def requires(self, model: ir.Model) -> None:
+        if not 2 <= self.bits <= 8:
+            raise ir.passes.PreconditionError(f"weight bits {self.bits} are not in 2-8")
+        if not rewritten_layers(model.graph):
+            raise ir.passes.PreconditionError("no rewritten layer (a linear layer fed by its activation quantizer): "
+                                              "run InsertTokenQDQPass first")
+
+    def call(self, model: ir.Model) -> WeightResult:
+        bits, block = self.bits, self.block
         graph = model.graph
         fresh = unique_namer(graph)
-        storage, dtype = (ml_dtypes.int4, ir.DataType.INT4) if c.weight_bits <= 4 else (np.int8, ir.DataType.INT8)
+        storage, dtype = (ml_dtypes.int4, ir.DataType.INT4) if bits <= 4 else (np.int8, ir.DataType.INT8)
+        label = weight_format(f"int{bits}", block, self.method)
+        done: dict[str, str] = {}
         count = 0
         for layer, node, _ in rewritten_layers(graph):
             w = read_weight(node)
-            if c.weight_method == "gptq":
-                q, scale = gptq_quantize(w, self._hessian(layer, node), c.weight_bits, c.weight_block)
-            else:
-                q, scale = quantize_weight(w, c.weight_bits, c.weight_block)
+            q, scale = self.quantizer(layer, node, w, bits, block)
             # stored layout: the input axis is 0 (1 when a Gemm stores W^T); the output axis the other
             input_axis = 1 if is_transposed(node) else 0
             q_stored = stored(node, q).astype(storage)
-            scale_stored = stored(node, scale) if c.weight_block else scale
-            axis = input_axis if c.weight_block else 1 - input_axis
+            scale_stored = stored(node, scale) if block else scale
+            axis = input_axis if block else 1 - input_axis
             owner = node.graph or graph  # a subgraph's layer keeps its weights there (onnxruntime's fusions look there)
             codes = add_initializer(owner, fresh(f"{layer}/weight_q"), ir.Tensor(q_stored, dtype=dtype))
             scales = add_initializer(owner, fresh(f"{layer}/weight_scale"), ir.tensor(scale_stored))
             attrs: dict[str, int] = {"axis": axis}
-            if c.weight_block:
-                attrs["block_size"] = c.weight_block
+            if block:
+                attrs["block_size"] = block
             dq = ir.Node("", "DequantizeLinear", [codes, scales], attributes=[ir.AttrInt64(k, v) for k, v in attrs.items()],
                          name=fresh(f"{layer}/WeightDequantize"),
-                         metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer, METHOD_KEY: c.weight_method})
+                         metadata_props={PASS_KEY: type(self).__name__, LAYER_KEY: layer, METHOD_KEY: self.method})
             w_hat = dq.outputs[0]
             w_hat.name = fresh(f"{layer}/dequantized_weight")
             w_hat.type = ir.TensorType(ir.DataType.FLOAT)
             w_hat.shape = ir.Shape(q_stored.shape)
             owner.insert_before(node, dq)
             replace_input(graph, node, 1, w_hat)
-            self.report.layer(layer).weight_format = weight_format(c)
+            done[layer] = label
             count += 1
-        return ir.passes.PassResult(model, modified=count > 0)
-
-    def _hessian(self, layer: str, node: ir.Node) -> np.ndarray:
-        """H of what the layer's MatMul reads, as measured on the calibration data."""
-        x = node.inputs[0]
-        h = None if self.calibration is None or x is None else self.calibration.hessian.get(x.name or "")
-        if h is None:
-            raise RewriteError(f"layer {layer!r}: GPTQ needs H = sum x^T x of its input {getattr(x, 'name', None)!r} on the "
-                               "calibration data (stamp_onnx.pipeline.calibrate_for measures it)")
-        return h
+        return WeightResult(model, modified=count > 0, values=done)

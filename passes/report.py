@@ -1,8 +1,13 @@
-"""What the passes did, per layer: filled by the passes, printed by the CLI, never by print()."""
+"""What the passes did, per layer: each pass returns its findings as a PassResult subclass
+(:class:`OpsetResult`, :class:`LayerUpdates`, ``SelectResult``), the pipeline merges them into one
+:class:`RewriteReport` (:meth:`RewriteReport.merge`), the CLI prints it, never by print()."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
+
+import onnx_ir as ir
 
 
 @dataclasses.dataclass
@@ -31,6 +36,55 @@ class SkippedLayer:
     linear: bool = True  # False: a MatMul of two activations, not a linear layer at all
 
 
+class ReportsInto:
+    """A PassResult that carries findings for the report."""
+
+    def merge_into(self, report: RewriteReport) -> None:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class OpsetResult(ir.passes.PassResult, ReportsInto):
+    """ConvertOpsetPass: the default-domain opset before and after."""
+
+    opset_from: int | None = None
+    opset_to: int | None = None
+
+    def merge_into(self, report: RewriteReport) -> None:
+        report.opset_from, report.opset_to = self.opset_from, self.opset_to
+
+
+@dataclasses.dataclass
+class LayerUpdates(ir.passes.PassResult, ReportsInto):
+    """What a pass set on each layer it changed: one :class:`LayerRecord` field, by layer name."""
+
+    field: ClassVar[str]
+    values: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def merge_into(self, report: RewriteReport) -> None:
+        records = {record.name: record for record in report.rewritten}
+        for layer, value in self.values.items():
+            setattr(records[layer], self.field, value)
+
+
+class TransformResult(LayerUpdates):
+    """InsertSequenceTransformPass: the sequence transform of each layer it wrapped."""
+
+    field = "transform"
+
+
+class FeatureResult(LayerUpdates):
+    """RotateFeaturesPass, SmoothFeaturesPass: each layer's feature transform (and where it went)."""
+
+    field = "feature_transform"
+
+
+class WeightResult(LayerUpdates):
+    """QuantizeWeightsPass: each layer's weight format."""
+
+    field = "weight_format"
+
+
 @dataclasses.dataclass
 class RewriteReport:
     rewritten: list[LayerRecord] = dataclasses.field(default_factory=list)
@@ -39,11 +93,10 @@ class RewriteReport:
     opset_to: int | None = None
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. "the model is already quantized (...)"
 
-    def layer(self, name: str) -> LayerRecord:
-        for record in self.rewritten:
-            if record.name == name:
-                return record
-        raise KeyError(name)
+    def merge(self, result: ir.passes.PassResult) -> None:
+        """Take in what a pass found (results that carry nothing for the report are ignored)."""
+        if isinstance(result, ReportsInto):
+            result.merge_into(self)
 
     @property
     def skipped_linear(self) -> list[SkippedLayer]:

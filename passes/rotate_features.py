@@ -3,14 +3,14 @@
 Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
 After::    x ──► FeatureRotation(d) ──► TransformQDQ / TokenQDQ ──► MatMul(R^T W)
 
-R is the orthonormal d x d matrix of :func:`stamp_onnx.weights.feature_rotation`, applied
-online by the ``ai.stamp::FeatureRotation`` op (:mod:`stamp_onnx.ops`: two small MatMuls on
+R is the orthonormal d x d matrix of :func:`stamp_onnx.core.weights.feature_rotation`, applied
+online by the ``ai.stamp::FeatureRotation`` op (:mod:`stamp_onnx.graph.ops`: two small MatMuls on
 x viewed as (m, p), d (p + m) multiply-adds per token instead of the d^2 of a dense x R).
 Layers that read the same activation (q/k/v, gate/up) share one rotation node, so x R is
 computed once. R^T W is a new initializer (the original stays if something else uses it, e.g.
 a tied embedding). The activation is quantized after the rotation, so outlier channels are
 spread over all features first; in float the layer is unchanged (X R R^T W = X W). Runs after
-the quantizer insertion, before weight quantization (which then quantizes R^T W). Does nothing unless ``feature_transform="hadamard"``.
+the quantizer insertion, before weight quantization (which then quantizes R^T W). The pipeline runs it for ``feature_transform="hadamard"``.
 """
 
 from __future__ import annotations
@@ -18,30 +18,23 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx import ops
-from stamp_onnx.config import StampConfig
-from stamp_onnx.passes.layer_weights import (
-    add_initializer,
-    read_weight,
-    replace_input,
-    rewritten_layers,
-    stored,
-)
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
-from stamp_onnx.passes.report import RewriteReport
-from stamp_onnx.weights import feature_rotation
+from stamp_onnx.core.weights import feature_rotation
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, rewritten_layers
+from stamp_onnx.passes.layer_weights import add_initializer, read_weight, replace_input, stored
+from stamp_onnx.passes.linear_layers import unique_namer
+from stamp_onnx.passes.report import FeatureResult
 
 
 class RotateFeaturesPass(ir.passes.InPlacePass):
-    def __init__(self, config: StampConfig, report: RewriteReport) -> None:
-        super().__init__()
-        self.config = config
-        self.report = report
+    def requires(self, model: ir.Model) -> None:
+        if not rewritten_layers(model.graph):
+            raise ir.passes.PreconditionError("no rewritten layer (a linear layer fed by its activation quantizer): "
+                                              "run InsertTokenQDQPass first")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.config.feature_transform != "hadamard":
-            return ir.passes.PassResult(model, modified=False)
+    def call(self, model: ir.Model) -> FeatureResult:
         graph = model.graph
+        done: dict[str, str] = {}
         fresh = unique_namer(graph)
         rotated: dict[tuple[ir.Value, int], ir.Value] = {}  # (activation, graph) -> its rotation, shared by its layers
         count = 0
@@ -66,6 +59,6 @@ class RotateFeaturesPass(ir.passes.InPlacePass):
                 (quantizer.graph or graph).insert_before(quantizer, rotate)
                 rotated[key] = out
             quantizer.replace_input_with(0, rotated[key])
-            self.report.layer(layer).feature_transform = self.config.feature_transform
+            done[layer] = "hadamard"
             count += 1
-        return ir.passes.PassResult(model, modified=count > 0)
+        return FeatureResult(model, modified=count > 0, values=done)

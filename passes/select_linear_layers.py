@@ -37,31 +37,32 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.passes.constants import constant_array
-from stamp_onnx.passes.layer_weights import add_initializer, drop_if_unused, is_transposed
-from stamp_onnx.passes.linear_layers import (
+from stamp_onnx.graph.contract import (
     ACTIVATION_SHAPE_KEY,
     LAYER_KEY,
     PASS_KEY,
-    QUANTIZED_OPS,
     TOKEN_AXIS_KEY,
-    find_linear_layers,
-    reroute,
-    unique_namer,
+    is_transposed,
 )
-from stamp_onnx.passes.report import LayerRecord, SkippedLayer
+from stamp_onnx.passes.constants import constant_array
+from stamp_onnx.passes.layer_weights import add_initializer, drop_if_unused
+from stamp_onnx.passes.linear_layers import QUANTIZED_OPS, find_linear_layers, reroute, unique_namer
+from stamp_onnx.passes.report import LayerRecord, ReportsInto, RewriteReport, SkippedLayer
 from stamp_onnx.passes.token_axis import DimRoles, TokenAxis, decide, shape_text
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 
 
 @dataclasses.dataclass
-class SelectResult(ir.passes.PassResult):
+class SelectResult(ir.passes.PassResult, ReportsInto):
     """The pass's findings: the layers to rewrite and the MatMul/Gemm nodes left alone."""
 
     layers: list[LayerRecord] = dataclasses.field(default_factory=list)
     skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+
+    def merge_into(self, report: RewriteReport) -> None:
+        report.rewritten, report.skipped, report.notes = self.layers, self.skipped, self.notes
 
 
 class SelectLinearLayersPass(ir.passes.InPlacePass):
@@ -91,7 +92,7 @@ class SelectLinearLayersPass(ir.passes.InPlacePass):
             reason = self._check(layer.name, node, owners, model.graph)
             decision: TokenAxis | str | None = None
             if reason is None:
-                decision = decide(node.inputs[0], roles, self.token_axis(layer.name, node.name or ""))
+                decision = decide(node.inputs[0], roles, self.token_axis(layer.name, node.name or ""), layer.in_features)
                 reason = decision if isinstance(decision, str) else None
             if reason is not None or not isinstance(decision, TokenAxis):
                 skipped.append(SkippedLayer(layer.name, node.name or "", reason or "no token axis"))
@@ -156,14 +157,7 @@ def _canonicalize(
     x, y = node.inputs[0], node.outputs[0]
     assert x is not None
     source = where.source
-    half = source.dtype == ir.DataType.FLOAT16
-    rank = len(source.shape) if source.shape is not None else 2
-    perm = [i for i in range(rank - 1) if i != where.axis] + [where.axis, rank - 1]
-    permuted = perm != list(range(rank))
-    if not half and not permuted and source is x:
-        return node  # already canonical
     name = provenance[LAYER_KEY]
-    original_type, original_shape = y.type, y.shape
     before: list[ir.Node] = []
     after: list[ir.Node] = []
 
@@ -173,6 +167,15 @@ def _canonicalize(
         nodes.append(new)
         return new.outputs[0]
 
+    if where.view:
+        source = _view_rows(x, where, add, before, main, fresh, name)
+    half = source.dtype == ir.DataType.FLOAT16
+    rank = len(source.shape) if source.shape is not None else 2
+    perm = [i for i in range(rank - 1) if i != where.axis] + [where.axis, rank - 1]
+    permuted = perm != list(range(rank))
+    if not half and not permuted and source is x:
+        return node  # already canonical
+    original_type, original_shape = y.type, y.shape
     a = source
     if half:
         a = add(before, "Cast", [a], "to_float32", [ir.AttrInt64("to", ir.DataType.FLOAT)])
@@ -225,6 +228,21 @@ def _canonicalize(
     for value in old_inputs:
         drop_if_unused(main, value)
     return linear
+
+
+def _view_rows(x: ir.Value, where: TokenAxis, add: Callable[..., ir.Value], before: list[ir.Node],
+               main: ir.Graph, fresh: Callable[[str], str], name: str) -> ir.Value:
+    """x (rows, d) reshaped to (the source's first ``where.view`` dims, ..., d): the rows regrouped by
+    sequence, the source's dims read at run time."""
+    features = where.features
+    lead = add(before, "Shape", [where.source], "source_dims", [ir.AttrInt64("start", 0), ir.AttrInt64("end", where.view)])
+    rest = [-1, features] if where.view == 1 else [features]
+    tail = add_initializer(main, fresh(f"{name}/rows_view_tail"), ir.tensor(np.array(rest, dtype=np.int64)))
+    target = add(before, "Concat", [lead, tail], "rows_view_shape", [ir.AttrInt64("axis", 0)])
+    viewed = add(before, "Reshape", [x, target], "rows_view", [])
+    dims = list(where.source.shape or [])[:where.view] + ([ir.SymbolicDim(None)] if where.view == 1 else []) + [features]
+    viewed.type, viewed.shape = x.type, ir.Shape(dims)
+    return viewed
 
 
 def _float32_copy(main: ir.Graph, value: ir.Value | None, fresh: Callable[[str], str]) -> ir.Value | None:

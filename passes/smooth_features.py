@@ -3,7 +3,7 @@
 Before::   x ──► TransformQDQ / TokenQDQ ──► MatMul(W)
 After::    x / s ──► TransformQDQ / TokenQDQ ──► MatMul(diag(s) W)
 
-s comes from calibration statistics (:mod:`stamp_onnx.smoothing`, :mod:`stamp_onnx.calibration`);
+s comes from calibration statistics (:mod:`stamp_onnx.core.smoothing`, :mod:`stamp_onnx.graph.calibration`);
 layers that read one activation or belong to one module share it. The division is folded
 offline where the activation is made by a per-channel scale that nothing else reads:
 
@@ -16,62 +16,53 @@ Elsewhere (the attention output before o_proj, the SwiGLU product before down_pr
 post-LN encoder's block input that also feeds the residual) a ``Div(x, s)`` node runs
 online, shared by the group's quantizers: an O(d) elementwise op per token. diag(s) W is a new
 initializer; the original stays if anything else reads it. Each quantizer records its s
-(:data:`stamp_onnx.smoothing.SCALE_KEY`). Runs where RotateFeaturesPass does, before weight
-quantization. Does nothing unless ``feature_transform="smoothquant"``.
+(:data:`stamp_onnx.core.smoothing.SCALE_KEY`). Runs where RotateFeaturesPass does, before weight
+quantization; the pipeline runs it for ``feature_transform="smoothquant"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.calibration import Calibration
-from stamp_onnx.config import StampConfig
+from stamp_onnx.core.naming import module_of_layer
+from stamp_onnx.core.smoothing import smooth_scales, smoothed_weight, weight_amax
 from stamp_onnx.errors import RewriteError
-from stamp_onnx.naming import module_of_layer
-from stamp_onnx.passes.layer_weights import (
-    add_initializer,
-    read_weight,
-    replace_input,
-    rewritten_layers,
-    stored,
-)
-from stamp_onnx.passes.linear_layers import LAYER_KEY, PASS_KEY, unique_namer
-from stamp_onnx.passes.report import RewriteReport
-from stamp_onnx.smoothing import (
-    SCALE_KEY,
-    encode_scale,
-    smooth_scales,
-    smoothed_weight,
-    weight_amax,
-)
+from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, SCALE_KEY, encode_scale, rewritten_layers
+from stamp_onnx.passes.constants import channel_constant
+from stamp_onnx.passes.layer_weights import add_initializer, read_weight, replace_input, stored
+from stamp_onnx.passes.linear_layers import unique_namer
+from stamp_onnx.passes.report import FeatureResult
 
 _Layer = tuple[str, ir.Node, ir.Node]  # (layer name, linear node, its quantizer)
 
 
 class SmoothFeaturesPass(ir.passes.InPlacePass):
-    def __init__(self, config: StampConfig, report: RewriteReport, calibration: Calibration | None) -> None:
-        super().__init__()
-        self.config = config
-        self.report = report
-        self.calibration = calibration
+    """``alpha``: the migration strength; ``amax``: max |x| per channel of each activation
+    (value name) read by a linear layer, measured on the float model (:mod:`stamp_onnx.graph.calibration`)."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.config.feature_transform != "smoothquant":
-            return ir.passes.PassResult(model, modified=False)
-        if self.calibration is None:
-            raise RewriteError("feature transform smoothquant needs calibration statistics; pass calibration data "
-                               "(quantize --calibration FILE.npz)")
+    def __init__(self, alpha: float, amax: Mapping[str, np.ndarray]) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.amax = amax
+
+    def requires(self, model: ir.Model) -> None:
+        if not rewritten_layers(model.graph):
+            raise ir.passes.PreconditionError("no rewritten layer (a linear layer fed by its activation quantizer): "
+                                              "run InsertTokenQDQPass first")
+
+    def call(self, model: ir.Model) -> FeatureResult:
         graph = model.graph
+        done: dict[str, str] = {}
         fresh = unique_namer(graph)
         groups = _groups(rewritten_layers(graph))
         for group in groups:
             activations = list(dict.fromkeys(quantizer.inputs[0] for _, _, quantizer in group))
             weights = [read_weight(node) for _, node, _ in group]
             act = np.max([self._amax(x, group[0][0], weights[0].shape[0]) for x in activations if x is not None], axis=0)
-            scale = smooth_scales(act, np.max([weight_amax(w) for w in weights], axis=0), self.config.smooth_alpha)
+            scale = smooth_scales(act, np.max([weight_amax(w) for w in weights], axis=0), self.alpha)
             for (layer, node, quantizer), w in zip(group, weights, strict=True):
                 new = add_initializer(graph, fresh(f"{layer}/smoothed_weight"),
                                       ir.tensor(stored(node, smoothed_weight(w, scale))))
@@ -83,12 +74,12 @@ class SmoothFeaturesPass(ir.passes.InPlacePass):
                 where = _fold(graph, fresh, x, scale, quantizers) or _divide(graph, fresh, x, scale, quantizers, group[0][0])
                 for layer, _, quantizer in group:
                     if quantizer in quantizers:
-                        self.report.layer(layer).feature_transform = f"smoothquant ({where})"
-        return ir.passes.PassResult(model, modified=bool(groups))
+                        done[layer] = f"smoothquant ({where})"
+        return FeatureResult(model, modified=bool(groups), values=done)
 
     def _amax(self, x: ir.Value | None, layer: str, d: int) -> np.ndarray:
-        assert self.calibration is not None and x is not None
-        amax = self.calibration.amax.get(x.name or "")
+        assert x is not None
+        amax = self.amax.get(x.name or "")
         if amax is None:
             raise RewriteError(f"layer {layer!r}: no calibration statistics for its input {x.name!r}; "
                                "calibrate on the same float model that is being rewritten")
@@ -125,7 +116,7 @@ def _fold(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.n
         return None
     d = scale.shape[0]
     if producer.op_type == "Mul":
-        consts = [i for i, v in enumerate(producer.inputs) if _channel_constant(v, d) is not None]
+        consts = [i for i, v in enumerate(producer.inputs) if channel_constant(v, d) is not None]
         if len(consts) != 1:
             return None
         slots = consts
@@ -135,26 +126,16 @@ def _fold(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.n
         if axis is not None and axis.as_int() not in (-1, (rank or 0) - 1):
             return None
         slots = [i for i in (1, 2) if i < len(producer.inputs) and producer.inputs[i] is not None]
-        if not slots or any(_channel_constant(producer.inputs[i], d) is None for i in slots):
+        if not slots or any(channel_constant(producer.inputs[i], d) is None for i in slots):
             return None
     for i in slots:
         value = producer.inputs[i]
-        c = _channel_constant(value, d)
+        c = channel_constant(value, d)
         assert c is not None and value is not None
         divided = (c.astype(np.float64) / scale.astype(np.float64).reshape(c.shape)).astype(np.float32)
         new = add_initializer(graph, fresh(f"{value.name or 'constant'}/smoothed"), ir.tensor(divided))
         replace_input(graph, producer, i, new)
     return f"folded into {producer.op_type} {producer.name}"
-
-
-def _channel_constant(value: ir.Value | None, d: int) -> np.ndarray | None:
-    """The float32 initializer ``value`` when it holds d numbers along the last axis only."""
-    if value is None or value.const_value is None or value.dtype != ir.DataType.FLOAT:
-        return None
-    array = value.const_value.numpy()
-    if array.size != d or array.shape[-1:] != (d,):
-        return None
-    return array
 
 
 def _divide(graph: ir.Graph, fresh: Callable[[str], str], x: ir.Value, scale: np.ndarray, quantizers: list[ir.Node], layer: str) -> str:

@@ -33,17 +33,14 @@ anything else                          skipped with the reason (``--token-axis``
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
 from collections.abc import Iterable
 
 import onnx_ir as ir
 
+from stamp_onnx.core.naming import looks_like_batch, looks_like_sequence
 from stamp_onnx.passes.constants import is_constant
 
-_SEQUENCE_NAME = re.compile(
-    r"seq|sequence|length|len\b|time|token|frame|step|position|^s$|^t$|^l$|^src$|^tgt$", re.IGNORECASE
-)
-_BATCH_NAME = re.compile(r"batch|^b$|^n$|^bs$|^bsz$|^num_samples$", re.IGNORECASE)
 FLATTENING_OPS = ("Reshape", "Flatten")
 
 Dim = int | str | None  # static, symbolic (an expression such as "batch*seq" after symbolic inference), unknown
@@ -88,9 +85,9 @@ class DimRoles:
         for value in inputs:
             for dim in dims_of(value) or []:
                 if isinstance(dim, str):
-                    if _BATCH_NAME.search(dim):
+                    if looks_like_batch(dim):
                         named_batch.add(dim)
-                    elif _SEQUENCE_NAME.search(dim):
+                    elif looks_like_sequence(dim):
                         named_sequence.add(dim)
         sequence = named_sequence | _attention_squares(model.graph.all_nodes(), named_batch)
         batch = set(named_batch)
@@ -146,14 +143,16 @@ class TokenAxis:
     source: ir.Value
     axis: int
     how: str
+    view: int = 0  # > 0: x is re-viewed as (source's first `view` dims, [-1,] features); `source` only gives those dims
+    features: int = 0
 
     @property
     def flattened(self) -> bool:
         return self.how.startswith("flattened")
 
 
-def decide(x: ir.Value, roles: DimRoles, override: int | None = None) -> TokenAxis | str:
-    """The token axis of activation ``x`` (features on its last axis), or why there is none."""
+def decide(x: ir.Value, roles: DimRoles, override: int | None = None, features: int | None = None) -> TokenAxis | str:
+    """The token axis of activation ``x`` (``features`` on its last axis), or why there is none."""
     dims = dims_of(x)
     if dims is None:
         return "activation rank is unknown (shape inference could not tell it): pass --token-axis"
@@ -168,12 +167,25 @@ def decide(x: ir.Value, roles: DimRoles, override: int | None = None) -> TokenAx
     if isinstance(found, int):
         return TokenAxis(x, found, "inferred")
     source = _flattened_from(x)
-    if source is not None and len(dims) == 2:
-        inner = _direct(dims_of(source) or [], roles)
-        if isinstance(inner, int):
-            return TokenAxis(source, inner, f"flattened from {shape_text(source)}, quantized per sequence there")
-        return f"tokens and samples are flattened into one axis {shape_text(x)}, and the tensor before the flattening has no clear token axis: {inner}"
-    return found
+    if source is None or len(dims) != 2 or roles.role(dims[0]) == "batch":
+        return found  # (batch, d) rows are samples however they were made
+    inner = dims_of(source) or []
+    d = dims[-1] if isinstance(dims[-1], int) else features
+    if d is not None and inner[-1] == d:
+        inner_axis = _direct(inner, roles)
+        if isinstance(inner_axis, int):
+            return TokenAxis(source, inner_axis, f"flattened from {shape_text(source)}, quantized per sequence there")
+        return f"tokens and samples are flattened into one axis {shape_text(x)}, and the tensor before the flattening has no clear token axis: {inner_axis}"
+    # the features merge trailing axes of the source, e.g. (s, b*h, hd) -> (s*b, h*hd): view the rows
+    # as (s, rows/s) when the source's leading axis is the sequence, (b, s) when it is (batch, seq, ...)
+    kinds = [roles.role(dim) for dim in inner]
+    trailing = inner[2:]
+    if d is not None and kinds[0] == "sequence":
+        return TokenAxis(source, 0, f"flattened from {shape_text(source)}, viewed as (tokens, rows/tokens, {d})", view=1, features=d)
+    if d is not None and kinds[:2] == ["batch", "sequence"] and all(isinstance(t, int) for t in trailing) \
+            and math.prod(t for t in trailing if isinstance(t, int)) == d:
+        return TokenAxis(source, 1, f"flattened from {shape_text(source)}, viewed as (batch, tokens, {d})", view=2, features=d)
+    return f"tokens and samples are flattened into one axis {shape_text(x)} from {shape_text(source)}, whose axes cannot be told apart"
 
 
 def _direct(dims: list[Dim], roles: DimRoles) -> int | str:
@@ -202,7 +214,7 @@ def _direct(dims: list[Dim], roles: DimRoles) -> int | str:
 
 
 def _flattened_from(x: ir.Value) -> ir.Value | None:
-    """The rank >= 3 tensor that ``x`` (rank 2) was flattened from, keeping its last axis (the features)."""
+    """The rank >= 3 tensor that ``x`` (rank 2) was flattened from by a Reshape or Flatten."""
     producer = x.producer()
     if producer is None or producer.op_type not in FLATTENING_OPS or producer.domain not in ("", "ai.onnx"):
         return None
@@ -211,8 +223,6 @@ def _flattened_from(x: ir.Value) -> ir.Value | None:
         return None
     inner, outer = dims_of(source), dims_of(x)
     if inner is None or outer is None or len(inner) < 3 or len(outer) != 2:
-        return None
-    if not isinstance(inner[-1], int) or inner[-1] != outer[-1]:
         return None
     if producer.op_type == "Flatten":
         axis = producer.attributes["axis"].as_int() if "axis" in producer.attributes else 1

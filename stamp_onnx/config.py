@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 from pathlib import Path
@@ -16,12 +17,39 @@ from typing import Any
 
 from stamp_onnx.errors import ConfigError
 
-TRANSFORMS = ("haar", "haar2d", "dct", "wht", "none")
+
+class Transform(enum.StrEnum):
+    """The sequence transforms (along the tokens)."""
+
+    HAAR = "haar"
+    HAAR2D = "haar2d"
+    DCT = "dct"
+    WHT = "wht"
+    NONE = "none"
+
+
+class FeatureTransform(enum.StrEnum):
+    """The transforms along the features, folded into the weights."""
+
+    NONE = "none"
+    HADAMARD = "hadamard"
+    SMOOTHQUANT = "smoothquant"
+
+
+class WeightMethod(enum.StrEnum):
+    """How weight codes are chosen."""
+
+    RTN = "rtn"
+    GPTQ = "gptq"
+
+
+TRANSFORMS = tuple(Transform)
+HAAR_TRANSFORMS = (Transform.HAAR, Transform.HAAR2D)  # the transforms with levels
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
-FEATURE_TRANSFORMS = ("none", "hadamard", "smoothquant")
-CALIBRATED_FEATURE_TRANSFORMS = ("smoothquant",)  # need calibration data
-WEIGHT_METHODS = ("rtn", "gptq")
+FEATURE_TRANSFORMS = tuple(FeatureTransform)
+CALIBRATED_FEATURE_TRANSFORMS = (FeatureTransform.SMOOTHQUANT,)  # need calibration data
+WEIGHT_METHODS = tuple(WeightMethod)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +70,8 @@ class StampConfig:
         when it matches ``include`` (if given) and does not match ``exclude`` (if given).
     weight_bits: round-to-nearest symmetric weight quantization of the rewritten layers
         (0: float weights); weight_block: per output channel (0) or per block of that many
-        input features. See :mod:`stamp_onnx.weights`.
-    weight_method: ``rtn`` (round to nearest) or ``gptq`` (:mod:`stamp_onnx.gptq`, needs
+        input features. See :mod:`stamp_onnx.core.weights`.
+    weight_method: ``rtn`` (round to nearest) or ``gptq`` (:mod:`stamp_onnx.core.gptq`, needs
         calibration data: the codes minimize each layer's output error on it).
     feature_transform: ``hadamard`` rotates each rewritten layer's activation along the
         features, X -> X R, with R^T folded into the weight (before weight quantization).
@@ -158,8 +186,29 @@ class StampConfig:
         """Average activation bits over ``tokens`` tokens: (k*hp + (s-k)*lp) / s."""
         if tokens <= 0:
             raise ConfigError(f"tokens={tokens} must be positive")
-        k = min(self.hp_tokens, tokens)
-        return (k * self.hp_bits + (tokens - k) * self.lp_bits) / tokens
+        return average_bits(self.hp_tokens, self.hp_bits, self.lp_bits, tokens)
+
+    def label(self) -> str:
+        """The config in one line, the same everywhere (eval rows and plots, quantize, validate,
+        inspect): 'haar L=3, P=1, K=64, 8/4'; settings at their defaults are left out."""
+        parts = [self.transform + (f" L={self.levels}" if self.transform in HAAR_TRANSFORMS else "")]
+        if self.grid_width:
+            parts.append(f"W={self.grid_width}")
+        if self.prefix_tokens:
+            parts.append(f"P={self.prefix_tokens}")
+        parts += [f"K={self.hp_tokens}", f"{self.hp_bits}/{self.lp_bits}"]
+        if self.feature_transform == FeatureTransform.SMOOTHQUANT:
+            parts.append(f"smoothquant a={self.smooth_alpha:g}")
+        elif self.feature_transform != FeatureTransform.NONE:
+            parts.append(self.feature_transform)
+        if self.weight_bits:
+            parts.append(f"W{self.weight_bits}" + (f" b{self.weight_block}" if self.weight_block else "")
+                         + (f" {self.weight_method}" if self.weight_method != WeightMethod.RTN else ""))
+        parts += [f"{name} {value!r}" for name, value in (("include", self.include), ("exclude", self.exclude)) if value is not None]
+        if self.token_axis is not None:
+            parts.append(f"token axis {self.token_axis}")
+        parts += [f"token axis {axis} for {pattern!r}" for pattern, axis in self.token_axes]
+        return ", ".join(parts)
 
     @property
     def needs_calibration(self) -> bool:
@@ -201,8 +250,28 @@ class StampConfig:
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from err
 
+    @classmethod
+    def text_fields(cls) -> dict[str, type]:
+        """The fields a flag or a ``key=value`` spec can set, with the type their text is read as
+        (every field but token_axes, which only a JSON config holds)."""
+        kinds: dict[str, type] = {}
+        for field in dataclasses.fields(cls):
+            kind = str(field.type).split(" |")[0]
+            if kind in _TEXT_KINDS:
+                kinds[field.name] = _TEXT_KINDS[kind]
+        return kinds
+
     def replace(self, **changes: Any) -> StampConfig:
         return dataclasses.replace(self, **changes)
+
+
+_TEXT_KINDS: dict[str, type] = {"str": str, "int": int, "float": float}
+
+
+def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, tokens: int) -> float:
+    """(k*hp + (s-k)*lp) / s with k = min(hp_tokens, s): the mean bits per activation value."""
+    k = min(hp_tokens, tokens)
+    return (k * hp_bits + (tokens - k) * lp_bits) / tokens
 
 
 def _check_int(name: str, value: object, *, low: int, high: int) -> None:

@@ -38,3 +38,7 @@ class RewriteError(StampError):
 
 class ValidationError(StampError):
     """Numerical validation could not be run or did not meet its tolerance."""
+
+
+class MissingExtraError(StampError):
+    """A command needs optional dependencies (a pip extra) that are not installed."""

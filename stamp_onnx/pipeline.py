@@ -5,30 +5,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 import stamp_onnx
-from stamp_onnx import ops
-from stamp_onnx.calibration import Calibration, calibrate
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import FeatureTransform, StampConfig, Transform, WeightMethod
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
-from stamp_onnx.model_io import check_output_path, load_model, save_model
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.calibration import Calibration, calibrate
+from stamp_onnx.graph.contract import LINEAR_OPS, rewritten_layers
+from stamp_onnx.graph.model_io import check_output_path, load_model, save_model
 from stamp_onnx.passes.constants import is_constant
 from stamp_onnx.passes.convert_opset import ConvertOpsetPass
 from stamp_onnx.passes.infer_shapes import InferShapesPass
 from stamp_onnx.passes.inline_stamp_ops import InlineStampOpsPass
 from stamp_onnx.passes.insert_sequence_transform import InsertSequenceTransformPass
 from stamp_onnx.passes.insert_token_qdq import InsertTokenQDQPass
-from stamp_onnx.passes.layer_weights import rewritten_layers
-from stamp_onnx.passes.linear_layers import LINEAR_OPS
-from stamp_onnx.passes.quantize_weights import QuantizeWeightsPass
+from stamp_onnx.passes.quantize_weights import (
+    QuantizeWeightsPass,
+    WeightQuantizer,
+    gptq,
+    round_to_nearest,
+)
 from stamp_onnx.passes.record_config import RecordConfigPass
 from stamp_onnx.passes.report import RewriteReport
 from stamp_onnx.passes.rotate_features import RotateFeaturesPass
-from stamp_onnx.passes.select_linear_layers import SelectLinearLayersPass, SelectResult
+from stamp_onnx.passes.select_linear_layers import SelectLinearLayersPass
 from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
 
 logger = logging.getLogger(__name__)
@@ -46,31 +51,25 @@ def rewrite(
 
     ``inline`` lowers the ai.stamp ops into standard ONNX ops in the main graph (QDQ pairs
     visible) for runtimes without function or custom-op support. ``calibration``: statistics
-    of this float model (:func:`stamp_onnx.calibration.calibrate`), for configs that need them.
+    of this float model (:func:`stamp_onnx.graph.calibration.calibrate`), for configs that need them.
     """
     for node in model.graph.all_nodes():
         if node.domain == ops.DOMAIN:
             raise RewriteError(f"{source} was already rewritten by stamp-onnx; quantize the float model instead")
     report = RewriteReport()
     try:
-        ConvertOpsetPass(ops.MIN_OPSET, report)(model)
-        InferShapesPass()(model)
-        selected = SelectLinearLayersPass(config.selects, config.token_axis_for, subgraphs=not config.needs_calibration)(model)
-        assert isinstance(selected, SelectResult)
-        report.rewritten, report.skipped, report.notes = selected.layers, selected.skipped, selected.notes
+        for step in (
+            InferShapesPass(),  # before the conversion too: symbolic inference knows the older opsets better
+            ConvertOpsetPass(ops.MIN_OPSET),
+            InferShapesPass(),
+            SelectLinearLayersPass(config.selects, config.token_axis_for, subgraphs=not config.needs_calibration),
+        ):
+            report.merge(step(model))
         if not report.rewritten:
             raise RewriteError(_nothing_to_rewrite(source, report, config))
-        ir.passes.PassManager(
-            [
-                InsertTokenQDQPass(config),
-                InsertSequenceTransformPass(config, report),
-                RotateFeaturesPass(config, report),
-                SmoothFeaturesPass(config, report, calibration),
-                QuantizeWeightsPass(config, report, calibration),
-                RecordConfigPass(config, stamp_onnx.__version__, report.skipped),
-                *([InlineStampOpsPass()] if inline else []),
-            ]
-        )(model)
+        for step in (*rewrite_passes(config, calibration), RecordConfigPass(config, stamp_onnx.__version__, report.skipped),
+                     *([InlineStampOpsPass()] if inline else [])):
+            report.merge(step(model))
     except ir.passes.PassError as err:
         cause: BaseException | None = err
         while cause is not None and not isinstance(cause, StampError):  # pass managers nest PassErrors
@@ -80,6 +79,49 @@ def rewrite(
         raise RewriteError(f"rewriting {source} failed: {first_line(err)}") from err
     model.ir_version = max(model.ir_version, 10)  # function overloads need IR >= 10
     return report
+
+
+def rewrite_passes(config: StampConfig, calibration: Calibration | None = None) -> list[ir.passes.PassBase]:
+    """The passes that rewrite the selected layers as ``config`` asks, in order; a pass that does
+    not apply is not in the list. ``calibration``: what :func:`calibrate_for` measured, when needed."""
+    passes: list[ir.passes.PassBase] = [InsertTokenQDQPass(config.hp_tokens, config.hp_bits, config.lp_bits)]
+    if config.transform != Transform.NONE:
+        passes.append(InsertSequenceTransformPass(config.transform, config.levels, config.prefix_tokens, config.grid_width))
+    feature = FEATURE_TRANSFORMS[FeatureTransform(config.feature_transform)]
+    if feature is not None:
+        passes.append(feature(config, calibration))
+    if config.weight_bits:
+        method = WeightMethod(config.weight_method)
+        passes.append(QuantizeWeightsPass(config.weight_bits, config.weight_block, method.value,
+                                          WEIGHT_METHODS[method](calibration)))
+    return passes
+
+
+def _smooth(config: StampConfig, calibration: Calibration | None) -> ir.passes.PassBase:
+    return SmoothFeaturesPass(config.smooth_alpha, _calibrated(calibration, f"feature transform {FeatureTransform.SMOOTHQUANT}").amax)
+
+
+def _gptq(calibration: Calibration | None) -> WeightQuantizer:
+    return gptq(_calibrated(calibration, f"weight method {WeightMethod.GPTQ}").hessian)
+
+
+def _calibrated(calibration: Calibration | None, what: str) -> Calibration:
+    if calibration is None:
+        raise RewriteError(f"{what} needs calibration statistics; pass calibration data (quantize --calibration FILE.npz)")
+    return calibration
+
+
+# What each feature transform and weight method adds to the pass list (None: nothing), as
+# onnxruntime's quantizer maps op types to quantizers: a new method is one entry here.
+FEATURE_TRANSFORMS: dict[FeatureTransform, Callable[[StampConfig, Calibration | None], ir.passes.PassBase] | None] = {
+    FeatureTransform.NONE: None,
+    FeatureTransform.HADAMARD: lambda config, calibration: RotateFeaturesPass(),
+    FeatureTransform.SMOOTHQUANT: _smooth,
+}
+WEIGHT_METHODS: dict[WeightMethod, Callable[[Calibration | None], WeightQuantizer]] = {
+    WeightMethod.RTN: lambda calibration: round_to_nearest,
+    WeightMethod.GPTQ: _gptq,
+}
 
 
 def _nothing_to_rewrite(source: str, report: RewriteReport, config: StampConfig) -> str:
@@ -113,7 +155,7 @@ def quantize_file(
     """
     out = check_output_path(in_path, out_path)
     if config.needs_calibration and calibration_feeds is None:
-        what = "weight method gptq" if config.weight_method == "gptq" else f"feature transform {config.feature_transform}"
+        what = "weight method gptq" if config.weight_method == WeightMethod.GPTQ else f"feature transform {config.feature_transform}"
         raise ConfigError(f"{what} needs calibration data: pass --calibration FILE.npz "
                           "(arrays named after the model inputs; `stamp-onnx export MODEL --calibration-data FILE.npz` writes one)")
     if calibration_feeds is not None and not config.needs_calibration:
@@ -140,13 +182,13 @@ def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, fee
     """
     logger.info("calibrating %s", in_path)
     calibration = None
-    if config.feature_transform == "smoothquant":
+    if config.feature_transform == FeatureTransform.SMOOTHQUANT:
         calibration = calibrate(in_path, feeds, _linear_inputs(model))
-    if config.weight_method != "gptq":
+    if config.weight_method != WeightMethod.GPTQ:
         assert calibration is not None
         return calibration
     first = load_model(in_path)
-    rewrite(first, config.replace(weight_method="rtn"), source=str(in_path), calibration=calibration)
+    rewrite(first, config.replace(weight_method=WeightMethod.RTN), source=str(in_path), calibration=calibration)
     # Every quantizer of a model has one config, so layers whose quantizers read one activation
     # (q/k/v, gate/up) get the same MatMul input: measure it once, for the first of them.
     readers: dict[str, list[str]] = {}

@@ -3,6 +3,8 @@
 Covers what a downloaded model can get wrong: truncation, an opset that cannot be converted,
 external data that is missing, too short, or stored outside the model's folder (a relative
 path that climbs out, an absolute path, a symlink out). Valid external data still works.
+An output path that cannot be written is refused the same way (exit code 2), before the
+model is read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import models
 import onnx
 import pytest
 
-from stamp_onnx.cli import main
+import stamp_onnx.pipeline
+from stamp_onnx.cli.commands import main
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -116,3 +119,64 @@ def test_bad_model_is_one_clean_line(
     assert err.startswith("stamp-onnx: error: ") and "Traceback" not in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
     assert _digests(folder) == before
+
+
+def _read_only(folder: Path) -> Path:
+    folder.chmod(0o555)
+    return folder / "q.onnx"
+
+
+def _fifo(folder: Path) -> Path:
+    os.mkfifo(folder / "q.onnx")
+    return folder / "q.onnx"
+
+
+def _data_folder(folder: Path) -> Path:
+    (folder / "q.onnx.data").mkdir()
+    return folder / "q.onnx"
+
+
+def _parent_is_a_file(folder: Path) -> Path:
+    (folder / "file").write_text("")
+    return folder / "file" / "q.onnx"
+
+
+UNWRITABLE = [
+    pytest.param(lambda d: Path("/proc/stamp-onnx-test.onnx"), "cannot write /proc/stamp-onnx-test.onnx",
+                 id="virtual file system"),
+    pytest.param(lambda d: Path("/sys/stamp-onnx-test.onnx"), "cannot write /sys/stamp-onnx-test.onnx",
+                 id="no permission"),
+    pytest.param(_read_only, "(Permission denied)", id="read-only folder",
+                 marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")),
+    pytest.param(_parent_is_a_file, "is a file, not a folder", id="parent is a file"),
+    pytest.param(lambda d: d / ("n" * 300 + ".onnx"), "(File name too long)", id="name too long"),
+    # valid on its own, but the temporary folder next to it (".<name>.XXXXXXXX") is not
+    pytest.param(lambda d: d / ("n" * 245 + ".onnx"), "(File name too long)", id="name too long for the temporary folder"),
+    pytest.param(_fifo, "q.onnx exists and is not a regular file", id="a pipe"),
+    pytest.param(_data_folder, "q.onnx.data exists and is not a regular file", id="data name is a folder"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), UNWRITABLE)
+def test_unwritable_output_is_one_line_before_any_work(
+    make: Callable[[Path], Path], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = make(folder)
+    before = sorted(p.name for p in folder.iterdir())
+
+    def no_loading(path: object) -> None:
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(stamp_onnx.pipeline, "load_model", no_loading)
+    try:
+        assert main(["-q", "quantize", str(src), "-o", str(out)]) == 2
+    finally:
+        folder.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert err.startswith("stamp-onnx: error: ") and "Traceback" not in err
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from stamp_onnx.cli import build_parser, config_from_args, main
+from stamp_onnx.cli.commands import build_parser, config_from_args, main
 from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import ModelLoadError
 
 
 def digest(path: Path) -> str:
@@ -125,3 +127,27 @@ def test_nothing_to_rewrite(mlp_path: Path, tmp_path: Path, capsys: pytest.Captu
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "quiet", "debug"),
+    [
+        (["quantize", "a.onnx", "-o", "b.onnx"], False, False),
+        (["-q", "--debug", "quantize", "a.onnx", "-o", "b.onnx"], True, True),
+        (["quantize", "a.onnx", "-o", "b.onnx", "-q", "--debug"], True, True),
+        (["-q", "quantize", "a.onnx", "--debug", "-o", "b.onnx"], True, True),
+        (["inspect", "--quiet", "a.onnx"], True, False),
+        (["eval", "--debug"], False, True),
+    ],
+)
+def test_quiet_and_debug_before_or_after_the_subcommand(argv: list[str], quiet: bool, debug: bool) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.debug) == (quiet, debug)
+
+
+def test_debug_after_the_subcommand_shows_the_traceback(mlp_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(mlp_path), "-o", str(out), "-q"]) == 0
+    assert logging.getLogger("stamp_onnx").level == logging.WARNING
+    with pytest.raises(ModelLoadError, match="no such file"):
+        main(["quantize", str(tmp_path / "missing.onnx"), "-o", str(out), "-q", "--debug"])

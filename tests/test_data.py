@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stamp_onnx import data
+from stamp_onnx.zoo import data
 
 
 class CharTokenizer:

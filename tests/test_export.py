@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch_models import tiny_llama, tiny_llama_onnx
 
+from stamp_onnx.core.naming import layer_name_from_metadata
 from stamp_onnx.errors import ConfigError, ExportError
-from stamp_onnx.export import SOURCE_KEY, TRACE_SEQ_LEN, export_onnx, matmul_layer_names
-from stamp_onnx.models import BUILTIN_MODELS, linear_layer_names, load_model, sample_inputs
-from stamp_onnx.naming import layer_name_from_metadata
+from stamp_onnx.graph.contract import SOURCE_KEY
+from stamp_onnx.zoo.export import TRACE_SEQ_LEN, export_onnx, matmul_layer_names
+from stamp_onnx.zoo.models import BUILTIN_MODELS, linear_layer_names, load_model, sample_inputs
 
 
 def torch_logits(feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -76,7 +77,8 @@ def test_export_into_missing_folder_is_an_error(tmp_path: Path) -> None:
         export_onnx(tiny_llama(), tmp_path / "missing" / "m.onnx")
 
 
-@pytest.mark.skipif(os.environ.get("STAMP_SLOW") != "1", reason="loads and exports SmolLM2 (minutes); STAMP_SLOW=1")
+@pytest.mark.skipif(os.environ.get("STAMP_SLOW") != "1", reason="loads and exports SmolLM2 (minutes); STAMP_SLOW=1 "
+                    "(fast: GGUF loading in test_gguf.py, the Llama export in test_dynamic_batch_and_sequence_match_torch)")
 def test_smollm2_export_names_and_numerics(tmp_path: Path) -> None:
     loaded = load_model("smollm2-135m")
     path = export_onnx(loaded, tmp_path / "smollm2.onnx")

@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 import tool_modules
 
-from stamp_onnx import external_data
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
+from stamp_onnx.graph import external_data
 from stamp_onnx.pipeline import quantize_file
 
 make_llama = tool_modules.load("make_llama")
@@ -158,3 +158,33 @@ def test_external_output_is_byte_identical_across_runs(llama: Path, tmp_path: Pa
         out.parent.mkdir()
         quantize_file(llama, out, StampConfig())
     assert _digests(first.parent) == _digests(second.parent)
+
+
+def test_single_file_output_over_an_external_one_leaves_no_stale_data(llama: Path, mlp_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    assert main(["-q", "quantize", str(llama), "-o", str(out)]) == 0
+    assert out.with_name("q.onnx.data").is_file()
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(out)]) == 0  # no external data
+    assert not out.with_name("q.onnx.data").exists()
+    assert _locations(out) == set()
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_external_output_over_a_single_file_one_is_consistent(llama: Path, mlp_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(out)]) == 0
+    assert main(["-q", "quantize", str(llama), "-o", str(out)]) == 0
+    assert _locations(out) == {"q.onnx.data"}
+    reference = tmp_path / "fresh" / "q.onnx"
+    reference.parent.mkdir()
+    quantize_file(llama, reference, StampConfig())
+    assert _digests(tmp_path) == {**_digests(reference.parent), "mlp.onnx": _digests(tmp_path)["mlp.onnx"]}
+
+
+def test_data_file_the_old_output_did_not_use_is_left_alone(mlp_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(out)]) == 0
+    unrelated = out.with_name("q.onnx.data")
+    unrelated.write_bytes(b"not ours")
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(out), "--transform", "dct"]) == 0
+    assert unrelated.read_bytes() == b"not ours"

@@ -1,26 +1,35 @@
-"""GPTQ weight quantization: round-to-nearest when H is the identity, the textbook OBS walk, output error."""
+"""GPTQ weight quantization: round-to-nearest when H is the identity, the textbook OBS walk, output error.
+
+The math is held to an independent, slow implementation written here (``textbook_gptq``: H^-1
+downdated row by row, no Cholesky, no batches, its own scales). The pass test is a wiring
+check: its expectation calls gptq_quantize itself, with a Hessian computed here from the
+layer input it reads out of the model, so it checks which weight, which Hessian and which
+layout the pass feeds GPTQ, not GPTQ.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx import gptq, weights
-from stamp_onnx.calibration import calibrate
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import gptq, weights
+from stamp_onnx.core.smoothing import smoothed_weight
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.layer_check import per_layer_diffs
-from stamp_onnx.model_io import load_model
-from stamp_onnx.models import calibration_samples
-from stamp_onnx.passes.layer_weights import read_weight, rewritten_layers
+from stamp_onnx.evaluation.layer_check import per_layer_diffs
+from stamp_onnx.graph import runtime
+from stamp_onnx.graph.calibration import calibrate
+from stamp_onnx.graph.contract import SCALE_KEY, decode_scale, dequantized_weights, rewritten_layers
+from stamp_onnx.graph.model_io import load_model
+from stamp_onnx.passes.layer_weights import read_weight
 from stamp_onnx.passes.linear_layers import find_linear_layers
-from stamp_onnx.passes.quantize_weights import dequantized_weights
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.smoothing import SCALE_KEY, decode_scale, smoothed_weight
+from stamp_onnx.zoo.models import calibration_samples
 
 
 def random_weight(rng: np.random.Generator, d_in: int, d_out: int) -> np.ndarray:
@@ -50,6 +59,12 @@ def w_hat(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
     return q.astype(np.float32) * weights.expand_scales(scale, q.shape[0], block)
 
 
+def column_scales(w: np.ndarray, bits: int) -> np.ndarray:
+    """max |w| / qmax per column in float32, 1 for an all-zero column (symmetric weight scales)."""
+    amax = np.abs(w.astype(np.float32)).max(axis=0)
+    return np.where(amax == 0, np.float32(1), amax / np.float32(2 ** (bits - 1) - 1)).astype(np.float32)
+
+
 def textbook_gptq(w: np.ndarray, h: np.ndarray, bits: int, block: int, damp: float) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ written the slow way: H^-1 downdated after every row (OBS), no Cholesky, no batches."""
     current = w.astype(np.float64)
@@ -61,11 +76,11 @@ def textbook_gptq(w: np.ndarray, h: np.ndarray, bits: int, block: int, damp: flo
     h_inv = np.linalg.inv(h)
     qmax = 2 ** (bits - 1) - 1
     q = np.zeros(w.shape, np.int8)
-    scale = np.zeros((-(-w.shape[0] // block), w.shape[1]), np.float32) if block else weights.weight_scales(w, bits, 0)
+    scale = np.zeros((-(-w.shape[0] // block), w.shape[1]), np.float32) if block else column_scales(w, bits)
     s = scale
     for i in range(w.shape[0]):
         if block and i % block == 0:
-            s = scale[i // block] = weights.weight_scales(current[i : i + block].astype(np.float32), bits, 0)
+            s = scale[i // block] = column_scales(current[i : i + block], bits)
         q[i] = np.clip(np.round(current[i].astype(np.float32) / s), -qmax, qmax)
         err = (current[i] - q[i] * s.astype(np.float64)) / h_inv[i, i]
         current -= np.outer(h_inv[:, i], err)  # rows < i have h_inv[:, i] = 0 after their downdates
@@ -191,10 +206,25 @@ def _gptq_model(tmp_path: Path, config: StampConfig) -> tuple[Path, dict[str, np
     return out, feeds
 
 
+def _hessian_of(path: Path, value: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """sum x^T x in float64 of the model's ``value`` (..., d) over the samples of ``feeds``, run all at once."""
+    proto = onnx.load(str(path))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(value, onnx.TensorProto.FLOAT, None))
+    session = runtime.session(proto.SerializeToString())
+    wanted = {i.name for i in session.get_inputs()}
+    (x,) = session.run([value], {k: v for k, v in feeds.items() if k in wanted})
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    return flat.T @ flat
+
+
 @pytest.mark.parametrize("feature", ["none", "hadamard", "smoothquant"])
 def test_the_pass_quantizes_in_the_frame_of_the_weight(feature: str, tmp_path: Path) -> None:
     """The codes are gptq_quantize(R^T W or diag(s) W, H) with H of the layer's MatMul input in
-    the same model rewritten with round-to-nearest weights (every earlier layer quantized)."""
+    the same model rewritten with round-to-nearest weights (every earlier layer quantized).
+
+    A wiring check (module docstring); H is also recomputed here from that input, read out of
+    the RTN model, to hold calibrate's Hessian to it.
+    """
     config = StampConfig(hp_tokens=8, weight_bits=4, weight_block=16, weight_method="gptq", feature_transform=feature)
     out, feeds = _gptq_model(tmp_path, config)
     rtn = tmp_path / "rtn.onnx"
@@ -205,7 +235,9 @@ def test_the_pass_quantizes_in_the_frame_of_the_weight(feature: str, tmp_path: P
     w = read_weight(node)
     rewritten = ir.load(str(out))
     linear = next(n for name, n, _ in rewritten_layers(rewritten.graph) if name == layer)
-    h = calibrate(rtn, feeds, [str(linear.inputs[0].name)], hessians=True).hessian[str(linear.inputs[0].name)]
+    name = str(linear.inputs[0].name)
+    h = calibrate(rtn, feeds, [name], hessians=True).hessian[name]
+    np.testing.assert_allclose(h, _hessian_of(rtn, name, feeds), rtol=0, atol=1e-5 * float(np.abs(h).max()))
     if feature == "hadamard":
         w = (weights.feature_rotation(w.shape[0]).T @ w.astype(np.float64)).astype(np.float32)
     if feature == "smoothquant":
@@ -213,7 +245,7 @@ def test_the_pass_quantizes_in_the_frame_of_the_weight(feature: str, tmp_path: P
         w = smoothed_weight(w, decode_scale(quantizer.metadata_props[SCALE_KEY]))
     q, scale = gptq.gptq_quantize(w, h, 4, 16)
     expected = q.astype(np.float32) * weights.expand_scales(scale, w.shape[0], 16)
-    np.testing.assert_array_equal(dequantized_weights(rewritten.graph)[layer], expected)
+    np.testing.assert_array_equal(dequantized_weights(rewritten)[layer], expected)
 
 
 def test_gptq_lowers_the_layer_error_on_the_calibration_data(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for stamp_onnx.htp_runtime: the QNN graph JSON analysis (always), and sessions on the HTP
+"""Tests for stamp_onnx.targets.htp_runtime: the QNN graph JSON analysis (always), and sessions on the HTP
 simulator (only where onnxruntime-qnn is installed: the optional extra `htp`)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stamp_onnx import htp_rules, htp_runtime, htp_units
+from stamp_onnx.core.quant import sqnr_db
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.htp_plan import BlockPlan
-from stamp_onnx.quant import sqnr_db
+from stamp_onnx.targets import htp_rules, htp_runtime, htp_units
+from stamp_onnx.targets.htp_plan import BlockPlan
 
 needs_qnn = pytest.mark.skipif(not htp_runtime.available(), reason="onnxruntime-qnn is not installed (optional extra `htp`)")
 
@@ -124,7 +124,7 @@ def test_spliced_model_runs_integer_only_on_the_htp(tmp_path: Path, spec: str) -
     import models
 
     from stamp_onnx.config import StampConfig
-    from stamp_onnx.htp_model import HtpOptions, quantize_for_htp
+    from stamp_onnx.targets.htp_model import HtpOptions, quantize_for_htp
 
     source = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
     rng = np.random.default_rng(1)

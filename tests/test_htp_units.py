@@ -1,4 +1,4 @@
-"""Tests for the static integer STaMP units (stamp_onnx.htp_plan, htp_units, htp_rules) and the whole-model splice.
+"""Tests for the static integer STaMP units (stamp_onnx.targets: htp_plan, htp_units, htp_rules) and the whole-model splice.
 
 The block form is held to the transform oracle (stamp_onnx.transforms) row by row, the float unit
 to x W + b, the quantized unit to float within its bits, and every unit node to the HTP's rules.
@@ -15,12 +15,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from stamp_onnx import htp_plan, htp_rules, htp_units, transforms
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import transforms
+from stamp_onnx.core.quant import sqnr_db
 from stamp_onnx.errors import ConfigError, ModelLoadError
-from stamp_onnx.htp_model import HtpOptions, quantize_for_htp
-from stamp_onnx.htp_plan import BlockPlan, Encoding
-from stamp_onnx.quant import sqnr_db
+from stamp_onnx.targets import htp_plan, htp_rules, htp_units
+from stamp_onnx.targets.htp_model import HtpOptions, quantize_for_htp
+from stamp_onnx.targets.htp_plan import BlockPlan, Encoding
 
 PLANS = [
     BlockPlan("haar", 128, 3, 1, 64),  # MiniLM: 15 blocks + a tail of 7

@@ -11,13 +11,13 @@ import onnx
 import pytest
 from torch_models import tiny_vit, tiny_vit_onnx
 
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
-from stamp_onnx.evaluate import markdown_table, text_table
-from stamp_onnx.metrics import RunningDiff
-from stamp_onnx.models import Samples, sample_inputs
+from stamp_onnx.evaluation.evaluate import markdown_table, text_table
+from stamp_onnx.evaluation.metrics import RunningDiff
+from stamp_onnx.evaluation.validate import VARIANTS, validate
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import VARIANTS, validate
+from stamp_onnx.zoo.models import Samples, sample_inputs
 
 TOKENS = 17  # 1 CLS + 4 x 4 patches
 
@@ -116,7 +116,7 @@ def test_eval_report_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_evaluations_are_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stamp_onnx import evaluate
+    from stamp_onnx.evaluation import evaluate
 
     configs = [StampConfig(transform="haar2d", prefix_tokens=1, hp_tokens=5), StampConfig(transform="none", hp_tokens=5)]
     first = evaluate.evaluate_configs("tiny-vit", tmp_path, configs, seq_len=17, n_windows=2)
@@ -137,8 +137,8 @@ def test_evaluations_are_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.M
 
 def test_eval_takes_an_exported_onnx_file(tmp_path: Path) -> None:
     """The float export itself can be evaluated: its metadata names the model behind it."""
-    from stamp_onnx import evaluate
     from stamp_onnx.errors import ConfigError
+    from stamp_onnx.evaluation import evaluate
 
     configs = [StampConfig(transform="haar2d", hp_tokens=5)]
     [report] = evaluate.evaluate_configs(str(tiny_vit_onnx()), tmp_path, configs, seq_len=17, n_windows=2)

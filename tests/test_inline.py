@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx import ops
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
-from stamp_onnx.models import calibration_samples, sample_inputs
+from stamp_onnx.graph import ops
 from stamp_onnx.pipeline import quantize_file
+from stamp_onnx.zoo.models import calibration_samples, sample_inputs
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

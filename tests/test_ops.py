@@ -1,4 +1,10 @@
-"""Function bodies in onnxruntime vs the math module, on fresh random inputs."""
+"""Function bodies in onnxruntime vs the math module, on random inputs seeded by name.
+
+Haar (1-D and 2-D) and the QDQ are bit-exact with the numpy reference and are held to that;
+DCT, WHT and FeatureRotation are MatMuls whose summation order differs, and each element is
+held to the float32 error bound of its own dot product (tests/oracles.py). The hard tokens of
+the quantizer are in tests/test_hard_tokens.py.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import oracles
 import pytest
 
-from stamp_onnx import ops, weights
-from stamp_onnx.op_models import single_op_model
+from stamp_onnx.core import transforms
+from stamp_onnx.graph import ops
+from stamp_onnx.graph.op_models import single_op_model
 
 LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 33, 64, 65, 100]
 
@@ -32,11 +40,11 @@ TRANSFORM_SPECS = [
 @pytest.mark.parametrize("spec", TRANSFORM_SPECS, ids=lambda s: s.overload)
 def test_sequence_transform_matches_reference(spec: ops.SequenceTransformSpec) -> None:
     sess = session(spec)
-    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    rng = np.random.default_rng(oracles.stable_seed(spec.overload))
     for s in LENGTHS:
         x = rng.standard_normal((2, s, 12)).astype(np.float32)
         (y,) = sess.run(None, {"x": x})
-        np.testing.assert_allclose(y, spec.reference(x), rtol=1e-5, atol=1e-5 * np.sqrt(s))
+        oracles.check_transform(y, x, spec)
 
 
 HAAR2D_SPECS = [
@@ -51,7 +59,7 @@ HAAR2D_SPECS = [
 def test_haar2d_body_is_bit_exact(spec: ops.SequenceTransformSpec) -> None:
     """Same butterflies and order as the oracle, float32: every element identical, every grid."""
     sess = session(spec)
-    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    rng = np.random.default_rng(oracles.stable_seed(spec.overload))
     widths = [spec.grid_width] if spec.grid_width else [1, 2, 3, 4, 5, 16]
     for w in widths:
         for h in (1, 2, 3, 5, 16) if spec.grid_width else (w,):
@@ -77,7 +85,10 @@ def test_forward_then_inverse_in_onnx_is_identity(transform: str) -> None:
         x = rng.standard_normal((3, s, 12)).astype(np.float32)
         (y,) = fwd.run(None, {"x": x})
         (z,) = inv.run(None, {"x": y})
-        np.testing.assert_allclose(z, x, rtol=1e-5, atol=1e-5)
+        # Both directions' float32 error bounds, the forward one carried through |L^T|.
+        m = np.abs(transforms.matrix(s, transform, 3))
+        bound = 2 * (s + 2) * oracles.EPS32 * (m.T @ (m @ np.abs(x.astype(np.float64))))
+        assert np.all(np.abs(z.astype(np.float64) - x) <= bound)
 
 
 def test_haar_body_is_bit_exact() -> None:
@@ -109,7 +120,7 @@ def test_ops_accept_other_ranks(rank: int) -> None:
     x = rng.standard_normal(shape).astype(np.float32)
     for spec in (ops.SequenceTransformSpec("haar", 2, False), ops.SequenceTransformSpec("haar", 2, True), ops.TokenQDQSpec(4, 8, 4)):
         (y,) = session(spec, rank).run(None, {"x": x})
-        np.testing.assert_allclose(y, spec.reference(x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(y, spec.reference(x))
 
 
 FUSED_SPECS = [
@@ -124,14 +135,14 @@ FUSED_SPECS = [
 def test_transform_qdq_is_the_transform_then_the_qdq(spec: ops.TransformQDQSpec) -> None:
     """Y equals TokenQDQ of the body's own T bit for bit; T matches the transform reference."""
     one, two = session(spec), session(spec, with_transformed=True)
-    rng = np.random.default_rng(hash(spec.overload) % 2**32)
+    rng = np.random.default_rng(oracles.stable_seed(spec.overload))
     grid = spec.transform.transform == "haar2d"  # a 4 x 4 grid after the prefix
     for s in [spec.transform.prefix_tokens + 16] if grid else LENGTHS:
         x = rng.standard_normal((2, s, 12)).astype(np.float32)
         y, t = two.run(None, {"x": x})
         np.testing.assert_array_equal(y, spec.qdq.reference(t))
         np.testing.assert_array_equal(one.run(None, {"x": x})[0], y)
-        np.testing.assert_allclose(t, spec.transform.reference(x), rtol=1e-5, atol=1e-5 * np.sqrt(s))
+        oracles.check_transform(t, x, spec.transform)
 
 
 def test_transform_qdq_refuses_an_inverse() -> None:
@@ -159,7 +170,6 @@ def test_feature_rotation_body_is_x_times_r(d: int, shape: tuple[int, ...]) -> N
     spec = ops.FeatureRotationSpec(d)
     x = np.random.default_rng(d).standard_normal((*shape, d)).astype(np.float32)
     (got,) = session(spec, x.ndim).run(None, {"x": x})
-    expected = x.astype(np.float64) @ weights.feature_rotation(d)
-    np.testing.assert_allclose(got, expected, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
-    np.testing.assert_allclose(spec.reference(x), expected, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+    oracles.assert_rotation_within_bound(got, x)
+    oracles.assert_rotation_within_bound(spec.reference(x), x)
     assert ops.spec_from_node(ir.Node(ops.DOMAIN, ops.FEATURE_ROTATION, [], spec.attributes())) == spec

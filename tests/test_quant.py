@@ -1,7 +1,8 @@
-"""Tests for stamp_onnx.quant, the per-token mixed-precision quantizer oracle.
+"""Tests for stamp_onnx.core.quant, the per-token mixed-precision quantizer oracle.
 
-The quantizer is held bit for bit to a literal, scalar transcription of the formula in STAMP.md
-written below, and at 8 bits to ONNX Runtime's DynamicQuantizeLinear + DequantizeLinear.
+The quantizer is held bit for bit to a literal, scalar transcription of the formula
+(tests/oracles.py), and at 8 bits to ONNX Runtime's DynamicQuantizeLinear + DequantizeLinear.
+The hard tokens (ties, the clip, one-signed tokens) at every width are in test_hard_tokens.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import numpy as np
 import onnx
 import onnxruntime as ort
+import oracles
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,34 +20,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
 
-from stamp_onnx import quant, transforms
+from stamp_onnx.core import quant, transforms
 
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 F32 = np.float32
 
 
-def _reference_token(row: np.ndarray, bits: int) -> np.ndarray:
-    """STAMP.md's quantizer for one float32 token, one scalar at a time.
-
-    Every float operation is a numpy float32 scalar operation; rounding uses Python's round(),
-    which rounds half to even (exact here: a float32 converts to a Python float losslessly).
-    """
-    qmax = 2**bits - 1
-    values = [F32(v) for v in row]
-    rmin = min(F32(0), *values)
-    rmax = max(F32(0), *values)
-    scale = F32(1) if rmax == rmin else F32(rmax - rmin) / F32(qmax)
-    zp = min(max(round(float(-rmin / scale)), 0), qmax)
-    out = []
-    for v in values:
-        q = min(max(round(float(v / scale)) + zp, 0), qmax)
-        out.append(F32(F32(q - zp) * scale))
-    return np.array(out, dtype=F32)
-
-
 def _reference(x: np.ndarray, bits_per_token: list[int]) -> np.ndarray:
     """The reference on (s, d): token i at bits_per_token[i]."""
-    return np.stack([_reference_token(x[i], b) for i, b in enumerate(bits_per_token)])
+    return np.stack([oracles.literal_qdq_token(x[i], b) for i, b in enumerate(bits_per_token)])
 
 
 def _mixed(seed: int, s: int = 12, d: int = 16) -> np.ndarray:

@@ -1,17 +1,26 @@
-"""The PyTorch STaMP reference: what it hooks, what it computes, and that it cleans up."""
+"""The PyTorch STaMP reference: what it hooks, what it computes, and that it cleans up.
+
+What a hooked layer computes is checked against a Haar and a quantizer written here and in
+tests/oracles.py, sharing no code with stamp_onnx.core.transforms or stamp_onnx.core.quant; the other
+tests check the wiring (which layers, hooks removed, weights restored) or compare with the
+float model.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import oracles
 import pytest
 import torch
 from torch_models import tiny_llama
 
-from stamp_onnx import quant, transforms
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import quant
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.models import sample_inputs
-from stamp_onnx.reference import stamp_activation, stamp_reference
+from stamp_onnx.evaluation.reference import stamp_activation, stamp_reference
+from stamp_onnx.zoo.models import sample_inputs
 
 
 class TwoHeads(torch.nn.Module):
@@ -50,18 +59,42 @@ def test_only_selected_layers_change() -> None:
     assert not torch.allclose(a0, a1)
 
 
+def plain_haar(x: np.ndarray, levels: int) -> np.ndarray:
+    """The 1-D multi-level Haar of docs/design.md on axis -2, written out: pairs (2i, 2i+1) of the low
+    band -> ((a + b) / sqrt 2, (a - b) / sqrt 2), an odd last token carried into the low band."""
+    k = x.dtype.type(1 / math.sqrt(2))
+    low, details = x, []
+    for _ in range(levels):
+        n = low.shape[-2]
+        if n < 2:
+            break
+        even, odd = low[..., 0 : n - 1 : 2, :], low[..., 1:n:2, :]
+        details.insert(0, (even - odd) * k)
+        low = np.concatenate([(even + odd) * k, low[..., 2 * (n // 2) :, :]], axis=-2)
+    return np.concatenate([low, *details], axis=-2)
+
+
+def test_plain_haar_is_orthonormal() -> None:
+    m = plain_haar(np.eye(40), 3)
+    np.testing.assert_allclose(m @ m.T, np.eye(40), atol=1e-12)
+
+
 def test_hooked_layer_computes_inverse_of_quantized_product() -> None:
-    """y = L^-1(Q(L x) W^T) + b, with the bias after the inverse (float64 check)."""
+    """y = L^-1(Q(L x) W^T) + b, the bias after the inverse; L and Q written independently here.
+
+    L x in float32 (the same butterflies, so Q sees the same values bit for bit), Q by the
+    literal quantizer, the rest in float64 with L^-1 = L^T from the float64 matrix.
+    """
     torch.manual_seed(0)
     model = TwoHeads().eval()
     config = StampConfig(transform="haar", levels=3, hp_tokens=8, prefix_tokens=0)
     x = correlated_tokens(2)
     with torch.no_grad(), stamp_reference(model, config):
-        y = model(x)[0].double()
-    q = quant.token_qdq(transforms.forward(x, "haar", 3), 8, 8, 4).double()
-    w, b = model.a.weight.double(), model.a.bias.double()
-    expected = transforms.inverse(q @ w.T, "haar", 3) + b
-    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+        y = model(x)[0].double().numpy()
+    q = oracles.literal_token_qdq(plain_haar(x.numpy(), 3), 8, 8, 4).astype(np.float64)
+    w, b = model.a.weight.detach().double().numpy(), model.a.bias.detach().double().numpy()
+    expected = plain_haar(np.eye(x.shape[-2]), 3).T @ (q @ w.T) + b
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_tiny_llama_hooks_every_linear_by_default_and_honours_exclude() -> None:

@@ -12,11 +12,11 @@ from torch_models import tiny_llama, tiny_llama_onnx
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.layer_check import LayerDiff, per_layer_diffs
-from stamp_onnx.models import sample_inputs
+from stamp_onnx.evaluation.layer_check import LayerDiff, per_layer_diffs
+from stamp_onnx.evaluation.report import write_report
+from stamp_onnx.evaluation.validate import Comparison, Perplexity, ValidationReport
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.report import write_report
-from stamp_onnx.validate import Comparison, Perplexity, ValidationReport
+from stamp_onnx.zoo.models import sample_inputs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("fig_energy.png", "fig_layer_sqnr.png", "fig_bits.png", "fig_quality.png")

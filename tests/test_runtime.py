@@ -1,4 +1,4 @@
-"""stamp_onnx.runtime without the native library: the function bodies run everything."""
+"""stamp_onnx.graph.runtime without the native library: the function bodies run everything."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stamp_onnx import ops, runtime
 from stamp_onnx.errors import ConfigError
-from stamp_onnx.op_models import single_op_model
+from stamp_onnx.graph import ops, runtime
+from stamp_onnx.graph.op_models import single_op_model
 
 
 def test_disabled_by_environment_falls_back_to_the_function_bodies(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import backends
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,17 +13,18 @@ import pytest
 import torch
 from torch_models import tiny_llama, tiny_llama_onnx, tiny_vit, tiny_vit_onnx
 
-from stamp_onnx import smoothing
-from stamp_onnx.calibration import calibrate, load_feeds, save_feeds
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import smoothing
 from stamp_onnx.errors import ConfigError, RewriteError
-from stamp_onnx.inspection import summarize
-from stamp_onnx.layer_check import per_layer_diffs
-from stamp_onnx.model_io import load_model
-from stamp_onnx.models import calibration_samples, linear_layer_names, sample_inputs
+from stamp_onnx.evaluation.inspection import summarize
+from stamp_onnx.evaluation.layer_check import per_layer_diffs
+from stamp_onnx.evaluation.validate import validate
+from stamp_onnx.graph import contract
+from stamp_onnx.graph.calibration import calibrate, load_feeds, save_feeds
+from stamp_onnx.graph.model_io import load_model
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import validate
+from stamp_onnx.zoo.models import calibration_samples, linear_layer_names, sample_inputs
 
 SMOOTH = StampConfig(hp_tokens=8, feature_transform="smoothquant")
 
@@ -59,10 +61,10 @@ def test_scales_follow_the_formula() -> None:
 
 def test_scale_record_round_trips() -> None:
     s = np.random.default_rng(0).random(13).astype(np.float32)
-    np.testing.assert_array_equal(smoothing.decode_scale(smoothing.encode_scale(s)), s)
+    np.testing.assert_array_equal(contract.decode_scale(contract.encode_scale(s)), s)
     for bad in ("not base64!", "", "AAA="):
-        with pytest.raises(ValueError, match=smoothing.SCALE_KEY):
-            smoothing.decode_scale(bad)
+        with pytest.raises(ValueError, match=contract.SCALE_KEY):
+            contract.decode_scale(bad)
 
 
 def test_calibration_measures_each_channel_max(tmp_path: Path) -> None:
@@ -91,7 +93,7 @@ def test_calibration_measures_each_channel_max(tmp_path: Path) -> None:
 
 
 def test_calibration_windows_are_held_out_from_the_evaluation() -> None:
-    from stamp_onnx.data import window_starts
+    from stamp_onnx.zoo.data import window_starts
 
     evaluation = set(window_starts(1000, 4, 10))
     held = window_starts(1000, 8, 10, avoid=4)
@@ -124,31 +126,34 @@ def test_folding_and_online_division(tmp_path: Path) -> None:
     scales = collections.defaultdict(set)
     for node in proto.graph.node:
         props = {p.key: p.value for p in node.metadata_props}
-        if smoothing.SCALE_KEY in props:
-            scales[node.input[0]].add(props[smoothing.SCALE_KEY])
+        if contract.SCALE_KEY in props:
+            scales[node.input[0]].add(props[contract.SCALE_KEY])
     assert all(len(s) == 1 for s in scales.values())  # layers reading one activation share s
     names = {t.name for t in proto.graph.initializer}
     assert not any(name.endswith("input_layernorm.weight") for name in names)  # replaced by the folded copy
     onnx.checker.check_model(proto, full_check=True)
 
 
-def test_layer_norm_is_folded_in_a_vit(tmp_path: Path) -> None:
+def test_layer_norm_is_folded_in_a_vit(backend: str, tmp_path: Path) -> None:
     feeds = calibration_samples(tiny_vit(), 3, 0, held_out=0).feeds
     config = StampConfig(transform="haar2d", levels=1, hp_tokens=4, feature_transform="smoothquant")
     path = _rewrite(config, tmp_path, tiny_vit_onnx(), feeds)
     where = {layer.name: layer.feature_transform for layer in summarize(load_model(path)).layers}
     assert where["encoder.layer.0.attention.q_proj"] == where["encoder.layer.0.mlp.fc1"] == "smoothquant (folded)"
     assert where["encoder.layer.0.mlp.fc2"] == "smoothquant (online)"
-    diffs = per_layer_diffs(path, tiny_vit().module, config, sample_inputs(tiny_vit(), 2, 0, seed=4))
+    diffs = per_layer_diffs(path, tiny_vit().module, config, sample_inputs(tiny_vit(), 2, 0, seed=4),
+                            native=backend == backends.NATIVE)
     assert diffs and all(d.qdq_mismatches == 0 for d in diffs)
     assert max(d.output_rel for d in diffs) < 1e-4
 
 
 @pytest.mark.parametrize(("transform", "bits", "block", "alpha"), [("haar", 4, 0, 0.5), ("dct", 8, 16, 0.7), ("none", 4, 0, 0.3)])
-def test_onnx_matches_the_reference_layer_by_layer(transform: str, bits: int, block: int, alpha: float, tmp_path: Path) -> None:
+def test_onnx_matches_the_reference_layer_by_layer(backend: str, transform: str, bits: int, block: int, alpha: float,
+                                                   tmp_path: Path) -> None:
     config = SMOOTH.replace(transform=transform, weight_bits=bits, weight_block=block, smooth_alpha=alpha)
     out = _rewrite(config, tmp_path)
-    diffs = per_layer_diffs(out, tiny_llama().module, config, sample_inputs(tiny_llama(), 2, 37, seed=9))
+    diffs = per_layer_diffs(out, tiny_llama().module, config, sample_inputs(tiny_llama(), 2, 37, seed=9),
+                            native=backend == backends.NATIVE)
     assert len(diffs) == 15 and all(d.qdq_mismatches == 0 for d in diffs)
     assert max(d.transform_rel for d in diffs) < 1e-5
     assert max(d.output_rel for d in diffs) < 1e-4
@@ -165,7 +170,7 @@ def test_validate_uses_the_recorded_scales(tmp_path: Path) -> None:
 
 def test_the_reference_needs_the_scales() -> None:
     from stamp_onnx.errors import ValidationError
-    from stamp_onnx.reference import stamp_reference
+    from stamp_onnx.evaluation.reference import stamp_reference
 
     with pytest.raises(ValidationError, match="no scale"), stamp_reference(tiny_llama().module, SMOOTH):
         pass
@@ -192,15 +197,13 @@ def test_config_and_pipeline_errors(tmp_path: Path) -> None:
 
 
 def test_missing_statistics_are_an_error() -> None:
-    from stamp_onnx.calibration import Calibration
-    from stamp_onnx.passes.report import RewriteReport
-    from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
+    from stamp_onnx.graph.calibration import Calibration
     from stamp_onnx.pipeline import rewrite
 
     with pytest.raises(RewriteError, match="no calibration statistics"):
         rewrite(load_model(tiny_llama_onnx()), SMOOTH, calibration=Calibration({}, 0, 0))
     with pytest.raises(RewriteError, match="needs calibration statistics"):
-        SmoothFeaturesPass(SMOOTH, RewriteReport(), None).call(load_model(tiny_llama_onnx()))
+        rewrite(load_model(tiny_llama_onnx()), SMOOTH)
 
 
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,7 +216,7 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = tmp_path / "q.onnx"
     assert main(["-q", "quantize", str(source), "-o", str(out), "--feature-transform", "smoothquant", "--alpha", "0.6",
                  "--calibration", str(calib), "--hp-tokens", "8"]) == 0
-    assert "features=smoothquant alpha=0.6" in capsys.readouterr().out
+    assert "smoothquant a=0.6" in capsys.readouterr().out
     assert main(["-q", "inspect", str(out)]) == 0
     assert "smoothquant (folded)" in capsys.readouterr().out
     assert main(["-q", "quantize", str(source), "-o", str(tmp_path / "b.onnx"), "--feature-transform", "smoothquant"]) == 2

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stamp_onnx.cli import main
+from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import RewriteError
 from stamp_onnx.pipeline import quantize_file

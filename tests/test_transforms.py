@@ -1,4 +1,4 @@
-"""Tests for stamp_onnx.transforms, the sequence-transform oracle (conventions: docs STAMP.md).
+"""Tests for stamp_onnx.core.transforms, the sequence-transform oracle (conventions: docs/design.md).
 
 Each transform is checked against an independent construction written here (hand-computed Haar
 values, a plain recursive Haar, scipy's DCT and Hadamard), plus the algebra every transform must
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from stamp_onnx import transforms
+from stamp_onnx.core import transforms
 
 TRANSFORMS = ("haar", "dct", "wht", "none")
 LENGTHS = (*range(1, 41), 64, 100, 127, 128)

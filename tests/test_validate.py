@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
-from stamp_onnx import quant
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import quant
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.metrics import RunningDiff, leak_free_mask
+from stamp_onnx.evaluation.metrics import RunningDiff, leak_free_mask
+from stamp_onnx.evaluation.validate import read_stamp_metadata, validate
 from stamp_onnx.pipeline import quantize_file
-from stamp_onnx.validate import read_stamp_metadata, validate
 
 
 @pytest.mark.parametrize("transform", ["haar", "none"])

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from stamp_onnx import whisper
 from stamp_onnx.errors import ConfigError, ExportError, ValidationError
-from stamp_onnx.metrics import word_error_rate
+from stamp_onnx.evaluation.metrics import word_error_rate
+from stamp_onnx.zoo import whisper
 
 # The float model transcribes the first clip exactly (measured); one wrong word in ten passes.
 FIRST_CLIP_MAX_WER = 0.1

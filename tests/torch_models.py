@@ -6,8 +6,8 @@ import functools
 import tempfile
 from pathlib import Path
 
-from stamp_onnx.export import export_onnx
-from stamp_onnx.models import LoadedModel, load_model
+from stamp_onnx.zoo.export import export_onnx
+from stamp_onnx.zoo.models import LoadedModel, load_model
 
 _TMP = tempfile.TemporaryDirectory(prefix="stamp-onnx-tests-")  # removed at interpreter exit
 

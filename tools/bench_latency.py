@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stamp_onnx import ops, runtime, weights
 from stamp_onnx.config import StampConfig
-from stamp_onnx.export import export_onnx
-from stamp_onnx.models import evaluation_samples, load_model
+from stamp_onnx.core import weights
+from stamp_onnx.graph import ops, runtime
 from stamp_onnx.pipeline import quantize_file
+from stamp_onnx.zoo.export import export_onnx
+from stamp_onnx.zoo.models import evaluation_samples, load_model
 
 
 def variants(model: str, out_dir: Path, *, hadamard: bool = False) -> dict[str, tuple[Path, bool]]:

@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from stamp_onnx import ops, runtime, weights
-from stamp_onnx.op_models import OPSET, single_op_model
+from stamp_onnx.core import weights
+from stamp_onnx.graph import ops, runtime
+from stamp_onnx.graph.op_models import OPSET, single_op_model
 
 
 def _median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:

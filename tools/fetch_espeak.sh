@@ -9,7 +9,7 @@
 # DEST/usr/bin/espeak-ng runs with
 #   LD_LIBRARY_PATH=DEST/usr/lib/<triplet>:DEST/usr/lib/<triplet>/pulseaudio
 #   --path=DEST/usr/lib/<triplet>      (the folder that holds espeak-ng-data/)
-# stamp_onnx.whisper does exactly that (the folder is $STAMP_ESPEAK, default .venv/espeak).
+# stamp_onnx.zoo.whisper does exactly that (the folder is $STAMP_ESPEAK, default .venv/espeak).
 #
 # Besides espeak-ng itself, libpcaudio0 links PulseAudio at load time (even when espeak-ng only
 # writes a WAV file), and libpulse0 pulls libsndfile1 and its codecs: the Debian 12 base image

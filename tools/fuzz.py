@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from stamp_onnx.cli import main as cli_main
+from stamp_onnx.cli.commands import main as cli_main
 
 Mutation = Callable[[onnx.ModelProto, np.random.Generator], bytes]
 

@@ -18,14 +18,16 @@ import numpy as np
 import onnx
 import torch
 
-from stamp_onnx import gptq, quant, runtime, weights
 from stamp_onnx.config import StampConfig
-from stamp_onnx.export import export_onnx
-from stamp_onnx.model_io import load_model as load_onnx
-from stamp_onnx.models import calibration_samples, evaluation_samples, load_model
+from stamp_onnx.core import gptq, quant, weights
+from stamp_onnx.evaluation.reference import stamp_activation
+from stamp_onnx.graph import runtime
+from stamp_onnx.graph.model_io import load_model as load_onnx
 from stamp_onnx.passes.layer_weights import read_weight
 from stamp_onnx.passes.linear_layers import find_linear_layers
-from stamp_onnx.reference import stamp_activation
+from stamp_onnx.zoo import DEFAULT_MODEL
+from stamp_onnx.zoo.export import export_onnx
+from stamp_onnx.zoo.models import calibration_samples, evaluation_samples, load_model
 
 
 def layer_inputs(path: Path, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -42,7 +44,7 @@ def layer_inputs(path: Path, names: list[str], feeds: dict[str, np.ndarray]) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("layers", nargs="+", help="layer names as `inspect` prints them")
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--block", type=int, default=0)
     parser.add_argument("--windows", type=int, default=8, help="calibration and evaluation windows (default 8 each)")

@@ -19,10 +19,10 @@ import json
 import logging
 import sys
 
-from stamp_onnx import htp_model, htp_runtime
-from stamp_onnx.calibration import load_feeds
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import StampError, first_line
+from stamp_onnx.graph.calibration import load_feeds
+from stamp_onnx.targets import htp_model, htp_runtime
 
 
 def build_parser() -> argparse.ArgumentParser:

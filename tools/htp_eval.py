@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stamp_onnx import htp_model, htp_runtime
-from stamp_onnx.calibration import load_feeds
 from stamp_onnx.config import StampConfig
-from stamp_onnx.quant import sqnr_db
+from stamp_onnx.core.quant import sqnr_db
+from stamp_onnx.graph.calibration import load_feeds
+from stamp_onnx.targets import htp_model, htp_runtime
 
 
 def parse_config(spec: str, seq_len: int, fold: tuple[str, ...]) -> tuple[StampConfig, htp_model.HtpOptions]:
@@ -65,7 +65,7 @@ def main() -> int:
     if args.eval:
         evals = load_feeds(args.eval)
     else:
-        from stamp_onnx.models import evaluation_samples, load_model
+        from stamp_onnx.zoo.models import evaluation_samples, load_model
 
         evals = evaluation_samples(load_model(args.eval_model), args.windows, args.seq_len, 0).feeds
         np.savez(out / "eval.npz", **evals)

@@ -6,7 +6,7 @@
 
 A real layer's activations come from a fixed-shape float model (``tools/htp_eval.py`` writes
 one as ``float.onnx``): its MatMul ``--layer`` (node name), its weight and bias (a following
-Add of a constant). The unit is built by :func:`stamp_onnx.htp_units.layer_model`; ``a16`` is
+Add of a constant). The unit is built by :func:`stamp_onnx.targets.htp_units.layer_model`; ``a16`` is
 the same layer with one u16 encoding and int8 per-channel weights (the QNN baseline's layer).
 Prints one JSON line per variant.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stamp_onnx import htp_model, htp_plan, htp_rules, htp_runtime, htp_units
-from stamp_onnx.calibration import load_feeds
-from stamp_onnx.htp_plan import BlockPlan
-from stamp_onnx.quant import sqnr_db
+from stamp_onnx.core.quant import sqnr_db
+from stamp_onnx.graph.calibration import load_feeds
+from stamp_onnx.targets import htp_model, htp_plan, htp_rules, htp_runtime, htp_units
+from stamp_onnx.targets.htp_plan import BlockPlan
 
 
 def synthetic(tokens: int, d: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from stamp_onnx.config import TRANSFORMS, StampConfig
-from stamp_onnx.data import load_corpus, text_windows
-from stamp_onnx.models import LoadedModel, load_model
-from stamp_onnx.reference import stamp_reference
+from stamp_onnx.evaluation.reference import stamp_reference
+from stamp_onnx.zoo import DEFAULT_MODEL
+from stamp_onnx.zoo.data import load_corpus, text_windows
+from stamp_onnx.zoo.models import LoadedModel, load_model
 
 
 def perplexity(loaded: LoadedModel, ids: np.ndarray, config: StampConfig, eps: float, seed: int) -> float:
@@ -48,7 +49,7 @@ def perplexity(loaded: LoadedModel, ids: np.ndarray, config: StampConfig, eps: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", nargs="?", default="smollm2-135m")
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     parser.add_argument("--transform", default="haar", choices=TRANSFORMS)
     parser.add_argument("--eps", type=float, default=5e-7)
     parser.add_argument("--draws", type=int, default=3)

@@ -15,8 +15,8 @@ import argparse
 import numpy as np
 import onnxruntime as ort
 
-from stamp_onnx import whisper
-from stamp_onnx.quant import sqnr_db
+from stamp_onnx.core.quant import sqnr_db
+from stamp_onnx.zoo import whisper
 
 FRAMES_PER_SECOND = 50
 

@@ -1,0 +1,110 @@
+"""What a rewritten model holds, per layer: transform, levels, bits per token group, average bits.
+
+Everything is read back from the graph itself (:func:`stamp_onnx.graph.contract.read_layers`), not
+from the recorded config, so ``inspect`` also tells the truth about hand-edited models.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import onnx_ir as ir
+
+from stamp_onnx.config import HAAR_TRANSFORMS, StampConfig, average_bits
+from stamp_onnx.graph.contract import read_layers, recorded_config, recorded_skips
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    transform: str
+    levels: int
+    prefix_tokens: int
+    hp_tokens: int
+    hp_bits: int
+    lp_bits: int
+    average_bits: float
+    feature_transform: str = "none"
+    weight_format: str = "float"
+    activation_shape: str = ""  # as found by the rewrite, e.g. "(batch, seq, 576)"
+    token_axis: str = ""  # e.g. "1 (inferred)", "0 (given)"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    layers: list[LayerSummary]
+    op_counts: dict[str, int]
+    functions: list[str]
+    config: dict[str, Any] | None
+    seq_len: int
+    opset: int
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # recorded by the rewrite: name, node, reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_text(self) -> str:
+        lines = [f"opset {self.opset}; {len(self.layers)} rewritten linear layers"]
+        if self.config is not None:
+            lines.append("recorded config: " + StampConfig.from_dict(self.config).label())
+        if self.layers:
+            width = max(len(layer.name) for layer in self.layers)
+            lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}"
+                         "  features  weights")
+            for layer in self.layers:
+                levels = str(layer.levels) if layer.transform in HAAR_TRANSFORMS else "-"
+                lines.append(
+                    f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
+                    f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}  "
+                    f"{layer.feature_transform:<8}  {layer.weight_format}"
+                )
+            lines.append("activations and token axes:")
+            lines.extend(f"  {layer.name:<{width}}  {layer.activation_shape}  token axis {layer.token_axis}" for layer in self.layers)
+        linear = [item for item in self.skipped if item.get("linear", True)]
+        if linear:
+            lines.append(f"skipped {len(linear)} linear layers:")
+            lines.extend(f"  {item['name']}: {item['reason']}" for item in linear)
+        products = len(self.skipped) - len(linear)
+        if products:
+            lines.append(f"left alone: {products} MatMuls of two activations (attention), not linear layers")
+        lines.append("op counts: " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
+        if self.functions:
+            lines.append("model-local functions: " + ", ".join(self.functions))
+        return "\n".join(lines)
+
+
+def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
+    counts: collections.Counter[str] = collections.Counter(
+        f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type for node in model.graph.all_nodes()
+    )
+    layers = []
+    for layer in read_layers(model):
+        t, q = layer.transform, layer.qdq
+        layers.append(
+            LayerSummary(
+                name=layer.name,
+                transform=t.transform if t else "none",
+                levels=t.levels if t else 0,
+                prefix_tokens=t.prefix_tokens if t else 0,
+                hp_tokens=q.hp_tokens,
+                hp_bits=q.hp_bits,
+                lp_bits=q.lp_bits,
+                average_bits=average_bits(q.hp_tokens, q.hp_bits, q.lp_bits, seq_len),
+                feature_transform=layer.feature_transform,
+                weight_format=layer.weight_format,
+                activation_shape=layer.activation_shape,
+                token_axis=layer.token_axis,
+            )
+        )
+    config = recorded_config(model)
+    return ModelSummary(
+        layers=layers,
+        op_counts=dict(counts.most_common()),
+        functions=sorted(f"{d}::{n}[{o}]" for d, n, o in model.functions),
+        config=dataclasses.asdict(config) if config else None,
+        seq_len=seq_len,
+        opset=model.opset_imports.get("", 0),
+        skipped=recorded_skips(model),
+    )
