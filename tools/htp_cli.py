@@ -1,4 +1,4 @@
-"""`quantize --target htp` and `htp-check` as a standalone command line, until cli.py wires them.
+"""`quantize --target htp` and `htp-check` as a standalone command line, until the CLI (stamp_onnx/cli/commands.py) wires them.
 
     .venv/bin/python tools/htp_cli.py quantize out/minilm.onnx -o out/minilm.htp.onnx \
         --calibration out/calib.npz --seq-len 128 --fold-input attention_mask

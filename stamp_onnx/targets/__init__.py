@@ -1,6 +1,7 @@
 """Deployment targets: what runs a rewritten model somewhere other than onnxruntime's CPU
-provider with the ai.stamp functions, e.g. an HTP/NPU target (its runtime, unit checks and model
-preparation: ``htp_runtime``, ``htp_units``, ``htp_model``) and an integer CPU target.
+provider with the ai.stamp functions, e.g. an HTP/NPU target (its runtime, units, rule checks and
+model preparation: ``htp_runtime``, ``htp_plan``, ``htp_units``, ``htp_rules``, ``htp_model``;
+docs/htp.md) and an integer CPU target.
 
 Layer 4, beside the pipeline (docs/design.md, "Layers"): a target may import the foundation,
 core, graph, the passes (a target adds its own passes to ``passes/``) and the pipeline; the
