@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from stamp_onnx.cli import htp
 from stamp_onnx.config import (
     ALLOWED_BITS,
     FEATURE_TRANSFORMS,
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration inputs (arrays named after the model inputs, one sample per row), for smoothquant and gptq")
     p.add_argument("--json", action="store_true", help="print the rewrite report as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when any linear layer is left alone (the output is still written)")
+    htp.add_quantize_flags(p)
+    htp.add_check_parser(sub)
 
     p = sub.add_parser("inspect", help="show what a rewritten model holds, per layer")
     p.add_argument("model", type=Path)
@@ -215,6 +218,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from stamp_onnx.pipeline import quantize_file
 
     config = config_from_args(args)
+    if args.target == "htp":
+        return htp.quantize(args, config)
+    htp_only = [flag for flag, given in (("--seq-len", args.seq_len is not None), ("--fold-input", bool(args.fold_input)),
+                                         ("--baseline", args.baseline)) if given]
+    if htp_only:
+        raise ConfigError(f"{', '.join(htp_only)} only apply to --target htp")
     feeds = None
     if args.calibration is not None:
         from stamp_onnx.graph.calibration import load_feeds
@@ -340,6 +349,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "validate": cmd_validate,
     "compare": cmd_compare,
+    "htp-check": htp.check,
     "eval": cmd_eval,
     "demo": cmd_demo,
 }

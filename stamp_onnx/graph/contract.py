@@ -52,6 +52,7 @@ CONFIG_KEY = "stamp_onnx.config"
 VERSION_KEY = "stamp_onnx.version"
 SKIPPED_KEY = "stamp_onnx.skipped"
 SOURCE_KEY = "stamp_onnx.source_model"
+HTP_KEY = "stamp_onnx.htp"  # on a model written by --target htp: its settings (JSON)
 
 LINEAR_OPS = ("MatMul", "Gemm")
 

@@ -35,6 +35,7 @@ from onnx import numpy_helper
 from stamp_onnx.config import StampConfig
 from stamp_onnx.core.naming import layer_name_from_metadata
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
+from stamp_onnx.graph.contract import HTP_KEY
 from stamp_onnx.graph.model_io import check_output_path, load_model
 from stamp_onnx.targets import htp_units
 from stamp_onnx.targets.htp_plan import BlockPlan, Encoding, calibrate_unit
@@ -43,7 +44,6 @@ from stamp_onnx.targets.htp_units import QuantWeight, QValue, UnitEmitter, UnitS
 logger = logging.getLogger(__name__)
 
 HP_BITS, LP_BITS = 16, 8  # the HTP's defaults: the activation types it has
-METADATA_KEY = "stamp_onnx.htp"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,10 +424,13 @@ def quantize_for_htp(input_path: str | Path, output_path: str | Path, feeds: dic
         if not options.baseline:
             model, report = splice_units(model, prepared, feeds, config, options, layer_names)
         entry = model.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, _describe(config, options)
+        entry.key, entry.value = HTP_KEY, _describe(config, options)
         staged = Path(tmp) / "out.onnx"
         onnx.save(model, str(staged))
-        onnx.checker.check_model(str(staged), full_check=True)
+        try:
+            onnx.checker.check_model(str(staged), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+            raise RewriteError(f"the HTP model fails onnx.checker (full check): {first_line(err)}") from err
         staged.replace(output_path)
     return report
 
