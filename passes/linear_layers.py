@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from stamp_onnx.core.naming import layer_name_from_metadata, numbered_layer_name
+from stamp_onnx.core.naming import counter_namer, layer_name_from_metadata, numbered_layer_name
 from stamp_onnx.graph.contract import LINEAR_OPS
 from stamp_onnx.passes.constants import is_constant
 from stamp_onnx.passes.report import SkippedLayer
@@ -115,16 +115,7 @@ def unique_namer(graph: ir.Graph) -> Callable[[str], str]:
                 used.update(v.name for v in sub.as_graph().inputs)
             elif sub.type == ir.AttributeType.GRAPHS:
                 used.update(v.name for g in sub.as_graphs() for v in g.inputs)
-
-    def fresh(base: str) -> str:
-        name, i = base, 0
-        while name in used:
-            i += 1
-            name = f"{base}_{i}"
-        used.add(name)
-        return name
-
-    return fresh
+    return counter_namer(name for name in used if name)
 
 
 def reroute(old: ir.Value, new: ir.Value, *, skip: ir.Node) -> None:

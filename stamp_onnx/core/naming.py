@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _CALL_SUFFIX = re.compile(r"#\d+$")
@@ -57,3 +57,18 @@ def looks_like_batch(name: str) -> bool:
 def looks_like_sequence(name: str) -> bool:
     """A dim name such as 'seq', 'sequence_length', 'tokens', 'time', 'frames', 'past_len'."""
     return not looks_like_batch(name) and bool(_SEQUENCE_NAME.search(name))
+
+
+def counter_namer(taken: Iterable[str] = ()) -> Callable[[str], str]:
+    """Fresh names: ``base``, then ``base_1``, ``base_2``...; never one of ``taken`` or one given before."""
+    used = set(taken)
+
+    def fresh(base: str) -> str:
+        name, n = base, 0
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
+        return name
+
+    return fresh

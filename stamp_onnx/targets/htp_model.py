@@ -33,7 +33,7 @@ import onnx
 from onnx import numpy_helper
 
 from stamp_onnx.config import StampConfig
-from stamp_onnx.core.naming import layer_name_from_metadata
+from stamp_onnx.core.naming import counter_namer, layer_name_from_metadata
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
 from stamp_onnx.graph.contract import HTP_KEY
 from stamp_onnx.graph.model_io import check_output_path, load_model
@@ -329,7 +329,7 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
     removed: set[int] = set()
     layers = []
     taken = {n.name for n in model.graph.node} | {o for n in model.graph.node for o in n.output} | set(g.inits)
-    fresh = htp_units.counter_namer(taken)
+    fresh = counter_namer(taken)
     for region in regions:
         x = acts[region.float_input]
         if x.ndim != 3:

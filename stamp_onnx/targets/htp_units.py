@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from stamp_onnx.core.naming import counter_namer
 from stamp_onnx.errors import ConfigError
 from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY
 from stamp_onnx.targets.htp_plan import BlockPlan, Encoding, UnitRanges, calibrate_unit
@@ -189,21 +190,6 @@ class UnitEmitter:
         else:
             w = weight
         return self.q(self._node("MatMul", [self.dq(v), w], what), out)
-
-
-def counter_namer(taken: set[str] | None = None) -> Callable[[str], str]:
-    """Fresh names: ``base``, then ``base_1``, ``base_2``...; never one of ``taken``."""
-    used = set(taken or ())
-
-    def fresh(base: str) -> str:
-        name, n = base, 0
-        while name in used:
-            n += 1
-            name = f"{base}_{n}"
-        used.add(name)
-        return name
-
-    return fresh
 
 
 @dataclasses.dataclass(frozen=True)
