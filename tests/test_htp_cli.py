@@ -64,5 +64,13 @@ def test_quantize_for_the_htp_and_check_it(float_and_calibration: tuple[Path, Pa
     assert main(["-q", "htp-check", str(out)]) == 0
     report = capsys.readouterr().out
     assert "integer" in report.lower()
+    assert main(["-q", "compare", str(source), str(out), "--ep", "htp", "--batch", "1", "--seq-len", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "on the HTP (vs float)" in text and "HTP - CPU" in text
+    from stamp_onnx.evaluation.compare import compare_files
+
+    report = compare_files(source, out, batch=1, seq_len=32, ep="htp")
+    cpu, htp = {o.name: o.sqnr_db for o in report.outputs}, {o.name: o.sqnr_db for o in report.ep_outputs}
+    assert cpu.keys() == htp.keys() and all(abs(cpu[k] - htp[k]) < 0.5 for k in cpu if np.isfinite(cpu[k])), (cpu, htp)
     assert main(["-q", "htp-check", str(source)]) == 2  # dynamic shapes: the HTP refuses the float model
     assert "the HTP does not take" in capsys.readouterr().err

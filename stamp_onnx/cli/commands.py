@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
     p.add_argument("--no-native", dest="native", action="store_false",
                    help="run the ai.stamp ops as their ONNX function bodies even when the native kernels are built")
+    p.add_argument("--ep", choices=("cpu", "htp"), default="cpu",
+                   help="htp: REWRITTEN is a --target htp model: run it on the CPU provider (graph optimizations off, "
+                   "the QDQ file's own arithmetic) and on the HTP, and report both against float (default cpu)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("eval", help="rewrite a model with several configs, validate each, tabulate")
@@ -297,7 +300,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report = compare_files(
         args.float_model, args.rewritten, inputs=None if args.inputs is None else load_inputs(args.inputs),
         batch=2 if args.batch is None else args.batch, seq_len=16 if args.seq_len is None else args.seq_len,
-        native=args.native, seed=args.seed, min_sqnr=args.min_sqnr,
+        native=args.native, seed=args.seed, min_sqnr=args.min_sqnr, ep=args.ep,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     report.check()

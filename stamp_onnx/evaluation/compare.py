@@ -76,6 +76,8 @@ class CompareReport:
     batch_reason: str  # what the check changed and compared, or why it could not run
     failures: list[str]  # one line each
     notes: list[str] = dataclasses.field(default_factory=list)
+    ep: str = "cpu"  # "htp": `outputs` are the CPU provider's (ORT_DISABLE_ALL), `ep_outputs` the HTP's
+    ep_outputs: list[OutputDiff] = dataclasses.field(default_factory=list)  # the HTP's outputs vs float
 
     @property
     def ok(self) -> bool:
@@ -100,6 +102,13 @@ class CompareReport:
         lines.append(f"  {'output':<{width}}  {'shape':<{shapes}} {'SQNR dB':>8} {'cosine':>8} {'max |diff|':>11}")
         for o in self.outputs:
             lines.append(f"  {o.name:<{width}}  {_shape(o.shape):<{shapes}} {o.sqnr_db:>8.2f} {o.cosine:>8.4f} {o.max_abs:>11.4g}")
+        if self.ep == "htp":
+            lines.append("  on the HTP (vs float), and its gap to the CPU provider on the same file:")
+            cpu = {o.name: o for o in self.outputs}
+            for o in self.ep_outputs:
+                gap = o.sqnr_db - cpu[o.name].sqnr_db if o.name in cpu else math.nan
+                lines.append(f"  {o.name:<{width}}  {_shape(o.shape):<{shapes}} {o.sqnr_db:>8.2f} {o.cosine:>8.4f} "
+                             f"{o.max_abs:>11.4g}  HTP - CPU {gap:+.2f} dB")
         verdict = {True: "ok", False: "FAILED", None: "not checked"}[self.batch_independent]
         lines.append(f"batch independence: {verdict} ({self.batch_reason})")
         lines += [f"note: {n}" for n in self.notes]
@@ -140,16 +149,26 @@ def compare_files(
     native: bool = True,
     seed: int = 0,
     min_sqnr: float | None = None,
+    ep: str = "cpu",
 ) -> CompareReport:
     """Run both files in onnxruntime on ``inputs`` (or generated ones) and compare every output.
 
     ``batch`` and ``seq_len`` shape the generated inputs only. The rewritten model runs with the
     native ai.stamp kernels when built and ``native`` (else the function bodies), the float model
     in a plain CPU session. ``min_sqnr``: an output below it (dB) is a failure.
+
+    ``ep="htp"``: the rewritten file is a static QDQ model for the HTP (``quantize --target htp``):
+    it runs in the CPU provider with graph optimizations off (the QDQ file's own arithmetic; the
+    default levels fuse QDQ units into kernels that round otherwise) and on the HTP with CPU
+    fallback disabled, and the report gives both against float. Inputs it folded to constants
+    (``--fold-input``) are fed to the float model only; shape the generated inputs with the HTP
+    model's fixed ``batch`` and ``seq_len``.
     """
+    if ep not in ("cpu", "htp"):
+        raise ConfigError(f"ep={ep!r} is not allowed; choose cpu or htp")
     if batch < 1 or seq_len < 1:
         raise ConfigError(f"batch ({batch}) and seq_len ({seq_len}) must be positive")
-    specs, out_dims = _read_graphs(float_path, rewritten_path)  # the graphs (and any inline weights) are freed
+    specs, out_dims, rewritten_inputs = _read_graphs(float_path, rewritten_path, folded=ep == "htp")
     notes: list[str] = []
     rng = np.random.default_rng(seed)
     if inputs is None:
@@ -157,10 +176,20 @@ def compare_files(
     else:
         feeds, infos, axes = _given(specs, inputs)
     float_session = _session(float_path, native=False)
-    rewritten_session = _session(rewritten_path, native=native)
+    rewritten_session = _session(rewritten_path, native=native, reference=ep == "htp")
     given = inputs is not None
     reference = _run(float_session, feeds, float_path, given)
-    approx = _run(rewritten_session, feeds, rewritten_path, given)
+    rewritten_feeds = {name: value for name, value in feeds.items() if name in rewritten_inputs}
+    approx = _run(rewritten_session, rewritten_feeds, rewritten_path, given)
+    ep_outputs = []
+    if ep == "htp":
+        from stamp_onnx.targets import htp_runtime
+
+        if not htp_runtime.available():
+            raise ConfigError("--ep htp needs onnxruntime-qnn: pip install --no-deps onnxruntime-qnn==2.7.0")
+        on_htp = _run(htp_runtime.htp_session(rewritten_path), rewritten_feeds, rewritten_path, given)
+        ep_outputs = [_diff(name, reference[name], on_htp[name]) for name in reference
+                      if name in on_htp and on_htp[name].shape == reference[name].shape]
 
     failures: list[str] = []
     diffs: list[OutputDiff] = []
@@ -192,7 +221,7 @@ def compare_files(
     return CompareReport(
         float_path=str(float_path), rewritten_path=str(rewritten_path), kernels=runtime.kernels(native),
         inputs=infos, outputs=diffs, batch_independent=independent, batch_reason=reason,
-        failures=failures + batch_failures, notes=notes,
+        failures=failures + batch_failures, notes=notes, ep=ep, ep_outputs=ep_outputs,
     )
 
 
@@ -232,22 +261,30 @@ def _graph_inputs(graph: ir.Graph) -> list[ir.Value]:
     return [v for v in graph.inputs if v.name not in graph.initializers]  # an initializer is only a default
 
 
-def _read_graphs(float_path: str | Path, rewritten_path: str | Path) -> tuple[list[_Spec], dict[str, tuple[Dim, ...]]]:
-    """What to feed each input, and the declared dims of the rewritten model's outputs."""
+def _read_graphs(float_path: str | Path, rewritten_path: str | Path, *, folded: bool = False
+                 ) -> tuple[list[_Spec], dict[str, tuple[Dim, ...]], set[str]]:
+    """What to feed each input, the declared dims of the rewritten model's outputs, and its input
+    names (``folded``: the rewrite may have made some float inputs constants). The graphs (and
+    any inline weights) are freed on return."""
     float_graph, rewritten_graph = load_model(float_path).graph, load_model(rewritten_path).graph
-    specs = _input_specs(float_graph, rewritten_graph, float_path, rewritten_path)
-    return specs, {str(v.name): _dims(v) for v in rewritten_graph.outputs}
+    specs = _input_specs(float_graph, rewritten_graph, float_path, rewritten_path, folded=folded)
+    names = {str(v.name) for v in _graph_inputs(rewritten_graph)}
+    return specs, {str(v.name): _dims(v) for v in rewritten_graph.outputs}, names
 
 
-def _input_specs(float_graph: ir.Graph, rewritten_graph: ir.Graph, float_path: object, rewritten_path: object) -> list[_Spec]:
+def _input_specs(float_graph: ir.Graph, rewritten_graph: ir.Graph, float_path: object, rewritten_path: object,
+                 *, folded: bool = False) -> list[_Spec]:
     """What to feed each input of the float graph, after checking the rewrite takes the same inputs."""
     ours, theirs = _graph_inputs(float_graph), {str(v.name): v for v in _graph_inputs(rewritten_graph)}
-    if sorted(str(v.name) for v in ours) != sorted(theirs):
+    if folded:
+        ours = [v for v in ours if str(v.name) in theirs] + [v for v in ours if str(v.name) not in theirs]
+    if (folded and not set(theirs) <= {str(v.name) for v in ours}) or (
+            not folded and sorted(str(v.name) for v in ours) != sorted(theirs)):
         raise ValidationError(f"{float_path} takes inputs {sorted(str(v.name) for v in ours)} but {rewritten_path} takes "
                               f"{sorted(theirs)}: compare a model with its own rewrite")
     specs = []
     for value in ours:
-        other = theirs[str(value.name)]
+        other = theirs.get(str(value.name), value)  # a folded input: fed to the float model only
         if value.dtype != other.dtype or (value.shape is not None and other.shape is not None
                                           and len(value.shape) != len(other.shape)):
             raise ValidationError(f"input {value.name!r} is {_type(value)} in {float_path} but {_type(other)} in "
@@ -388,8 +425,12 @@ def _np_dtype(spec: _Spec) -> np.dtype:
 # --- running and comparing ---------------------------------------------------------------------
 
 
-def _session(path: str | Path, *, native: bool) -> ort.InferenceSession:
+def _session(path: str | Path, *, native: bool, reference: bool = False) -> ort.InferenceSession:
     try:
+        if reference:  # a static QDQ file's own arithmetic
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         return runtime.session(path, native=native)
     except ConfigError:
         raise
