@@ -325,6 +325,14 @@ def gemm_in_if(folder: Path) -> ForeignModel:
     return ForeignModel("gemm_in_if", path, Expected(2, spec, batch_axes={"x": 0, "use_gemm": None, "y": 0}), feeds)
 
 
+def _mlp_nodes() -> list[onnx.NodeProto]:
+    """x -> MatMul w1 -> Add b1 -> Relu -> MatMul w2 -> y."""
+    return [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+            helper.make_node("Relu", ["hb"], ["a"], name="act"),
+            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2")]
+
+
 def ir3_inputs(folder: Path) -> ForeignModel:
     """IR version 3, opset 8: every initializer is also listed as a graph input (as IR < 4
     required). x (B, S, d) -> MatMul w1 -> Add b1 -> Relu -> MatMul w2: both rewritten, axis 1."""
@@ -332,10 +340,7 @@ def ir3_inputs(folder: Path) -> ForeignModel:
     tensors = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(w2, "w2")]
     info = helper.make_tensor_value_info
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-         helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
-         helper.make_node("Relu", ["hb"], ["a"], name="act"),
-         helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2")],
+        _mlp_nodes(),
         "ir3",
         [info("x", TensorProto.FLOAT, ["batch", "seq", D]),
          *(info(t.name, TensorProto.FLOAT, list(t.dims)) for t in tensors)],
@@ -351,10 +356,7 @@ def float16_mlp(folder: Path) -> ForeignModel:
     w1, b1, w2 = _weights(8, (D, 2 * D), (2 * D,), (2 * D, D), dtype=np.float16)
     info = helper.make_tensor_value_info
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-         helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
-         helper.make_node("Relu", ["hb"], ["a"], name="act"),
-         helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2")],
+        _mlp_nodes(),
         "fp16",
         [info("x", TensorProto.FLOAT16, ["batch", "seq", D])],
         [info("y", TensorProto.FLOAT16, ["batch", "seq", D])],
