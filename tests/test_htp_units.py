@@ -225,3 +225,28 @@ def test_whole_model_errors(tmp_path) -> None:
         quantize_for_htp(tmp_path / "none.onnx", tmp_path / "o.onnx", calib, StampConfig(), HtpOptions(seq_len=32))
     assert not (tmp_path / "o.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]
+
+
+def test_folded_causal_mask_is_floored_before_calibration(tmp_path) -> None:
+    """A causal mask folded from float32's lowest would make the QNN quantizer's u16 step ~5e33."""
+    from onnx import TensorProto, helper
+
+    from stamp_onnx.targets.htp_model import MASK_FLOOR, prepare_float
+
+    s = 8
+    mask = np.triu(np.full((s, s), np.finfo(np.float32).min, dtype=np.float32), 1)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "mask"], ["scores"]), helper.make_node("Softmax", ["scores"], ["y"])],
+        "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", s, s])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, s])],
+        [onnx.numpy_helper.from_array(mask, "mask")])
+    source = tmp_path / "masked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    out = tmp_path / "prepared.onnx"
+    prepare_float(source, out, HtpOptions(seq_len=s), {"x": np.zeros((1, s, s), np.float32)})
+    floored = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer}["mask"]
+    np.testing.assert_array_equal(floored, np.where(mask < 0, np.float32(MASK_FLOOR), np.float32(0)))
+    x = np.random.default_rng(0).normal(size=(1, s, s)).astype(np.float32)
+    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-30)

@@ -11,6 +11,10 @@ run on the CPU provider at ORT_DISABLE_ALL (the QDQ arithmetic as written); the 
 (seconds per inference) runs only ``--htp-samples`` of them. A config is ``baseline`` or a
 transform with ``key=value`` overrides of the StampConfig / HtpOptions, e.g. ``haar,hp_tokens=32``,
 ``none``, ``haar,lp_bits=16``, ``haar,weight_bits=4``.
+
+``--perplexity`` (causal LMs: the first output is the logits, the inputs have ``input_ids``) adds
+the next-token perplexity of every run, over all targets and over the leak-free ones only (the
+positions whose outputs see no later token through the config's transform).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.core.quant import sqnr_db
+from stamp_onnx.evaluation.metrics import RunningNLL, leak_free_mask
 from stamp_onnx.graph.calibration import load_feeds
 from stamp_onnx.targets import htp_model, htp_runtime
 
@@ -46,6 +51,14 @@ def run_cpu(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([session.run(None, f)[0] for f in feeds])
 
 
+def perplexities(logits: np.ndarray, feeds: list[dict[str, np.ndarray]], config: StampConfig) -> dict[str, float]:
+    """Perplexity of ``logits`` (one row per feed) over all targets and the leak-free ones."""
+    ids = np.concatenate([f["input_ids"] for f in feeds[: len(logits)]])
+    nll = RunningNLL()
+    nll.update(logits, ids, leak_free_mask(ids.shape[1], config))
+    return {"all": round(nll.perplexity(leak_free=False), 3), "leak_free": round(nll.perplexity(leak_free=True), 3)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -58,6 +71,7 @@ def main() -> int:
     ap.add_argument("--configs", nargs="+", default=["baseline", "haar", "none"])
     ap.add_argument("--htp-samples", type=int, default=1)
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--perplexity", action="store_true", help="causal LM: perplexity from the logits (output 0)")
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +89,11 @@ def main() -> int:
     htp_model.prepare_float(args.model, float_path, first_options, calib)
     feeds = list(htp_model.model_feeds(float_path, evals))
     reference = run_cpu(float_path, feeds)
+    if args.perplexity:
+        float_ppl = perplexities(reference, feeds, StampConfig(transform="none"))["all"]
+        print(json.dumps({"float_perplexity": float_ppl,
+                          "float_perplexity_first": perplexities(reference[:1], feeds, StampConfig(transform="none"))["all"]}),
+              flush=True)
     rows = []
     for spec in args.configs:
         config, options = parse_config(spec, args.seq_len, fold)
@@ -87,6 +106,8 @@ def main() -> int:
                "hp_tokens": sorted({layer["hp_tokens"] for layer in report["layers"]}),
                "sqnr_cpu_vs_float_db": round(sqnr_db(reference, cpu), 2),
                "sqnr_per_sample_db": [round(sqnr_db(reference[i], cpu[i]), 2) for i in range(len(cpu))]}
+        if args.perplexity:
+            row["perplexity_cpu"] = perplexities(cpu, feeds, config)
         if htp_runtime.available() and args.htp_samples:
             dump = out / (path.stem + ".qnn_json")
             shutil.rmtree(dump, ignore_errors=True)
@@ -100,7 +121,11 @@ def main() -> int:
                     "sqnr_cpu_same_samples_db": round(sqnr_db(reference[:n], cpu[:n]), 2),
                     "sqnr_htp_vs_cpu_db": round(sqnr_db(cpu[:n], htp), 2),
                     "integer_only": integer.integer_only, "float_ops": integer.float_ops[:5],
-                    "qnn_ops": integer.op_counts, "activation_bytes": integer.activation_bytes}
+                    "qnn_ops": integer.op_counts, "activation_bytes": integer.activation_bytes,
+                    "reshape_bytes": integer.reshape_bytes}
+            if args.perplexity:
+                row |= {"perplexity_htp": perplexities(htp, feeds, config),
+                        "perplexity_cpu_same_samples": perplexities(cpu[:n], feeds, config)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))

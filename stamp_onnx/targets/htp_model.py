@@ -4,6 +4,7 @@
 
 1. :func:`prepare_float`: fixed shapes (batch, seq_len), the named inputs folded to constants
    (a text encoder's all-ones attention_mask: its GatherND/Where mask builder has no HTP op),
+   a folded causal mask's float32-lowest entries raised to MASK_FLOOR (-100),
    constant folding by onnxruntime's basic level (without MatMulAddFusion, which would turn the
    linear layers into Gemms between Reshapes), metadata_props stripped (onnxruntime 1.32's
    ``qnn_preprocess_model`` fails on them), then ``qnn_preprocess_model``.
@@ -123,10 +124,28 @@ def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOpti
             raise RewriteError(f"onnxruntime cannot fold {model_path} at fixed shapes: {first_line(err)}") from err
         folded_model = onnx.load(str(folded))
         del folded_model.metadata_props[:]
+        _floor_masks(folded_model)
         onnx.save(folded_model, str(folded))
         if not qnn_preprocess_model(str(folded), str(out_path)):
             onnx.save(folded_model, str(out_path))
     return layers
+
+
+MASK_FLOOR = -100.0  # exp(-100) is 0 in float32 next to any unmasked score; keeps a u16 step of ~2e-3
+
+
+def _floor_masks(model: onnx.ModelProto) -> None:
+    """Raise a folded attention mask's "minus infinity" (float32's lowest, from a causal mask
+    builder) to MASK_FLOOR: the QNN quantizer calibrates the Add of scores and mask over the whole
+    range, and a u16 step of 5e33 turns every attention score into the same code."""
+    for index, init in enumerate(model.graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.size and values.min() < -1e30:
+            logger.info("%s: values below -1e30 raised to %g (a folded attention mask)", init.name, MASK_FLOOR)
+            model.graph.initializer[index].CopyFrom(
+                numpy_helper.from_array(np.maximum(values, np.float32(MASK_FLOOR)), init.name))
 
 
 def _constant_feed(feeds: dict[str, np.ndarray], name: str, options: HtpOptions) -> np.ndarray:
