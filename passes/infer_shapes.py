@@ -13,6 +13,11 @@ stay unknown are skipped with that reason. Negative dims (``-1``, which some exp
 a dynamic axis and onnxruntime accepts) are read as unknown symbolic dims first, and the unnamed
 dims of graph inputs get names, which are recorded in the output model.
 
+ONNX's inference runs in non-strict mode: a converted legacy model (paddle2onnx at opset 11)
+failed strict inference on an inconsistent value_info and lost every shape. The pipeline runs
+this pass before the opset conversion as well as after it: onnxruntime's symbolic inference
+failed on magika's graph after the conversion and follows it before.
+
 Shapes are a help here, never a requirement: the pass does not change any node.
 """
 
