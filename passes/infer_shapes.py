@@ -72,8 +72,8 @@ class InferShapesPass(ir.passes.InPlacePass):
                 tensor = info.type.tensor_type
                 if not tensor.HasField("shape"):
                     continue
-                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-                value.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in dims])
+                value.shape = _to_shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                         for d in tensor.shape.dim])
 
 
 _SAME_SHAPE = frozenset({
@@ -111,14 +111,18 @@ def _carry_names(model: ir.Model) -> None:
                 names = {n for n in names if n is not None and n != 1 and not _made_up(n)}
                 if len(names) == 1:
                     merged[i] = names.pop()
-            out.shape = ir.Shape([ir.SymbolicDim(d) if not isinstance(d, int) else d for d in merged])
+            out.shape = _to_shape(merged)
         elif node.op_type in LINEAR_OPS and node.inputs[0] is not None and known is not None:
             source = dims_of(node.inputs[0])
             if source is None or len(source) != len(known):
                 continue
             merged = [s if (k is None or _made_up(k)) and s is not None and not _made_up(s) else k
                       for s, k in zip(source[:-1], known[:-1], strict=True)] + [known[-1]]
-            out.shape = ir.Shape([ir.SymbolicDim(d) if not isinstance(d, int) else d for d in merged])
+            out.shape = _to_shape(merged)
+
+
+def _to_shape(dims: list[int | str | None]) -> ir.Shape:
+    return ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in dims])
 
 
 def _made_up(dim: int | str | None) -> bool:
@@ -141,7 +145,7 @@ def _activations(model: ir.Model) -> list[ir.Value]:
 def _incomplete(value: ir.Value) -> bool:
     """Rank or a dim unknown, or a dim named ``unk__N`` (what ONNX's inference calls a dim it cannot follow)."""
     dims = dims_of(value)
-    return dims is None or any(d is None or d.startswith("unk__") for d in dims if not isinstance(d, int))
+    return dims is None or any(d is None or _made_up(d) for d in dims)
 
 
 def _negative_dims_to_symbolic(model: ir.Model) -> None:

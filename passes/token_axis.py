@@ -66,8 +66,10 @@ def dims_of(value: ir.Value) -> list[Dim] | None:
 def shape_text(value: ir.Value) -> str:
     """'(batch, seq, 576)' or '(?)' for an unknown rank."""
     dims = dims_of(value)
-    if dims is None:
-        return "(?)"
+    return "(?)" if dims is None else _dims_text(dims)
+
+
+def _dims_text(dims: list[Dim]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
@@ -193,7 +195,7 @@ def _direct(dims: list[Dim], roles: DimRoles) -> int | str:
     rank = len(dims)
     axes = range(rank - 1)
     kinds = [roles.role(dims[i]) for i in axes]
-    shape = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+    shape = _dims_text(dims)
     sequence = [i for i in axes if kinds[i] == "sequence"]
     if len(sequence) == 1:
         return sequence[0]
