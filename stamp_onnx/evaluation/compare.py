@@ -428,9 +428,9 @@ def _np_dtype(spec: _Spec) -> np.dtype:
 def _session(path: str | Path, *, native: bool, reference: bool = False) -> ort.InferenceSession:
     try:
         if reference:  # a static QDQ file's own arithmetic
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            from stamp_onnx.targets.htp_runtime import cpu_reference_session
+
+            return cpu_reference_session(path)
         return runtime.session(path, native=native)
     except ConfigError:
         raise
