@@ -73,4 +73,4 @@ def test_quantize_for_the_htp_and_check_it(float_and_calibration: tuple[Path, Pa
     cpu, htp = {o.name: o.sqnr_db for o in report.outputs}, {o.name: o.sqnr_db for o in report.ep_outputs}
     assert cpu.keys() == htp.keys() and all(abs(cpu[k] - htp[k]) < 0.5 for k in cpu if np.isfinite(cpu[k])), (cpu, htp)
     assert main(["-q", "htp-check", str(source)]) == 2  # dynamic shapes: the HTP refuses the float model
-    assert "the HTP does not take" in capsys.readouterr().err
+    assert "the HTP needs fixed shapes" in capsys.readouterr().err

@@ -217,7 +217,7 @@ def test_whole_model_errors(tmp_path) -> None:
         quantize_for_htp(source, source, calib, StampConfig(), HtpOptions(seq_len=32))
     with pytest.raises(ConfigError, match="no input of that name"):
         quantize_for_htp(source, tmp_path / "o.onnx", calib, StampConfig(), HtpOptions(seq_len=32, fold_inputs=("mask",)))
-    with pytest.raises(ConfigError, match="lacks the model input"):
+    with pytest.raises(ConfigError, match="no array for the model input"):
         quantize_for_htp(source, tmp_path / "o.onnx", {"y": calib["x"]}, StampConfig(), HtpOptions(seq_len=32))
     with pytest.raises(ConfigError, match="does not exist"):
         quantize_for_htp(source, tmp_path / "no" / "o.onnx", calib, StampConfig(), HtpOptions(seq_len=32))

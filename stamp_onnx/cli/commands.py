@@ -27,7 +27,7 @@ from stamp_onnx.config import (
     WEIGHT_METHODS,
     StampConfig,
 )
-from stamp_onnx.errors import ConfigError, MissingExtraError, StampError
+from stamp_onnx.errors import ConfigError, MissingExtraError, StampError, ValidationError
 from stamp_onnx.zoo import CALIBRATION_SAMPLES, DEFAULT_MODEL, DEFAULT_WINDOWS
 
 if TYPE_CHECKING:
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rewritten", type=Path)
     p.add_argument("--float-onnx", type=Path, help="the float export (exported afresh if omitted)")
     _add_eval_flags(p)
+    _add_ep_flags(p, "REWRITTEN is a --target htp model: its quality on the CPU provider (graph optimizations off, "
+                  "every sample) and on the HTP (the first --htp-samples), against the float export, at the file's "
+                  "fixed shape (--seq-len is read from the file)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -112,14 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"built-in name, transformers dir, or a float ONNX file from `export` (default {DEFAULT_MODEL})")
     p.add_argument(
-        "--configs", nargs="+", default=["haar", "none"], metavar="SPEC",
-        help="transform[,key=value...], e.g. haar,prefix_tokens=1 or none,hp_tokens=0 (default: haar none)",
+        "--configs", nargs="+", metavar="SPEC",
+        help="transform[,key=value...], e.g. haar,prefix_tokens=1 or none,hp_tokens=0 (default: haar none; "
+        "with --ep htp also 'baseline', onnxruntime's QNN quantizer alone: default baseline haar none)",
     )
     p.add_argument("--out-dir", type=Path, default=Path("out"), help="cache of the float export and rewrites")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     p.add_argument("--report", type=Path, metavar="DIR", help="also write report.md with plots (PNG) and report.json to DIR")
     p.add_argument("--fresh", action="store_true", help="recompute evaluations saved in --out-dir by earlier runs")
     _add_eval_flags(p)
+    _add_ep_flags(p, "quantize each config with --target htp (calibrated on samples held out from the evaluation) "
+                  "and evaluate it on the CPU provider (graph optimizations off, every sample) and on the HTP "
+                  "(the first --htp-samples)")
+    p.add_argument("--fold-input", action="append", default=[], metavar="NAME",
+                   help="--ep htp: make this input a constant, as quantize --target htp --fold-input does")
 
     p = sub.add_parser("demo", help=f"export {DEFAULT_MODEL}, rewrite it (STaMP and the per-token baseline), validate")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -161,8 +170,14 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON file with any of the keys above (flags win)")
 
 
+def _add_ep_flags(p: argparse.ArgumentParser, htp_help: str) -> None:
+    p.add_argument("--ep", choices=("cpu", "htp"), default="cpu", help=f"htp: {htp_help} (default cpu)")
+    p.add_argument("--htp-samples", type=int, default=1, metavar="N",
+                   help="--ep htp: samples run on the HTP simulator, which is slow (default 1)")
+
+
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per evaluation window (default 256)")
+    p.add_argument("--seq-len", type=int, help="tokens per evaluation window (default 256)")
     p.add_argument("--windows", type=int, default=DEFAULT_WINDOWS, help=f"number of text windows (default {DEFAULT_WINDOWS})")
     p.add_argument("--no-native", dest="native", action="store_false",
                    help="run the ai.stamp ops as their ONNX function bodies even when the native kernels are built")
@@ -191,6 +206,10 @@ def _require_models_extra(command: str) -> None:
 
 
 def _check_eval_flags(args: argparse.Namespace) -> None:
+    if getattr(args, "ep", "cpu") == "htp" and getattr(args, "htp_samples", 0) < 0:
+        raise ConfigError(f"--htp-samples must be 0 or more, got {args.htp_samples}")
+    if args.seq_len is None:
+        args.seq_len = 256
     if args.seq_len < 1 or args.windows < 1:
         raise ConfigError(f"--seq-len ({args.seq_len}) and --windows ({args.windows}) must be positive")
 
@@ -282,6 +301,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from stamp_onnx.evaluation.validate import validate
 
+    if args.ep == "htp":
+        return _validate_htp(args)
     _check_eval_flags(args)
     report = validate(
         args.model, args.rewritten, float_onnx_path=args.float_onnx, seq_len=args.seq_len, n_windows=args.windows,
@@ -289,6 +310,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
     report.check()
+    return 0
+
+
+def _validate_htp(args: argparse.Namespace) -> int:
+    from stamp_onnx.evaluation.htp_eval import markdown_table, validate_htp
+
+    if args.seq_len is not None:
+        raise ConfigError("validate --ep htp reads the sequence length from the file's fixed shape; drop --seq-len")
+    args.seq_len = 1  # checked below with the other flags; unused
+    _check_eval_flags(args)
+    result = validate_htp(args.model, args.rewritten, float_onnx_path=args.float_onnx, n_windows=args.windows,
+                          htp_samples=args.htp_samples)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else markdown_table([result]))
+    if result.integer_only is False:
+        raise ValidationError(f"{args.rewritten} does not run integer-only on the HTP: float ops "
+                              + "; ".join(result.float_ops))
     return 0
 
 
@@ -316,9 +353,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
 
     _check_eval_flags(args)
-    configs = [parse_config_spec(spec) for spec in args.configs]
     if args.markdown is not None and not args.markdown.parent.is_dir():
         raise ConfigError(f"folder of --markdown {args.markdown} does not exist; create it first")
+    if args.ep == "htp":
+        return _eval_htp(args)
+    if args.fold_input:
+        raise ConfigError("--fold-input applies to --ep htp only")
+    configs = [parse_config_spec(spec) for spec in args.configs or ["haar", "none"]]
     start = time.perf_counter()
     reports = evaluate_configs(
         args.model, args.out_dir, configs, seq_len=args.seq_len, n_windows=args.windows, fresh=args.fresh,
@@ -335,6 +376,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         path = write_report(reports, args.report, title=f"STaMP evaluation: {reports[0].model}",
                             table_markdown=table, command=command)
         print(f"report: {path}")
+    return 0
+
+
+def _eval_htp(args: argparse.Namespace) -> int:
+    from stamp_onnx.evaluation.htp_eval import evaluate_htp_configs, markdown_table
+
+    if args.report is not None or args.fresh:
+        raise ConfigError("--report and --fresh do not apply to --ep htp (each config is quantized afresh)")
+    start = time.perf_counter()
+    results = evaluate_htp_configs(args.model, args.out_dir, args.configs or ["baseline", "haar", "none"],
+                                   seq_len=args.seq_len, n_windows=args.windows, htp_samples=args.htp_samples,
+                                   fold_inputs=args.fold_input)
+    table = markdown_table(results) + f"\n\n{time.perf_counter() - start:.0f} s"
+    print(table)
+    if args.markdown is not None:
+        args.markdown.write_text(table + "\n")
     return 0
 
 

@@ -5,6 +5,7 @@
 1. :func:`prepare_float`: fixed shapes (batch, seq_len), the named inputs folded to constants
    (a text encoder's all-ones attention_mask: its GatherND/Where mask builder has no HTP op),
    a folded causal mask's float32-lowest entries raised to MASK_FLOOR (-100),
+   a decomposed RMSNorm fused into ONNX's RMSNormalization (opset 23, onnxscript's fusion rule),
    constant folding by onnxruntime's basic level (without MatMulAddFusion, which would turn the
    linear layers into Gemms between Reshapes), metadata_props stripped (onnxruntime 1.32's
    ``qnn_preprocess_model`` fails on them), then ``qnn_preprocess_model``.
@@ -122,13 +123,47 @@ def prepare_float(model_path: str | Path, out_path: str | Path, options: HtpOpti
             ort.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"])
         except Exception as err:  # onnxruntime's own error kinds
             raise RewriteError(f"onnxruntime cannot fold {model_path} at fixed shapes: {first_line(err)}") from err
-        folded_model = onnx.load(str(folded))
+        folded_model = _fuse_rms_norms(onnx.load(str(folded)))
         del folded_model.metadata_props[:]
         _floor_masks(folded_model)
         onnx.save(folded_model, str(folded))
         if not qnn_preprocess_model(str(folded), str(out_path)):
             onnx.save(folded_model, str(out_path))
     return layers
+
+
+RMS_NORM_OPSET = 23  # the first ONNX opset with RMSNormalization
+
+
+def _fuse_rms_norms(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Each decomposed RMSNorm (Pow(x, 2) -> ReduceMean -> Add(eps) -> Sqrt -> Reciprocal -> Mul ->
+    Mul(gamma)) as one RMSNormalization, which the HTP runs as its integer RmsNorm.
+
+    Decomposed, every step gets one per-tensor u16 encoding: an LLM's massive activations
+    (SmolLM2's residual reaches 2.5e4) set Pow's step to ~1e4, an ordinary token's squares
+    become 0 and 1/sqrt(eps) blows it up. The model is converted to opset 23 only when it has
+    such a norm (a dry run of the rule on a copy counts them first)."""
+    import onnx_ir as ir
+    from onnxscript.rewriter.rules.fusion._rms_normalization import fuse_rms_normalization
+
+    from stamp_onnx.passes.convert_opset import ConvertOpsetPass
+
+    def explicit(graph: ir.Model) -> ir.Model:
+        # the rule matches ReduceMean's attributes as written: spell out the defaults
+        for node in ir.traversal.RecursiveGraphIterator(graph.graph):
+            if node.op_type == "ReduceMean" and node.domain == "":
+                for name in ("keepdims", "noop_with_empty_axes"):
+                    if name not in node.attributes:
+                        node.attributes[name] = ir.AttrInt64(name, 1 if name == "keepdims" else 0)
+        return graph
+
+    if not fuse_rms_normalization(explicit(ir.from_proto(model))):
+        return model
+    converted = explicit(ir.from_proto(model))
+    ConvertOpsetPass(RMS_NORM_OPSET)(converted)
+    count = fuse_rms_normalization(converted)
+    logger.info("fused %d RMSNorms into RMSNormalization (opset %d)", count, RMS_NORM_OPSET)
+    return ir.to_proto(converted)
 
 
 MASK_FLOOR = -100.0  # exp(-100) is 0 in float32 next to any unmasked score; keeps a u16 step of ~2e-3
@@ -164,7 +199,8 @@ def model_feeds(model_path: str | Path, feeds: dict[str, np.ndarray]) -> Iterato
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     missing = [n for n in names if n not in feeds]
     if missing:
-        raise ConfigError(f"the calibration file lacks the model input(s) {', '.join(missing)}")
+        raise ConfigError(f"the data has no array for the model input(s) {', '.join(missing)} (it has: "
+                          f"{', '.join(feeds) or 'nothing'}); name the arrays after the model's inputs")
     batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
     count = min(len(feeds[n]) for n in names)
     for start in range(0, count - batch + 1, batch):
@@ -429,10 +465,11 @@ def _drop_unused(model: onnx.ModelProto) -> None:
 
 
 def quantize_for_htp(input_path: str | Path, output_path: str | Path, feeds: dict[str, np.ndarray],
-                     config: StampConfig, options: HtpOptions) -> dict[str, Any]:
+                     config: StampConfig, options: HtpOptions, *, check_htp: bool = True) -> dict[str, Any]:
     """``stamp-onnx quantize IN -o OUT --target htp --calibration FILE.npz --seq-len S``: a
     fixed-shape static QDQ model for the HTP; returns a report (layers rewritten, skipped).
-    The output is written to a temporary file, checked and renamed into place."""
+    The output is written to a temporary file, checked (``onnx.checker``; with ``check_htp``, every
+    node taken by the HTP when onnxruntime-qnn is there) and renamed into place."""
     output_path = check_output_path(input_path, output_path)
     with tempfile.TemporaryDirectory(dir=output_path.parent) as tmp:
         prepared, base = Path(tmp) / "float.onnx", Path(tmp) / "qnn.onnx"
@@ -450,8 +487,23 @@ def quantize_for_htp(input_path: str | Path, output_path: str | Path, feeds: dic
             onnx.checker.check_model(str(staged), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
             raise RewriteError(f"the HTP model fails onnx.checker (full check): {first_line(err)}") from err
+        if check_htp:
+            _check_htp_takes_all(staged, input_path)
         staged.replace(output_path)
     return report
+
+
+def _check_htp_takes_all(staged: Path, input_path: str | Path) -> None:
+    """Refuse a model with nodes the HTP has no kernel for (listed by name and op type): such a file
+    fails every HTP session with CPU fallback disabled. Opens one HTP session (seconds for a small
+    model, about a minute for SmolLM2 on this simulator)."""
+    from stamp_onnx.targets import htp_runtime
+
+    if not htp_runtime.available():
+        return
+    nodes = htp_runtime.refused_nodes(staged)
+    if nodes:
+        raise RewriteError(htp_runtime.refusal_message(input_path, nodes))
 
 
 def _describe(config: StampConfig, options: HtpOptions) -> str:

@@ -68,12 +68,14 @@ def _register() -> Any:
     return oq
 
 
-def htp_session(path: str | Path, *, dump_dir: str | Path | None = None, htp_arch: str = "75") -> ort.InferenceSession:
+def htp_session(path: str | Path, *, dump_dir: str | Path | None = None, htp_arch: str = "75",
+                fallback: bool = False) -> ort.InferenceSession:
     """An onnxruntime session that runs ``path`` entirely on the HTP: CPU fallback is disabled, so a
     node the HTP does not take makes session creation fail instead of running on the CPU.
 
     ``dump_dir``: write the QNN graphs as JSON there (read them with :func:`integer_report`).
     ``htp_arch``: the HTP generation to target; set it, the provider's default behaves like v68.
+    ``fallback``: allow the CPU and record which provider got each node (:func:`refused_nodes`).
     """
     if str(htp_arch) not in HTP_ARCHS:
         raise ConfigError(f"htp_arch={htp_arch!r} is not known; choose one of {', '.join(HTP_ARCHS)}")
@@ -81,14 +83,44 @@ def htp_session(path: str | Path, *, dump_dir: str | Path | None = None, htp_arc
     devices = [d for d in ort.get_ep_devices() if d.ep_name == oq.EP_NAME]
     if not devices:
         raise ConfigError(f"onnxruntime lists no {oq.EP_NAME} device; {INSTALL_HINT}")
-    provider_options = {"backend_path": oq.get_qnn_htp_path(), "htp_arch": str(htp_arch)}
+    # offload_graph_io_quantization 0: the HTP runs the graph's first Quantize and last Dequantize too (the
+    # provider's default leaves them to the CPU when fallback is allowed, which refused_nodes would list)
+    provider_options = {"backend_path": oq.get_qnn_htp_path(), "htp_arch": str(htp_arch),
+                        "offload_graph_io_quantization": "0"}
     if dump_dir is not None:
         Path(dump_dir).mkdir(parents=True, exist_ok=True)
         provider_options |= {"dump_json_qnn_graph": "1", "json_qnn_graph_dir": str(dump_dir)}
     options = ort.SessionOptions()
+    options.log_severity_level = 4  # a refused node is reported by the caller, not as onnxruntime's log lines
     options.add_provider_for_devices(devices, provider_options)
+    if fallback:
+        options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        return ort.InferenceSession(str(path), sess_options=options)
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    return ort.InferenceSession(str(path), sess_options=options)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options)
+    except Exception as err:  # onnxruntime's own kinds; a refused node is the common cause: name them
+        nodes = _refused_or_empty(path, htp_arch)
+        if nodes:
+            raise ConfigError(refusal_message(path, nodes)) from err
+        raise
+
+
+def refused_nodes(path: str | Path, *, htp_arch: str = "75") -> list[tuple[str, str]]:
+    """(name, op type) of every node of ``path`` the HTP does not take: the nodes onnxruntime assigns
+    to the CPU when fallback is allowed. Empty when the HTP takes the whole graph."""
+    session = htp_session(path, htp_arch=htp_arch, fallback=True)
+    return [(node.name, node.op_type) for sub in session.get_provider_graph_assignment_info()
+            if sub.ep_name == "CPUExecutionProvider" for node in sub.get_nodes()]
+
+
+def refusal_message(path: str | Path, nodes: list[tuple[str, str]], limit: int = 8) -> str:
+    """One line naming the nodes the HTP does not take (the first ``limit``) and what to do."""
+    named = ", ".join(f"{name or '(unnamed)'} ({op})" for name, op in nodes[:limit])
+    more = f" and {len(nodes) - limit} more" if len(nodes) > limit else ""
+    return (f"the HTP cannot run {len(nodes)} node(s) of {path}: {named}{more}; fold them away "
+            "(fixed shapes, --fold-input for a constant input such as an all-ones attention_mask) or re-export "
+            "the model without them")
 
 
 def cpu_reference_session(path: str | Path) -> ort.InferenceSession:
@@ -228,6 +260,7 @@ def check_model(path: str | Path, *, dump_dir: str | Path | None = None, htp_arc
 
     if not Path(path).is_file():
         raise ConfigError(f"{path} does not exist")
+    _require_fixed_shapes(path)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(dump_dir) if dump_dir is not None else Path(tmp)
         for old in _graph_files(target) if target.exists() else []:
@@ -239,14 +272,29 @@ def check_model(path: str | Path, *, dump_dir: str | Path | None = None, htp_arc
         except Exception as err:
             raise ConfigError(f"the HTP does not take {path} with CPU fallback disabled: {first_line(err)}") from err
         if feeds is None:
-            feeds = {}
-            for arg in session.get_inputs():
-                if not all(isinstance(d, int) and d > 0 for d in arg.shape):
-                    raise ConfigError(f"input {arg.name} has shape {arg.shape}; the HTP needs fixed shapes "
-                                      "(quantize with --target htp --seq-len S)")
-                feeds[arg.name] = np.zeros(arg.shape, dtype=_ORT_INPUT_TYPES.get(arg.type, "float32"))
+            feeds = {arg.name: np.zeros(arg.shape, dtype=_ORT_INPUT_TYPES.get(arg.type, "float32"))
+                     for arg in session.get_inputs()}
         session.run(None, feeds)
         return integer_report(target)
+
+
+def _require_fixed_shapes(path: str | Path) -> None:
+    from stamp_onnx.graph.model_io import load_model
+
+    model = load_model(path, ConfigError)
+    for value in model.graph.inputs:
+        dims = list(value.shape or ())
+        if value.shape is None or not all(isinstance(d, int) and d > 0 for d in dims):
+            shape = "unknown" if value.shape is None else "[" + ", ".join(str(d) for d in dims) + "]"
+            raise ConfigError(f"input {value.name} has shape {shape}; the HTP needs fixed shapes "
+                              "(quantize with --target htp --seq-len S)")
+
+
+def _refused_or_empty(path: str | Path, htp_arch: str) -> list[tuple[str, str]]:
+    try:
+        return refused_nodes(path, htp_arch=htp_arch)
+    except Exception:  # the model fails for another reason too: the caller reports the first error
+        return []
 
 
 def format_report(report: IntegerReport) -> str:
