@@ -104,6 +104,7 @@ def test_eval_and_validate_on_the_htp(tmp_path: Path, capsys: pytest.CaptureFixt
     rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| A16W8") or line.startswith("| haar")]
     assert len(rows) == 2 and all(" yes " in f" {row[7]} " for row in rows), rows
     assert [row[1] for row in rows] == ["all", "17"]  # K = 16 rounds to the band boundary 17 with the prefix token
+    assert [row[-2] for row in rows] == ["1.00", "0.77"]  # (17 x 2 + 15 x 1) / (32 x 2) bytes per feature
     capsys.readouterr()
     spliced = tmp_path / "tiny-llama.htp.haar_hp_tokens-16.onnx"
     assert main(["-q", "validate", "tiny-llama", str(spliced), "--ep", "htp", "--windows", "2",

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 HTP_SAMPLES = 1  # the simulator's default share of the samples
 BASELINE = "baseline"  # the config spec of onnxruntime's QNN quantizer alone (A16W8)
+BASELINE_LABEL = "A16W8 (QNN quantizer alone)"
 
 
 @dataclasses.dataclass
@@ -72,6 +73,7 @@ class HtpEvaluation:
     qnn_ops: int | None = None
     activation_mb: dict[str, float] = dataclasses.field(default_factory=dict)  # by QNN type, w/o graph I/O
     hp_tokens: list[int] = dataclasses.field(default_factory=list)  # the K each unit uses (band-rounded)
+    linear_input_ratio: float | None = None  # bytes of the rewritten layers' inputs as the units read them / at A16
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +156,7 @@ def validate_htp(model: str | Path | LoadedModel, path: str | Path, *, float_onn
         float_path = float_onnx_path or export_onnx(loaded, Path(tmp) / f"{loaded.name}.onnx")
         reference = _float_outputs(float_path, samples)
     baseline = bool(settings.get("baseline"))
-    label = "A16W8 (QNN quantizer alone)" if baseline else _label(settings)
+    label = BASELINE_LABEL if baseline else _label(settings)
     config = None if baseline else StampConfig(transform=settings["transform"], levels=settings["levels"],
                                                              prefix_tokens=settings["prefix_tokens"])
     return _evaluate(path, label, reference, samples, loaded, htp_samples, config)
@@ -245,9 +247,12 @@ def evaluate_htp_configs(model: str, out_dir: Path, specs: Sequence[str], *, seq
         logger.info("quantizing %s for the HTP: %s", loaded.name, spec)
         # the HTP run of the evaluation opens the file with fallback disabled: the check at quantize is that run
         report = htp_model.quantize_for_htp(float_path, path, calibration, config, options, check_htp=not htp_samples)
-        label = "A16W8 (QNN quantizer alone)" if options.baseline else spec
+        label = BASELINE_LABEL if options.baseline else spec
         result = _evaluate(path, label, reference, samples, loaded, htp_samples, None if options.baseline else config)
         result.hp_tokens = sorted({layer["hp_tokens"] for layer in report["layers"]})
+        if report["layers"]:
+            result.linear_input_ratio = round(sum(layer["input_bytes"] for layer in report["layers"])
+                                              / sum(layer["a16_input_bytes"] for layer in report["layers"]), 3)
         logger.info("%s", json.dumps(result.to_dict()))
         results.append(result)
     return results
@@ -264,7 +269,8 @@ def markdown_table(results: Sequence[HtpEvaluation]) -> str:
     n, k = first.samples, first.htp_samples
     quality = f"perplexity CPU, {n}" if lm else f"SQNR CPU, {n}"
     head = ["config", "hp tokens", quality, f"CPU, first {k}", f"HTP, first {k}", "HTP vs CPU (dB)",
-            "integer-only", "QNN ops", "activation MB"]
+            "integer-only", "QNN ops", "activation MB", "layer-input bytes vs A16", "all activation bytes vs A16W8"]
+    base = next((r for r in results if r.label == BASELINE_LABEL and r.activation_mb), None)
     if first.word_error_rates:
         head.insert(3, f"WER CPU, {n}")
     if lm:
@@ -283,13 +289,19 @@ def markdown_table(results: Sequence[HtpEvaluation]) -> str:
         integer = "—" if r.integer_only is None else ("yes" if r.integer_only else "NO: " + "; ".join(r.float_ops))
         row = [r.label, ", ".join(map(str, r.hp_tokens)) or "all", *cells, _f(r.sqnr_htp_vs_cpu_db), integer,
                "—" if r.qnn_ops is None else str(r.qnn_ops),
-               " / ".join(f"{_SHORT.get(t, t)} {mb}" for t, mb in r.activation_mb.items() if mb) or "—"]
+               " / ".join(f"{_SHORT.get(t, t)} {mb}" for t, mb in r.activation_mb.items() if mb) or "—",
+               "1.00" if r.label == BASELINE_LABEL else _f(r.linear_input_ratio),
+               _f(_fixed_point_mb(r) / _fixed_point_mb(base)) if base and r.activation_mb else "—"]
         lines.append("| " + " | ".join(row) + " |")
     if lm:
         lines.append(f"\nfloat perplexity: {_f(first.perplexity.get('float'))} on {n} windows; leak-free: only the "
                      "targets no later token reaches through the config's transform, float on the same targets")
     notes = sorted({r.note for r in results if r.note})
     return "\n".join(lines + [f"note: {note}" for note in notes])
+
+
+def _fixed_point_mb(result: HtpEvaluation) -> float:
+    return sum(mb for t, mb in result.activation_mb.items() if "fixed_point" in t)
 
 
 _SHORT = {"ufixed_point_16": "u16", "ufixed_point_8": "u8", "sfixed_point_8": "s8", "sfixed_point_16": "s16",
