@@ -21,7 +21,7 @@ from stamp_onnx.core.quant import sqnr_db
 from stamp_onnx.errors import ConfigError, ModelLoadError
 from stamp_onnx.targets import htp_plan, htp_rules, htp_units
 from stamp_onnx.targets.htp_model import HtpOptions, quantize_for_htp
-from stamp_onnx.targets.htp_plan import BlockPlan, Encoding
+from stamp_onnx.targets.htp_plan import BlockPlan, Encoding, calibrate_unit
 
 PLANS = [
     BlockPlan("haar", 128, 3, 1, 64),  # MiniLM: 15 blocks + a tail of 7
@@ -250,3 +250,38 @@ def test_folded_causal_mask_is_floored_before_calibration(tmp_path) -> None:
     want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, atol=1e-30)
+
+
+def test_mse_range_clips_outliers_and_keeps_uniform_data() -> None:
+    from stamp_onnx.targets.htp_plan import mse_range, range_encoding
+
+    def error(values: np.ndarray, span: tuple[float, float], bits: int) -> float:
+        scale, zero = range_encoding(*span, bits)
+        codes = np.clip(np.round(values / scale) + zero, 0, (1 << bits) - 1)
+        return float(np.mean(((codes - zero) * scale - values) ** 2))
+
+    rng = np.random.default_rng(0)
+    gauss = rng.standard_normal(100_000)  # at 4 bits the best clip is near 2.5 sigma, min/max near 4.4
+    lo, hi = mse_range(gauss, 4)
+    assert 2.0 < hi < 3.5 and error(gauss, (lo, hi), 4) < 0.7 * error(gauss, (gauss.min(), gauss.max()), 4)
+    few = rng.standard_normal(100_000)
+    few[:5] = 200.0  # five huge values: clipping them costs more than the coarser step
+    assert mse_range(few, 8)[1] > 190.0
+    flat = rng.uniform(-1.0, 1.0, 100_000)  # no outliers: clipping only hurts
+    lo, hi = mse_range(flat, 8)
+    assert hi > 0.95 and lo < -0.95
+
+
+def test_calibrator_is_checked_and_reaches_the_groups() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_t(1.5, (4, 32, 16))  # long-tailed activations
+    plan = BlockPlan("none", 32, 3, 1, 16, 0)
+    w = rng.standard_normal((16, 8))
+    minmax = calibrate_unit(plan, x, w)
+    mse = calibrate_unit(plan, x, w, calibrator="mse")
+    assert mse.lp == htp_plan.mse_range(x[:, 16:], 8) and mse.hp == minmax.hp  # the 16-bit group keeps min/max
+    assert calibrate_unit(plan, x, w, calibrator="mse", lp_bits=16).lp == minmax.lp
+    with pytest.raises(ConfigError, match="calibrator 'entropy' is not known"):
+        calibrate_unit(plan, x, w, calibrator="entropy")
+    with pytest.raises(ConfigError, match="calibrator 'x' is not known"):
+        HtpOptions(seq_len=32, calibrator="x")

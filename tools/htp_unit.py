@@ -1,12 +1,12 @@
 """One STaMP unit alone on the HTP: integer-only (QNN graph JSON), HTP vs CPU, both vs float.
 
     .venv/bin/python tools/htp_unit.py --transform haar --tokens 128             # synthetic activations
-    .venv/bin/python tools/htp_unit.py --float-model out/htp/float.onnx --layer node_MatMul_59 \
-        --calibration out/calib.npz --eval out/htp/eval.npz                      # a real layer's
+    .venv/bin/python tools/htp_unit.py --float-model out/minilm.onnx --layer node_MatMul_59 \
+        --calibration out/calib.npz --eval out/eval.npz                          # a real layer's
 
-A real layer's activations come from a fixed-shape float model (``tools/htp_eval.py`` writes
-one as ``float.onnx``): its MatMul ``--layer`` (node name), its weight and bias (a following
-Add of a constant). The unit is built by :func:`stamp_onnx.targets.htp_units.layer_model`; ``a16`` is
+A real layer's activations come from a float model (the export itself) run on the two .npz files
+(arrays named after its inputs: ``export --calibration-data`` writes one; give the other held-out
+samples): its MatMul ``--layer`` (node name), its weight and bias (a following Add of a constant). The unit is built by :func:`stamp_onnx.targets.htp_units.layer_model`; ``a16`` is
 the same layer with one u16 encoding and int8 per-channel weights (the QNN baseline's layer).
 Prints one JSON line per variant.
 """

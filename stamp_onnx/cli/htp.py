@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError
+from stamp_onnx.targets.htp_plan import CALIBRATORS
 
 HP_BITS, LP_BITS, WEIGHT_BITS = 16, 8, 8  # the HTP's activation types and its int8 weights
 
@@ -29,8 +30,12 @@ def add_quantize_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fold-input", action="append", default=[], metavar="NAME",
                    help="htp: make this input a constant (its value must be the same in every calibration sample, "
                    "e.g. an all-ones attention_mask, whose mask builder has no HTP op)")
-    g.add_argument("--percentile", type=float, default=100.0,
-                   help="htp: calibrated ranges clipped to this percentile (default 100: min/max)")
+    g.add_argument("--calibrator", choices=CALIBRATORS, default="minmax",
+                   help="htp: how the STaMP groups' ranges are set: minmax (default); percentile (clipped to "
+                   "--percentile on each side, and onnxruntime's Percentile calibrator for the rest of the graph); "
+                   "mse (the 8-bit group's clipping with the least squared error; the rest min/max)")
+    g.add_argument("--percentile", type=float, metavar="P",
+                   help="htp, --calibrator percentile: the percentile (default 99.999)")
     g.add_argument("--baseline", action="store_true",
                    help="htp: onnxruntime's QNN quantizer alone (A16W8, no STaMP units), for comparison")
 
@@ -62,6 +67,8 @@ def quantize(args: argparse.Namespace, config: StampConfig) -> int:
         raise ConfigError(f"--target htp takes --transform haar, haar2d or none, not {config.transform}")
     if args.seq_len is None:
         raise ConfigError("--target htp needs --seq-len S: the HTP runs fixed shapes")
+    if args.percentile is not None and args.calibrator != "percentile":
+        raise ConfigError("--percentile applies to --calibrator percentile; add it or drop --percentile")
     if args.calibration is None:
         raise ConfigError("--target htp needs --calibration FILE.npz: every encoding is static, calibrated on it "
                           "(`stamp-onnx export MODEL --calibration-data FILE.npz` writes one)")
@@ -71,7 +78,8 @@ def quantize(args: argparse.Namespace, config: StampConfig) -> int:
     lp_bits = LP_BITS if args.lp_bits is None else args.lp_bits
     weight_bits = WEIGHT_BITS if args.weight_bits is None else args.weight_bits
     options = htp_model.HtpOptions(seq_len=args.seq_len, batch=args.batch, hp_bits=hp_bits, lp_bits=lp_bits,
-                                   weight_bits=weight_bits, percentile=args.percentile,
+                                   weight_bits=weight_bits, calibrator=args.calibrator,
+                                   percentile=99.999 if args.percentile is None else args.percentile,
                                    fold_inputs=tuple(args.fold_input), baseline=args.baseline)
     config = config.replace(hp_bits=hp_bits, lp_bits=lp_bits, weight_bits=0)
     report = htp_model.quantize_for_htp(args.input, args.output, load_feeds(args.calibration), config, options)

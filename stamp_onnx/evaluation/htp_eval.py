@@ -192,17 +192,17 @@ def _evaluate(path: str | Path, label: str, reference: np.ndarray, samples: Samp
 
 def parse_htp_spec(spec: str, seq_len: int, fold_inputs: Sequence[str]) -> tuple[StampConfig, htp_model.HtpOptions]:
     """``baseline`` (the QNN quantizer alone, A16W8) or a transform with ``key=value`` overrides of the
-    StampConfig and of the HTP's options (hp_bits, lp_bits, weight_bits, percentile), e.g.
-    ``haar,hp_tokens=32`` or ``none,lp_bits=16``."""
+    StampConfig and of the HTP's options (hp_bits, lp_bits, weight_bits, calibrator, percentile), e.g.
+    ``haar,hp_tokens=32``, ``none,lp_bits=16`` or ``haar,calibrator=mse``."""
     head, *pairs = [part.strip() for part in spec.split(",")]
-    option_keys = {"hp_bits", "lp_bits", "weight_bits", "percentile"}
+    option_keys = {"hp_bits", "lp_bits", "weight_bits", "percentile", "calibrator"}
     options: dict[str, Any] = {}
     rest = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if sep and key in option_keys:
-            options[key] = float(value) if key == "percentile" else _int(spec, key, value)
+            options[key] = float(value) if key == "percentile" else value if key == "calibrator" else _int(spec, key, value)
         else:
             rest.append(pair)
     if head == BASELINE and rest:

@@ -40,7 +40,7 @@ from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_l
 from stamp_onnx.graph.contract import HTP_KEY
 from stamp_onnx.graph.model_io import check_output_path, load_model
 from stamp_onnx.targets import htp_units
-from stamp_onnx.targets.htp_plan import BlockPlan, Encoding, calibrate_unit
+from stamp_onnx.targets.htp_plan import CALIBRATORS, BlockPlan, Encoding, calibrate_unit
 from stamp_onnx.targets.htp_units import QuantWeight, QValue, UnitEmitter, UnitSpec
 
 logger = logging.getLogger(__name__)
@@ -51,14 +51,15 @@ HP_BITS, LP_BITS = 16, 8  # the HTP's defaults: the activation types it has
 @dataclasses.dataclass(frozen=True)
 class HtpOptions:
     """What ``--target htp`` adds to a StampConfig: bit widths the HTP has (16/8 activations,
-    8/4 weights), the calibration percentile, the fixed shape and inputs folded to constants."""
+    8/4 weights), the calibrator (and its percentile), the fixed shape and inputs folded to constants."""
 
     seq_len: int
     batch: int = 1
     hp_bits: int = HP_BITS
     lp_bits: int = LP_BITS
     weight_bits: int = 8
-    percentile: float = 100.0
+    calibrator: str = "minmax"  # htp_plan.CALIBRATORS: how the units' groups are ranged
+    percentile: float = 99.999  # calibrator "percentile" only
     fold_inputs: tuple[str, ...] = ()
     baseline: bool = False  # only the QNN quantizer (A16W8): no STaMP units
 
@@ -68,6 +69,8 @@ class HtpOptions:
                 raise ConfigError(f"{name}={getattr(self, name)}: the HTP's activations are 8 or 16 bits")
         if self.weight_bits not in (4, 8):
             raise ConfigError(f"weight_bits={self.weight_bits}: the HTP's weights are int8 or int4")
+        if self.calibrator not in CALIBRATORS:
+            raise ConfigError(f"calibrator {self.calibrator!r} is not known; choose one of {', '.join(CALIBRATORS)}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile} is not allowed; use a number in (50, 100]")
         if self.seq_len < 1 or self.batch < 1:
@@ -235,7 +238,8 @@ def qnn_baseline(prepared: str | Path, out_path: str | Path, feeds: dict[str, np
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.rows, None)
 
-    method = CalibrationMethod.MinMax if options.percentile >= 100.0 else CalibrationMethod.Percentile
+    # onnxruntime has no MSE calibrator: with "mse" the rest of the graph is calibrated min/max
+    method = CalibrationMethod.Percentile if options.calibrator == "percentile" else CalibrationMethod.MinMax
     config = get_qnn_qdq_config(str(prepared), Reader(), calibrate_method=method, activation_type=QuantType.QUInt16,
                                 weight_type=QuantType.QUInt8, init_overrides=overrides)
     if method == CalibrationMethod.Percentile:
@@ -395,7 +399,8 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
         codes, scales = g.array(region.weight.codes), g.array(region.weight.scales)
         w_real = (codes.astype(np.float32) * scales.reshape(1, -1)).astype(np.float32)
         weight_t = _transposed_weight(g, region.weight, fresh(f"{region.name}/htp/weight_t"))
-        ranges = calibrate_unit(plan, x, w_real, percentile=options.percentile)
+        ranges = calibrate_unit(plan, x, w_real, calibrator=options.calibrator, percentile=options.percentile,
+                                hp_bits=options.hp_bits, lp_bits=options.lp_bits)
         em = UnitEmitter(region.name, fresh=fresh)
         em.initializers.update(weight_t[1])
         spec = UnitSpec(plan, options.batch, x.shape[2], weight_t[0], w_real.shape[1], region.bias,

@@ -361,8 +361,8 @@ def quantize_weight_columns(weight: np.ndarray, bits: int = 8) -> tuple[np.ndarr
 
 def layer_model(
     plan: BlockPlan, weight: np.ndarray, bias: np.ndarray | None, calib: np.ndarray | None, *,
-    batch: int = 1, hp_bits: int = 16, lp_bits: int = 8, weight_bits: int = 8, percentile: float = 100.0,
-    baseline: bool = False,
+    batch: int = 1, hp_bits: int = 16, lp_bits: int = 8, weight_bits: int = 8, calibrator: str = "minmax",
+    percentile: float = 99.999, baseline: bool = False,
 ) -> onnx.ModelProto:
     """A one-layer model x (batch, S, d) float -> y float, fixed shapes, for tests and the HTP proof.
 
@@ -381,7 +381,8 @@ def layer_model(
         assert calib is not None
         codes, scales = quantize_weight_columns(weight, weight_bits)
         w_real = (codes.astype(np.float32) * scales).astype(np.float32)
-        ranges = calibrate_unit(plan, calib, w_real, percentile=percentile)
+        ranges = calibrate_unit(plan, calib, w_real, calibrator=calibrator, percentile=percentile, hp_bits=hp_bits,
+                                lp_bits=lp_bits)
         x_enc = Encoding.from_range(float(calib.min()), float(calib.max()), 16)
         full = calib.astype(np.float64) @ w_real.astype(np.float64) + (0 if bias is None else bias)
         y_enc = Encoding.from_range(float(full.min()), float(full.max()), 16)
