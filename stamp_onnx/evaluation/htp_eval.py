@@ -95,9 +95,11 @@ def evaluate_file(path: str | Path, label: str, reference: np.ndarray, feeds: Se
     result = HtpEvaluation(label=label, path=str(path), samples=len(feeds), sqnr_cpu_db=_db(reference, cpu))
     outputs = {"float": reference, "CPU": cpu}
     n = min(htp_samples, len(feeds))
-    if n and not htp_runtime.available():
+    if not n:
+        result.note = "HTP not run (--htp-samples 0): quality from the CPU provider only, integer-only not checked"
+    elif not htp_runtime.available():
         result.note = f"HTP not run: onnxruntime-qnn is not installed ({htp_runtime.INSTALL_HINT})"
-    elif n:
+    else:
         with tempfile.TemporaryDirectory() as dump:
             session = htp_runtime.htp_session(path, dump_dir=dump)
             htp = np.concatenate([session.run(None, f)[0] for f in feeds[:n]])
@@ -245,8 +247,9 @@ def evaluate_htp_configs(model: str, out_dir: Path, specs: Sequence[str], *, seq
         name = spec.replace(",", "_").replace("=", "-")
         path = out_dir / f"{loaded.name}.htp.{name}.onnx"
         logger.info("quantizing %s for the HTP: %s", loaded.name, spec)
-        # the HTP run of the evaluation opens the file with fallback disabled: the check at quantize is that run
-        report = htp_model.quantize_for_htp(float_path, path, calibration, config, options, check_htp=not htp_samples)
+        # the HTP run below opens the file with fallback disabled, naming any node it refuses; with
+        # --htp-samples 0 the HTP is not used at all (quality on the CPU only)
+        report = htp_model.quantize_for_htp(float_path, path, calibration, config, options, check_htp=False)
         label = BASELINE_LABEL if options.baseline else spec
         result = _evaluate(path, label, reference, samples, loaded, htp_samples, None if options.baseline else config)
         result.hp_tokens = sorted({layer["hp_tokens"] for layer in report["layers"]})
