@@ -9,8 +9,9 @@ tokens of up to 7 bits are written around the shared zero point 128; 8-bit token
 own zero point in ``zero_point_columns`` extra columns of C, which the extra weight rows Z
 (:func:`stamp_onnx.core.weights.zero_point_rows`, int8, summing to minus each column sum of
 W_q) turn into the exact correction inside the integer GEMM. y then equals the fake-quant
-layer's product up to float rounding. A Gemm's bias goes into the op's bias input; a Gemm with
-transB stores W_q^T, which is transposed back. Everything after the GEMM (the inverse transform,
+layer's product up to float rounding. A Gemm's bias becomes an Add after the GEMM (onnxruntime
+1.32 multiplies the op's own bias input by a per-token a_scale); a Gemm with transB stores W_q^T,
+which is transposed back. Everything after the GEMM (the inverse transform,
 a bias Add) stays as it is.
 
 Runs last in the rewrite (after QuantizeWeightsPass). Requires per-channel weight codes of up to
@@ -98,7 +99,7 @@ class IntegerGemmPass(ir.passes.InPlacePass):
             zero_point = add_initializer(owner, fresh(f"{layer}/input_zero_point"),
                                          ir.tensor(np.array(quant.CODE_ZERO_POINT, np.uint8)))
             bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
-            inputs: list[ir.Value | None] = [c, weight, s, weight_scale, zero_point] + ([None, bias] if bias is not None else [])
+            inputs: list[ir.Value | None] = [c, weight, s, weight_scale, zero_point]
             label = weight_format_of(node)
             gemm = ir.Node(INTEGER_GEMM_DOMAIN, INTEGER_GEMM, inputs, name=fresh(f"{layer}/{INTEGER_GEMM}"),
                            metadata_props={k: v for k, v in node.metadata_props.items() if k != PASS_KEY}
@@ -106,8 +107,15 @@ class IntegerGemmPass(ir.passes.InPlacePass):
             y = node.outputs[0]
             out = gemm.outputs[0]
             out.name, out.type, out.shape = fresh(f"{layer}/output"), y.type, y.shape
+            new_nodes = [gemm]
+            if bias is not None:  # not the op's bias input: onnxruntime scales it with a per-token a_scale
+                add = ir.Node("", "Add", [out, bias], name=fresh(f"{layer}/bias"), metadata_props=dict(provenance))
+                biased = add.outputs[0]
+                biased.name, biased.type, biased.shape = fresh(f"{layer}/output_biased"), y.type, y.shape
+                new_nodes.append(add)
+                out = biased
             owner.insert_before(quantizer, quantize)
-            owner.insert_after(node, gemm)
+            owner.insert_after(node, new_nodes)
             reroute(y, out, skip=node)
             owner.remove(node, safe=True)
             if not dq.outputs[0].uses():
