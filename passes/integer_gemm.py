@@ -82,7 +82,7 @@ class IntegerGemmPass(ir.passes.InPlacePass):
             else:
                 assert isinstance(old, ops.TokenQDQSpec)
                 qdq, transform = old, None
-            eight_bit = quant.FOLDED_MAX_BITS < max(qdq.hp_bits, qdq.lp_bits)
+            eight_bit = max(qdq.hp_bits, qdq.lp_bits) > quant.FOLDED_MAX_BITS
             extra = zero_point_rows(codes) if eight_bit else np.zeros((0, codes.shape[1]), np.int8)
             spec = ops.TokenQuantizeSpec(qdq, extra.shape[0], transform)
             specs.add(spec)

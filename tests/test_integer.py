@@ -37,7 +37,7 @@ def _rng(name: str) -> np.random.Generator:
 
 def _tokens(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Random tokens with the cases a zero point cares about: all positive, all negative, constant, zero."""
-    x = (rng.standard_normal(shape) * rng.uniform(0.1, 10, shape[:-1] + (1,))).astype(np.float32)
+    x = (rng.standard_normal(shape) * rng.uniform(0.1, 10, (*shape[:-1], 1))).astype(np.float32)
     x[..., 1, :] = np.abs(x[..., 1, :])
     x[..., 2, :] = -np.abs(x[..., 2, :])
     x[..., 3, :] = 0
@@ -175,14 +175,10 @@ CONFIGS = {
 }
 
 
-def _run(path: Path, x: np.ndarray, native: bool, *, basic: bool = False) -> np.ndarray:
-    """Run ``path``; ``basic``: graph optimizations up to ORT_ENABLE_BASIC only. The fake-quant twin
-    needs it: from ORT_ENABLE_EXTENDED on, onnxruntime 1.32 fuses DequantizeLinear(int8 weight) +
-    MatMul into MatMulNBits, which quantizes the activation again (~3% off its own math here)."""
-    options = runtime.session_options(native)
-    if basic:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(str(path), options, providers=runtime.PROVIDERS)
+def _run(path: Path, x: np.ndarray, native: bool) -> np.ndarray:
+    """Run ``path`` with the project's session options (the fake-quant twin's int8 weight
+    DequantizeLinear + MatMul, which onnxruntime fuses into MatMulNBits, computes in fp32)."""
+    sess = runtime.session(path, native)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
@@ -198,7 +194,7 @@ def test_integer_layer_equals_its_fake_quant_twin(tmp_path: Path, name: str, gem
     rng = _rng(f"layer{name}{gemm}{backend}")
     x = _tokens(rng, (10, D) if gemm else (2, 10, D))  # 10 = 1 prefix + a 3 x 3 grid
     native = backend == backends.NATIVE
-    fake, integer = _run(tmp_path / "fq.onnx", x, native, basic=True), _run(tmp_path / "int.onnx", x, native)
+    fake, integer = _run(tmp_path / "fq.onnx", x, native), _run(tmp_path / "int.onnx", x, native)
     # the fake-quant MatMul sums float products, the integer one exact integers: float rounding only
     bound = 1e-5 * np.abs(fake).max() + 1e-6
     np.testing.assert_allclose(integer, fake, rtol=0, atol=bound)
