@@ -39,6 +39,7 @@ from stamp_onnx.graph.contract import (
     weight_dequantizer,
     weight_format_of,
 )
+from stamp_onnx.passes.invariants import assert_invariants
 from stamp_onnx.passes.layer_weights import add_initializer, drop_if_unused
 from stamp_onnx.passes.linear_layers import reroute, unique_namer
 from stamp_onnx.passes.report import WeightResult
@@ -131,10 +132,12 @@ class IntegerGemmPass(ir.passes.InPlacePass):
         _drop_unused_functions(model)
         return WeightResult(model, modified=bool(done), values=done)
 
+    def ensures(self, model: ir.Model) -> None:
+        assert_invariants(model)
+
 
 def _drop_unused_functions(model: ir.Model) -> None:
     """Remove the fake-quant bodies no node calls any more (the rewrite's own, never the input model's)."""
     used = {(node.domain, node.op_type, node.overload) for node in model.graph.all_nodes()}
     for key in [k for k in model.functions if k[0] == ops.DOMAIN and k[1] in ops.QUANTIZERS and k not in used]:
         del model.functions[key]
-

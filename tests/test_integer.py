@@ -232,3 +232,26 @@ def test_integer_target_refuses_what_it_cannot_run(tmp_path: Path, config: Stamp
     with pytest.raises(ConfigError, match=f"--target integer does not take {refused}"):
         quantize_file(src, tmp_path / "out.onnx", config, inline=inline, target="integer")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_target_integer_defaults_to_int8_weights_and_inspect_says_so(
+        tmp_path: Path, mlp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stamp_onnx.cli import main
+
+    out = tmp_path / "int.onnx"
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(out), "--target", "integer", "--transform", "none",
+                 "--hp-tokens", "0", "--lp-bits", "8"]) == 0
+    assert "weights int8 per channel" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 integer GEMMs (uint8 x int8), 0 float GEMMs" in text
+    assert text.count("integer  int8 per channel") == 2
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(tmp_path / "w4.onnx"), "--target", "integer",
+                 "--weight-bits", "4"]) == 0
+    assert "weights int4 per channel" in capsys.readouterr().out
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(tmp_path / "bad.onnx"), "--target", "integer", "--inline"]) == 2
+    assert "--target integer does not take --inline" in capsys.readouterr().err
+    assert not (tmp_path / "bad.onnx").exists()
+    assert main(["-q", "quantize", str(mlp_path), "-o", str(tmp_path / "bad.onnx"), "--target", "integer",
+                 "--weight-block", "8"]) == 2
+    assert "--target integer does not take --weight-block 8" in capsys.readouterr().err

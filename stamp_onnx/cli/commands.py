@@ -181,6 +181,8 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
         args.weight_block = 0 if text == "channel" else int(text)
     # every field a flag can set has one, with the field's name as its dest (_add_config_flags)
     changes = {key: getattr(args, key) for key in StampConfig.text_fields() if getattr(args, key) is not None}
+    if getattr(args, "target", None) == "integer" and "weight_bits" not in changes and not base.weight_bits:
+        changes["weight_bits"] = INTEGER_WEIGHT_BITS  # the integer GEMM needs weight codes
     return base.replace(**changes)
 
 
@@ -234,8 +236,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from stamp_onnx.graph.calibration import load_feeds
 
         feeds = load_feeds(args.calibration)
-    if args.target == "integer" and args.weight_bits is None and not config.weight_bits:
-        config = config.replace(weight_bits=INTEGER_WEIGHT_BITS)
     report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds,
                            target=args.target)
     skipped = report.skipped_linear
