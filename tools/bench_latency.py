@@ -225,6 +225,8 @@ def integer_table(model: str, out_dir: Path, seq_lens: list[int], repeat: int, t
     paths = integer_variants(model, out_dir)
     sessions = _sessions(paths, threads)
     lengths = seq_lens if loaded.is_text else [loaded.tokens or 0]
+    if loaded.kind != "causal-lm":  # an encoder's window holds its special tokens too
+        lengths = [n for n in lengths if n >= 3]
     measured = {}
     for seq_len in lengths:
         feeds = evaluation_samples(loaded, 1, seq_len, seed=0).rows(0, 1)
@@ -271,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.integer:
-        tables = "\n".join(integer_table(m, args.out_dir, args.seq_lens, args.repeat, args.threads, args.windows)
-                           for m in args.models)
-        print(tables)
-        if args.markdown:
-            args.markdown.write_text(tables)
+        tables = []
+        for m in args.models:  # each table printed and saved as soon as it is measured
+            tables.append(integer_table(m, args.out_dir, args.seq_lens, args.repeat, args.threads, args.windows))
+            print(tables[-1], flush=True)
+            if args.markdown:
+                args.markdown.write_text("\n".join(tables))
         return 0
     if runtime.native_library() is None:
         print("native kernels not built (tools/build_native.sh): only function bodies are timed", file=sys.stderr)
