@@ -55,8 +55,14 @@ def qdq(x: Any, bits: int) -> Any:
 
         q = torch.clamp(torch.round(x / scale) + zp, 0, qmax)
         return (q - zp) * scale
-    q = np.clip(np.round(x / scale) + zp, 0, qmax)
+    q = token_codes(x, scale, zp, qmax)
     return ((q - zp) * scale).astype(x.dtype)
+
+
+def token_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmax: float) -> np.ndarray:
+    """q = clip(round(x / scale) + zp, 0, qmax) (numpy, x's float dtype): the codes of :func:`qdq`."""
+    q = np.clip(np.round(x / scale) + zp, 0, qmax)
+    return q
 
 
 def token_qdq(x: Any, hp_tokens: int, hp_bits: int, lp_bits: int) -> Any:
@@ -102,7 +108,7 @@ def integer_codes_group(x: np.ndarray, bits: int, zero_point_columns: int) -> tu
         raise ValueError(f"integer codes take 2-8 bits, got {bits}")
     qmax = float(2**bits - 1)
     scale, zp = qparams(x, bits)
-    q = np.clip(np.round(x / scale) + zp, 0, qmax)
+    q = token_codes(x, scale, zp, qmax)
     shape = (*x.shape[:-1], zero_point_columns)
     if bits <= FOLDED_MAX_BITS:
         codes, column = q - zp + CODE_ZERO_POINT, np.full(shape, CODE_ZERO_POINT, np.float32)

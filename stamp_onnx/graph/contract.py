@@ -102,10 +102,8 @@ def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
     found = []
     for node in graph.all_nodes():
         layer = node.metadata_props.get(LAYER_KEY)
-        if layer is None or node.inputs[0] is None:
-            continue
         integer = is_integer_gemm(node)
-        if node.op_type not in LINEAR_OPS and not integer:
+        if (node.op_type not in LINEAR_OPS and not integer) or layer is None or not node.inputs or node.inputs[0] is None:
             continue
         quantizer = node.inputs[0].producer()
         if quantizer is not None and quantizer.domain == ops.DOMAIN and quantizer.op_type in (

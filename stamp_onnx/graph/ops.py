@@ -606,20 +606,10 @@ def _codes_group(body: _Body, x: ir.Value, bits: int, zero_point_columns: int) -
     at ``bits`` (quant.integer_codes_group). The parameters are _qdq_group's; tokens of up to 7 bits
     are clipped as there and quantized around 128 (c = q - zp + 128), 8-bit tokens keep c = q
     and copy zp into the extra columns."""
-    qmax = float(2**bits - 1)
-    fzero, fone, fqmax = (body.const(np.array(v, np.float32)) for v in (0.0, 1.0, qmax))
-    flat = body.op("Reshape", [x, body.op("Concat", [_i64(body, -1), body.op("Shape", [x], start=-1)], axis=0)])
-    rmin = body.op("Min", [body.op("ReduceMin", [flat, _i64(body, 1)], keepdims=0), fzero])
-    rmax = body.op("Max", [body.op("ReduceMax", [flat, _i64(body, 1)], keepdims=0), fzero])
-    span = body.op("Sub", [rmax, rmin])
-    scale = body.op("Where", [body.op("Equal", [span, fzero]), fone, body.op("Div", [span, fqmax])])
-    zp_float = body.op("Clip", [body.op("Round", [body.op("Div", [body.op("Neg", [rmin]), scale])]), fzero, fqmax])
+    flat, scale, zp_float, fqmax = _token_params(body, x, bits)
     rows = body.op("Shape", [scale])
     if bits <= quant.FOLDED_MAX_BITS:
-        low = body.op("Mul", [body.op("Neg", [zp_float]), scale])
-        high = body.op("Mul", [body.op("Sub", [fqmax, zp_float]), scale])
-        col = _i64(body, 1)
-        flat = body.op("Min", [body.op("Max", [flat, body.op("Unsqueeze", [low, col])]), body.op("Unsqueeze", [high, col])])
+        flat = _clip_to_codes(body, flat, scale, zp_float, fqmax)
         zp = body.op("Expand", [body.const(np.array(quant.CODE_ZERO_POINT, np.uint8)), rows])
         column = body.const(np.array([[quant.CODE_ZERO_POINT]], np.uint8))
     else:
@@ -636,13 +626,8 @@ def _codes_group(body: _Body, x: ir.Value, bits: int, zero_point_columns: int) -
     return codes, scales
 
 
-def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:
-    """Per-token QuantizeLinear/DequantizeLinear of x (..., t, d) with ``bits``-bit codes.
-
-    Tokens are flattened to rows of a 2-D tensor so one per-axis scale and zero point per
-    token can be used (axis 0). For widths below the storage type (2, 3, 5, 6, 7 bits) the
-    input is clipped to [-zp * scale, (qmax - zp) * scale] first, which equals clipping q.
-    """
+def _token_params(body: _Body, x: ir.Value, bits: int) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
+    """(x as rows (tokens, d), per-row scale, per-row zero point as float, qmax) of quant.qparams."""
     qmax = float(2**bits - 1)
     fzero, fone, fqmax = (body.const(np.array(v, np.float32)) for v in (0.0, 1.0, qmax))
     flat = body.op("Reshape", [x, body.op("Concat", [_i64(body, -1), body.op("Shape", [x], start=-1)], axis=0)])
@@ -651,14 +636,28 @@ def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:
     span = body.op("Sub", [rmax, rmin])
     scale = body.op("Where", [body.op("Equal", [span, fzero]), fone, body.op("Div", [span, fqmax])])
     zp_float = body.op("Clip", [body.op("Round", [body.op("Div", [body.op("Neg", [rmin]), scale])]), fzero, fqmax])
+    return flat, scale, zp_float, fqmax
+
+
+def _clip_to_codes(body: _Body, flat: ir.Value, scale: ir.Value, zp_float: ir.Value, fqmax: ir.Value) -> ir.Value:
+    """flat clipped to [-zp * scale, (qmax - zp) * scale] per row, which equals clipping q to [0, qmax]."""
+    low = body.op("Mul", [body.op("Neg", [zp_float]), scale])
+    high = body.op("Mul", [body.op("Sub", [fqmax, zp_float]), scale])
+    col = _i64(body, 1)
+    return body.op("Min", [body.op("Max", [flat, body.op("Unsqueeze", [low, col])]), body.op("Unsqueeze", [high, col])])
+
+
+def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:
+    """Per-token QuantizeLinear/DequantizeLinear of x (..., t, d) with ``bits``-bit codes.
+
+    Tokens are flattened to rows of a 2-D tensor so one per-axis scale and zero point per
+    token can be used (axis 0). For widths below the storage type (2, 3, 5, 6, 7 bits) the
+    input is clipped to [-zp * scale, (qmax - zp) * scale] first, which equals clipping q.
+    """
+    flat, scale, zp_float, fqmax = _token_params(body, x, bits)
     zp = body.op("Cast", [zp_float], to=quant_type(bits))
     if bits not in (4, 8, 16):
-        low = body.op("Mul", [body.op("Neg", [zp_float]), scale])
-        high = body.op("Mul", [body.op("Sub", [fqmax, zp_float]), scale])
-        col = _i64(body, 1)
-        flat = body.op(
-            "Min", [body.op("Max", [flat, body.op("Unsqueeze", [low, col])]), body.op("Unsqueeze", [high, col])]
-        )
+        flat = _clip_to_codes(body, flat, scale, zp_float, fqmax)
     q = body.op("QuantizeLinear", [flat, scale, zp], axis=0)
     dq = body.op("DequantizeLinear", [q, scale, zp], axis=0)
     return body.op("Reshape", [dq, body.op("Shape", [x])], allowzero=1)
