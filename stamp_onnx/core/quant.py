@@ -55,8 +55,8 @@ def qdq(x: Any, bits: int) -> Any:
 
         q = torch.clamp(torch.round(x / scale) + zp, 0, qmax)
         return (q - zp) * scale
-    q = token_codes(x, scale, zp, qmax)
-    return ((q - zp) * scale).astype(x.dtype)
+    codes = token_codes(x, scale, zp, qmax)
+    return ((codes - zp) * scale).astype(x.dtype)
 
 
 def token_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmax: float) -> np.ndarray:
