@@ -29,6 +29,22 @@ struct QdqSink {
   void done(int64_t pos, float* row, const Range& range) const { q.row(prefix + pos, row, y + pos * d, d, range); }
 };
 
+// Sink of the fused Haar pass for the integer codes: each finished coefficient row (in one of two
+// row buffers) is written as codes and a scale.
+struct CodesSink {
+  static constexpr bool kWantsRange = true;
+  const TokenCodes& codes;
+  uint8_t* c;        // code rows of the transformed tokens (after the prefix), d + columns each
+  float* s;          // their scales
+  float* buffer[2];
+  int64_t d, prefix;
+
+  float* row(int64_t /*pos*/, int slot) const { return buffer[slot]; }
+  void done(int64_t pos, float* row, const Range& range) const {
+    codes.row(prefix + pos, row, c + pos * (d + codes.columns), s + pos, d, range);
+  }
+};
+
 // Asks for the input rows of chunk c (of the tokens after the prefix, at x) to be loaded.
 inline void prefetch_chunk(const HaarPlan& plan, const float* x, int64_t c, int64_t d) {
   if (c >= plan.chunks) return;
@@ -76,6 +92,33 @@ void haar_qdq_units(const HaarPass& pass, const TokenQdq& q, int64_t begin, int6
     QdqSink sink{q, y + p * d, t ? t + p * d : nullptr, {buffers, buffers + d}, d, p};
     haar_forward_chunk(*pass.plan, x + p * d, d, k - p, d, scratch, sink);
   }
+}
+
+STAMP_MULTIVERSION
+void haar_codes_units(const HaarPass& pass, const TokenCodes& codes, uint8_t* c, float* s, int64_t begin, int64_t end,
+                      float* scratch) {
+  const int64_t per_slice = pass.units_per_slice(), d = pass.d, p = pass.prefix, width = d + codes.columns;
+  float* buffers = scratch + pass.plan->scratch_floats(d);
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t k = u % per_slice, slice = u / per_slice;
+    const float* x = pass.x + slice * pass.s * d;
+    uint8_t* cs = c + slice * pass.s * width;
+    float* ss = s + slice * pass.s;
+    if (k < p) {  // a prefix token: quantized as it is
+      codes.row(k, x + k * d, cs + k * width, ss + k, d);
+      continue;
+    }
+    if (pass.prefetch) prefetch_chunk(*pass.plan, x + p * d, k - p + 1, d);
+    CodesSink sink{codes, cs + p * width, ss + p, {buffers, buffers + d}, d, p};
+    haar_forward_chunk(*pass.plan, x + p * d, d, k - p, d, scratch, sink);
+  }
+}
+
+STAMP_MULTIVERSION
+void codes_rows(const TokenCodes& codes, const float* x, uint8_t* c, float* scales, int64_t s, int64_t d, int64_t begin,
+                int64_t end) {
+  const int64_t width = d + codes.columns;
+  for (int64_t r = begin; r < end; ++r) codes.row(r % s, x + r * d, c + r * width, scales + r, d);
 }
 
 STAMP_MULTIVERSION

@@ -35,6 +35,15 @@ void haar_units(const HaarPass& pass, int64_t begin, int64_t end, float* scratch
 // pass: each chunk is transformed in scratch and its coefficient rows quantized into Y at once.
 void haar_qdq_units(const HaarPass& pass, const TokenQdq& q, int64_t begin, int64_t end, float* scratch);
 
+// TransformQuantize haar: the integer codes of forward(X) and the per-token scales, in one pass
+// as haar_qdq_units (pass.y and pass.t unused): c rows of pass.d + codes.columns, one scale each.
+void haar_codes_units(const HaarPass& pass, const TokenCodes& codes, uint8_t* c, float* s, int64_t begin, int64_t end,
+                      float* scratch);
+
+// The integer codes of the rows [begin, end) of a (batch * s, d) tensor.
+void codes_rows(const TokenCodes& codes, const float* x, uint8_t* c, float* scales, int64_t s, int64_t d, int64_t begin,
+                int64_t end);
+
 // Tensors from this size on get software prefetching in the Haar passes: beyond the caches the
 // hardware prefetchers lag behind the chunked access (measured: 15-20% faster at 8 MiB), within
 // them the prefetch instructions only cost time (7% slower at 1 MiB).

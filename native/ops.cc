@@ -4,6 +4,8 @@
 //   TokenQDQ(X) -> Y                 hp_tokens / hp_bits / lp_bits
 //   TransformQDQ(X) -> (Y, T?)       forward transform then TokenQDQ; T (optional) = the transform
 //   FeatureRotation(X) -> Y          features: Y = X R along the last axis (rotation.h)
+//   TokenQuantize(X) -> (C, S)       TokenQDQ's quantizer writing uint8 codes and per-token scales
+//   TransformQuantize(X) -> (C, S)   the same after the forward transform (--target integer)
 //
 // X is float32 of rank >= 2: tokens on axis -2, features on axis -1, every leading axis batch
 // (FeatureRotation: rank >= 1, every row of features on its own). Semantics: stamp_onnx/ops.py
@@ -24,6 +26,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -369,6 +372,101 @@ class TransformQdqKernel {
   PlanCache plans_;
 };
 
+// TokenQuantize and TransformQuantize (--target integer): the quantizer's integer codes C (uint8,
+// (..., s, d + zero_point_columns)) and per-token scales S ((..., s, 1)); TransformQuantize first
+// applies the forward transform (Haar fused in one pass, the others into a scratch tensor).
+TokenCodes read_codes(const Attributes& a) {
+  TokenCodes codes;
+  codes.q = read_qdq(a);
+  for (int bits : {codes.q.hp_bits, codes.q.lp_bits})
+    if (bits > 8) invalid(a.op(), "integer codes take 2-8 bits, got " + std::to_string(bits));
+  codes.columns = a.at_least("zero_point_columns", a.integer("zero_point_columns", 0), 0);
+  return codes;
+}
+
+struct CodeOutputs {
+  uint8_t* c;
+  float* s;
+};
+
+CodeOutputs code_outputs(Ort::KernelContext& ctx, const Input& in, int64_t columns) {
+  std::vector<int64_t> dims = in.dims;
+  dims.back() = in.d + columns;
+  uint8_t* c = ctx.GetOutput(0, dims).GetTensorMutableData<uint8_t>();
+  dims.back() = 1;
+  float* s = ctx.GetOutput(1, dims).GetTensorMutableData<float>();
+  return {c, s};
+}
+
+void quantize_codes(const Ort::KernelContext& ctx, const TokenCodes& codes, const float* x, CodeOutputs out, int64_t s,
+                    int64_t d, int64_t rows) {
+  parallel_for(ctx, rows, rows * d, [&](int64_t begin, int64_t end) { codes_rows(codes, x, out.c, out.s, s, d, begin, end); });
+}
+
+class TokenQuantizeKernel {
+ public:
+  static constexpr const char* kName = "TokenQuantize";
+  static constexpr size_t kOutputs = 2;
+  static constexpr size_t kRequiredOutputs = 2;
+  static ONNXTensorElementDataType OutputType(size_t index) {
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+
+  explicit TokenQuantizeKernel(const OrtKernelInfo* info) : codes_(read_codes(Attributes(info, kName))) {}
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const Input in = read_input(ctx, kName);
+    const CodeOutputs out = code_outputs(ctx, in, codes_.columns);
+    if (in.elements() == 0) return;
+    quantize_codes(ctx, codes_, in.data, out, in.s, in.d, in.batch * in.s);
+  }
+
+ private:
+  TokenCodes codes_;
+};
+
+class TransformQuantizeKernel {
+ public:
+  static constexpr const char* kName = "TransformQuantize";
+  static constexpr size_t kOutputs = 2;
+  static constexpr size_t kRequiredOutputs = 2;
+  static ONNXTensorElementDataType OutputType(size_t index) { return TokenQuantizeKernel::OutputType(index); }
+
+  explicit TransformQuantizeKernel(const OrtKernelInfo* info) {
+    Attributes a(info, kName);
+    t_ = read_transform(a, /*has_inverse=*/false);
+    codes_ = read_codes(a);
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const Input in = read_input(ctx, kName);
+    const CodeOutputs out = code_outputs(ctx, in, codes_.columns);
+    if (in.elements() == 0) return;
+    const int64_t p = std::min(t_.prefix, in.s), n = in.s - p;
+    if (t_.kind != Kind::kHaar && n > 0) {  // transform into scratch, then write the codes
+      std::vector<float> transformed(static_cast<size_t>(in.elements()));
+      const auto plan = plans_.get(t_, n);
+      transform_columns(ctx, *plan, in, p, transformed.data(), column_cost(t_.kind, n),
+                        ColumnBlocks(t_.kind, in.batch, in.d));
+      quantize_codes(ctx, codes_, transformed.data(), out, in.s, in.d, in.batch * in.s);
+      return;
+    }
+    const HaarPlan plan(n, t_.kind == Kind::kHaar ? t_.levels : 0);
+    const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
+    const HaarPass pass{&plan, in.data, nullptr, nullptr, in.s, in.d, p, false, prefetch};
+    haar_parallel(ctx, pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
+      haar_codes_units(pass, codes_, out.c, out.s, begin, end, scratch);
+    });
+  }
+
+ private:
+  TransformAttrs t_;
+  TokenCodes codes_;
+  PlanCache plans_;
+};
+
 // Rows of d features (every leading axis a row), each rotated on its own: units of work are rows.
 class FeatureRotationKernel {
  public:
@@ -426,6 +524,19 @@ struct KernelHolder {
   }
 };
 
+// Output types of a kernel: float, the first required and the others optional, unless the kernel
+// declares OutputType(index) and kRequiredOutputs (the integer-code kernels).
+template <class Kernel, class = void>
+struct Outputs {
+  static constexpr size_t kRequired = 1;
+  static ONNXTensorElementDataType type(size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+template <class Kernel>
+struct Outputs<Kernel, std::void_t<decltype(Kernel::OutputType(0))>> {
+  static constexpr size_t kRequired = Kernel::kRequiredOutputs;
+  static ONNXTensorElementDataType type(size_t index) { return Kernel::OutputType(index); }
+};
+
 template <class Kernel>
 struct Op : Ort::CustomOpBase<Op<Kernel>, KernelHolder<Kernel>, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** op_kernel) const {
@@ -441,9 +552,9 @@ struct Op : Ort::CustomOpBase<Op<Kernel>, KernelHolder<Kernel>, /*WithStatus=*/t
   size_t GetInputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   size_t GetOutputTypeCount() const { return Kernel::kOutputs; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  ONNXTensorElementDataType GetOutputType(size_t index) const { return Outputs<Kernel>::type(index); }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    return index < Outputs<Kernel>::kRequired ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   }
 };
 
@@ -464,6 +575,8 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static const stamp::Op<stamp::TokenQdqKernel> token_qdq;
   static const stamp::Op<stamp::TransformQdqKernel> transform_qdq;
   static const stamp::Op<stamp::FeatureRotationKernel> feature_rotation;
+  static const stamp::Op<stamp::TokenQuantizeKernel> token_quantize;
+  static const stamp::Op<stamp::TransformQuantizeKernel> transform_quantize;
   // A domain must outlive every session that uses it: keep one per registration.
   static std::mutex mutex;
   static std::vector<Ort::CustomOpDomain> domains;
@@ -473,6 +586,8 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     domain.Add(&token_qdq);
     domain.Add(&transform_qdq);
     domain.Add(&feature_rotation);
+    domain.Add(&token_quantize);
+    domain.Add(&transform_quantize);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(mutex);
     domains.push_back(std::move(domain));

@@ -3,11 +3,15 @@
 1. Every ai.stamp node has a function (domain, name, overload) in the model, and the domain
    has an opset import.
 2. Every ai.stamp node carries provenance: which pass inserted it, for which layer.
-3. A TokenQDQ or TransformQDQ output feeds only the activation input of MatMul/Gemm nodes.
-4. The output of a layer fed by TransformQDQ feeds exactly one inverse SequenceTransform with
-   the same transform attributes; no forward SequenceTransform is left outside TransformQDQ.
-5. Inside every function body, each QuantizeLinear feeds only DequantizeLinear nodes that use
-   the same scale and zero point, with per-token (axis 0, one value per row) parameters.
+3. A TokenQDQ or TransformQDQ output feeds only the activation input of MatMul/Gemm nodes; a
+   TokenQuantize or TransformQuantize (``--target integer``) feeds its codes only to input 0 and
+   its scales only to input 2 (a_scale) of integer GEMMs (com.microsoft.MatMulIntegerToFloat).
+4. The output of a layer fed by TransformQDQ or TransformQuantize feeds exactly one inverse
+   SequenceTransform with the same transform attributes; no forward SequenceTransform is left
+   outside them.
+5. Inside every function body, each QuantizeLinear has per-token (axis 0, one value per row)
+   parameters and feeds only DequantizeLinear nodes that use the same scale and zero point
+   (but in TokenQuantize and TransformQuantize, whose codes are their output).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import onnx_ir as ir
 
 from stamp_onnx.errors import RewriteError
 from stamp_onnx.graph import ops
-from stamp_onnx.graph.contract import LAYER_KEY, LINEAR_OPS, PASS_KEY
+from stamp_onnx.graph.contract import LAYER_KEY, LINEAR_OPS, PASS_KEY, is_integer_gemm
 
 
 def find_violations(model: ir.Model) -> list[str]:
@@ -40,6 +44,14 @@ def find_violations(model: ir.Model) -> list[str]:
             for user, index in consumers:
                 if user.op_type not in LINEAR_OPS or index != 0:
                     problems.append(f"{label}: feeds {user.op_type} {user.name!r} input {index}, not a linear layer's activation")
+        if isinstance(spec, ops.TokenQuantizeSpec):
+            for port, wanted in ((0, 0), (1, 2)):
+                for user, index in node.outputs[port].uses():
+                    if not is_integer_gemm(user) or index != wanted:
+                        problems.append(f"{label}: output {port} feeds {user.op_type} {user.name!r} input {index}, "
+                                        f"not input {wanted} of an integer GEMM")
+            if spec.transform is not None:
+                problems.extend(_check_inverse(label, spec.transform, node))
         if isinstance(spec, ops.TransformQDQSpec):
             problems.extend(_check_inverse(label, spec.transform, node))
         elif isinstance(spec, ops.SequenceTransformSpec) and not spec.inverse:
@@ -69,11 +81,12 @@ def _check_inverse(label: str, spec: ops.SequenceTransformSpec, qdq: ir.Node) ->
 
 
 def _check_function(function: ir.Function) -> list[str]:
-    return check_qdq_pairs(function, f"function {function.name}/{function.overload!r}")
+    codes = function.domain == ops.DOMAIN and function.name in ops.CODE_QUANTIZERS  # its codes are its output
+    return check_qdq_pairs(function, f"function {function.name}/{function.overload!r}", paired=not codes)
 
 
-def check_qdq_pairs(nodes: Iterable[ir.Node], where: str) -> list[str]:
-    """Every QuantizeLinear is per-token and feeds only DequantizeLinear nodes with its own parameters."""
+def check_qdq_pairs(nodes: Iterable[ir.Node], where: str, *, paired: bool = True) -> list[str]:
+    """Every QuantizeLinear is per-token and (``paired``) feeds only DequantizeLinear nodes with its own parameters."""
     problems = []
     for node in nodes:
         if node.op_type != "QuantizeLinear":
@@ -81,6 +94,8 @@ def check_qdq_pairs(nodes: Iterable[ir.Node], where: str) -> list[str]:
         axis = node.attributes.get("axis")
         if axis is None or axis.as_int() != 0 or node.attributes.get("block_size") is not None:
             problems.append(f"{where}: QuantizeLinear {node.name!r} is not per-token (axis 0, no blocks)")
+        if not paired:
+            continue
         for user, _ in node.outputs[0].uses():
             same_params = list(user.inputs[1:3]) == list(node.inputs[1:3])
             if user.op_type != "DequantizeLinear" or not same_params:

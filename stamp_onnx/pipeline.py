@@ -24,6 +24,7 @@ from stamp_onnx.passes.infer_shapes import InferShapesPass
 from stamp_onnx.passes.inline_stamp_ops import InlineStampOpsPass
 from stamp_onnx.passes.insert_sequence_transform import InsertSequenceTransformPass
 from stamp_onnx.passes.insert_token_qdq import InsertTokenQDQPass
+from stamp_onnx.passes.integer_gemm import IntegerGemmPass
 from stamp_onnx.passes.quantize_weights import (
     QuantizeWeightsPass,
     WeightQuantizer,
@@ -38,6 +39,11 @@ from stamp_onnx.passes.smooth_features import SmoothFeaturesPass
 
 logger = logging.getLogger(__name__)
 
+# What a rewrite writes: fake-quant ai.stamp ops for any onnxruntime (onnx), or integer GEMMs for
+# onnxruntime's CPU provider (integer). The HTP target has its own pipeline (stamp_onnx.targets).
+TARGET_ONNX, TARGET_INTEGER = "onnx", "integer"
+TARGETS = (TARGET_ONNX, TARGET_INTEGER)
+
 
 def rewrite(
     model: ir.Model,
@@ -46,13 +52,16 @@ def rewrite(
     source: str = "the model",
     inline: bool = False,
     calibration: Calibration | None = None,
+    target: str = TARGET_ONNX,
 ) -> RewriteReport:
     """Rewrite every selected linear layer of ``model`` in place; return what was done.
 
     ``inline`` lowers the ai.stamp ops into standard ONNX ops in the main graph (QDQ pairs
     visible) for runtimes without function or custom-op support. ``calibration``: statistics
     of this float model (:func:`stamp_onnx.graph.calibration.calibrate`), for configs that need them.
+    ``target``: ``onnx`` (fake-quant ai.stamp ops) or ``integer`` (integer GEMMs, :func:`check_target`).
     """
+    check_target(config, target, inline=inline)
     for node in model.graph.all_nodes():
         if node.domain == ops.DOMAIN:
             raise RewriteError(f"{source} was already rewritten by stamp-onnx; quantize the float model instead")
@@ -67,7 +76,7 @@ def rewrite(
             report.merge(step(model))
         if not report.rewritten:
             raise RewriteError(_nothing_to_rewrite(source, report, config))
-        for step in (*rewrite_passes(config, calibration), RecordConfigPass(config, stamp_onnx.__version__, report.skipped),
+        for step in (*rewrite_passes(config, calibration, target), RecordConfigPass(config, stamp_onnx.__version__, report.skipped),
                      *([InlineStampOpsPass()] if inline else [])):
             report.merge(step(model))
     except ir.passes.PassError as err:
@@ -81,9 +90,11 @@ def rewrite(
     return report
 
 
-def rewrite_passes(config: StampConfig, calibration: Calibration | None = None) -> list[ir.passes.PassBase]:
+def rewrite_passes(config: StampConfig, calibration: Calibration | None = None,
+                   target: str = TARGET_ONNX) -> list[ir.passes.PassBase]:
     """The passes that rewrite the selected layers as ``config`` asks, in order; a pass that does
-    not apply is not in the list. ``calibration``: what :func:`calibrate_for` measured, when needed."""
+    not apply is not in the list. ``calibration``: what :func:`calibrate_for` measured, when needed.
+    ``target`` ``integer`` adds the pass set that turns each layer into an integer GEMM."""
     passes: list[ir.passes.PassBase] = [InsertTokenQDQPass(config.hp_tokens, config.hp_bits, config.lp_bits)]
     if config.transform != Transform.NONE:
         passes.append(InsertSequenceTransformPass(config.transform, config.levels, config.prefix_tokens, config.grid_width))
@@ -94,7 +105,27 @@ def rewrite_passes(config: StampConfig, calibration: Calibration | None = None) 
         method = WeightMethod(config.weight_method)
         passes.append(QuantizeWeightsPass(config.weight_bits, config.weight_block, method.value,
                                           WEIGHT_METHODS[method](calibration)))
+    if target == TARGET_INTEGER:
+        passes.append(IntegerGemmPass())
     return passes
+
+
+def check_target(config: StampConfig, target: str, *, inline: bool = False) -> None:
+    """ConfigError unless ``config`` can be written for ``target``: the integer GEMM takes activations
+    of 2-8 bits and per-channel weight codes, and its op is onnxruntime's, not a standard one."""
+    if target not in TARGETS:
+        raise ConfigError(f"target {target!r} is not one of {', '.join(TARGETS)}")
+    if target != TARGET_INTEGER:
+        return
+    refused = [what for what, bad in (
+        ("--inline (the integer GEMM is onnxruntime's com.microsoft.MatMulIntegerToFloat, not a standard op)", inline),
+        (f"--weight-block {config.weight_block} (the integer GEMM takes one weight scale per output channel)",
+         bool(config.weight_block)),
+        ("--weight-bits 0 (the integer GEMM needs weight codes; use 8 or 4)", not config.weight_bits),
+        (f"activation bits {config.hp_bits}/{config.lp_bits} (uint8 codes hold 2-8 bits)", max(config.hp_bits, config.lp_bits) > 8),
+    ) if bad]
+    if refused:
+        raise ConfigError(f"--target integer does not take {'; '.join(refused)}")
 
 
 def _smooth(config: StampConfig, calibration: Calibration | None) -> ir.passes.PassBase:
@@ -147,6 +178,7 @@ def quantize_file(
     *,
     inline: bool = False,
     calibration_feeds: dict[str, np.ndarray] | None = None,
+    target: str = TARGET_ONNX,
 ) -> RewriteReport:
     """Read ``in_path``, rewrite it with ``config``, write ``out_path`` (the input is never touched).
 
@@ -154,6 +186,7 @@ def quantize_file(
     when ``config.needs_calibration``.
     """
     out = check_output_path(in_path, out_path)
+    check_target(config, target, inline=inline)
     if config.needs_calibration and calibration_feeds is None:
         what = "weight method gptq" if config.weight_method == WeightMethod.GPTQ else f"feature transform {config.feature_transform}"
         raise ConfigError(f"{what} needs calibration data: pass --calibration FILE.npz "
@@ -164,7 +197,7 @@ def quantize_file(
     logger.info("loading %s", in_path)
     model = load_model(in_path)
     calibration = None if calibration_feeds is None else calibrate_for(in_path, model, config, calibration_feeds)
-    report = rewrite(model, config, source=str(in_path), inline=inline, calibration=calibration)
+    report = rewrite(model, config, source=str(in_path), inline=inline, calibration=calibration, target=target)
     logger.info("rewrote %d linear layers; checking (onnx.checker, full) and writing %s", len(report.rewritten), out)
     save_model(model, out)
     return report

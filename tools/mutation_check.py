@@ -42,6 +42,7 @@ HARD = "tests/test_hard_tokens.py"
 NUMPY = (HARD, "tests/test_quant.py")
 BODY = (HARD, "tests/test_ops.py")
 NATIVE = (HARD, "tests/test_native.py", "-k", "not feature_rotation")  # FeatureRotation has no mutant here
+INTEGER = ("tests/test_integer.py",)  # --target integer: the codes, their ops and the integer layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,15 @@ MUTANTS = [
     Mutant("native-haar-last-bit", "native/transforms.h",
            "    y0[j] = (u + v) * k;\n    y1[j] = (u - v) * k;\n", "    y0[j] = u * k + v * k;\n    y1[j] = (u - v) * k;\n",
            NATIVE, "native Haar (SequenceTransform, haar2d): low band off in the last bit (u k + v k)"),
+    Mutant("native-codes-fold", "native/qdq.h",
+           "const bool folded = qmax <= 127.0f;", "const bool folded = qmax < 127.0f;",
+           INTEGER, "native integer codes: 7-bit tokens not folded around 128 (c = q, extra columns 128)"),
+    Mutant("native-codes-column", "native/qdq.h",
+           "folded ? 128 : static_cast<int>(zp)", "folded ? 128 : 128",
+           INTEGER, "native integer codes: an 8-bit token's zero point not copied into the extra columns"),
+    Mutant("numpy-zero-point-rows", "stamp_onnx/core/weights.py",
+           "rest = -np.asarray(q, dtype=np.int64).sum(axis=0)", "rest = -np.asarray(q[1:], dtype=np.int64).sum(axis=0)",
+           INTEGER, "zero-point rows miss the first input feature's codes"),
     Mutant("body-haar-last-bit", "stamp_onnx/graph/ops.py",
            'low = body.op("Mul", [body.op("Add", [even, odd]), c])',
            'low = body.op("Add", [body.op("Mul", [even, c]), body.op("Mul", [odd, c])])',

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from stamp_onnx.passes.report import RewriteReport
 
 logger = logging.getLogger("stamp_onnx")
+INTEGER_WEIGHT_BITS = 8  # --target integer's default --weight-bits: int8 per-channel weight codes
 # These commands run PyTorch models: they need the `models` extra (pyproject.toml), these modules.
 NEEDS_MODELS_EXTRA = ("export", "validate", "eval", "demo")
 MODELS_EXTRA = ("torch", "transformers", "safetensors", "tokenizers", "gguf", "accelerate", "tqdm", "scipy", "skimage",
@@ -151,7 +152,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hp-bits", type=int, help=f"bits of the first K tokens: {bits} (default {d.hp_bits})")
     p.add_argument("--lp-bits", type=int, help=f"bits of the other tokens: {bits} (default {d.lp_bits})")
     p.add_argument("--weight-bits", type=int,
-                   help=f"symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights)")
+                   help=f"symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights; "
+                   f"{INTEGER_WEIGHT_BITS} with --target integer)")
     p.add_argument("--weight-block", type=int,
                    help="weight scales per block of this many input features (default 0: per output channel)")
     p.add_argument("--weight-granularity", metavar="channel|N",
@@ -194,6 +196,8 @@ def config_from_args(args: argparse.Namespace) -> StampConfig:
         args.weight_block = 0 if text == "channel" else int(text)
     # every field a flag can set has one, with the field's name as its dest (_add_config_flags)
     changes = {key: getattr(args, key) for key in StampConfig.text_fields() if getattr(args, key) is not None}
+    if getattr(args, "target", None) == "integer" and "weight_bits" not in changes and not base.weight_bits:
+        changes["weight_bits"] = INTEGER_WEIGHT_BITS  # the integer GEMM needs weight codes
     return base.replace(**changes)
 
 
@@ -251,7 +255,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from stamp_onnx.graph.calibration import load_feeds
 
         feeds = load_feeds(args.calibration)
-    report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds)
+    report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds,
+                           target=args.target)
     skipped = report.skipped_linear
     if args.json:
         print(json.dumps({"config": json.loads(config.to_json()), **report.to_dict()}, indent=2))

@@ -22,8 +22,10 @@ HP_BITS, LP_BITS, WEIGHT_BITS = 16, 8, 8  # the HTP's activation types and its i
 
 def add_quantize_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("--target htp (Qualcomm HTP through onnxruntime-qnn)")
-    g.add_argument("--target", choices=("onnx", "htp"), default="onnx",
-                   help="onnx: ai.stamp ops for onnxruntime (default); htp: a fixed-shape static QDQ model that runs "
+    g.add_argument("--target", choices=("onnx", "integer", "htp"), default="onnx",
+                   help="onnx: ai.stamp fake-quant ops for any onnxruntime (default); integer: each layer's GEMM on "
+                   "uint8 x int8 codes through onnxruntime's CPU MatMulIntegerToFloat (default --weight-bits 8); "
+                   "htp: a fixed-shape static QDQ model that runs "
                    f"integer-only on the HTP (defaults --hp-bits {HP_BITS} --lp-bits {LP_BITS} --weight-bits {WEIGHT_BITS})")
     g.add_argument("--seq-len", type=int, metavar="S", help="htp: the fixed sequence length (token count) of the model")
     g.add_argument("--batch", type=int, default=1, metavar="B", help="htp: the fixed batch size (default 1)")

@@ -55,8 +55,14 @@ def qdq(x: Any, bits: int) -> Any:
 
         q = torch.clamp(torch.round(x / scale) + zp, 0, qmax)
         return (q - zp) * scale
+    codes = token_codes(x, scale, zp, qmax)
+    return ((codes - zp) * scale).astype(x.dtype)
+
+
+def token_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmax: float) -> np.ndarray:
+    """q = clip(round(x / scale) + zp, 0, qmax) (numpy, x's float dtype): the codes of :func:`qdq`."""
     q = np.clip(np.round(x / scale) + zp, 0, qmax)
-    return ((q - zp) * scale).astype(x.dtype)
+    return q
 
 
 def token_qdq(x: Any, hp_tokens: int, hp_bits: int, lp_bits: int) -> Any:
@@ -74,3 +80,53 @@ def sqnr_db(reference: Any, approx: Any) -> float:
     if noise == 0.0:
         return float("inf")
     return 10.0 * float(np.log10(signal / noise))
+
+
+# --- integer codes (``--target integer``) --------------------------------------------------
+#
+# The integer GEMM (onnxruntime's MatMulIntegerToFloat) takes uint8 activation codes with ONE
+# zero point for the whole tensor, while the quantizer above has one per token. Every token is
+# therefore written around the shared zero point CODE_ZERO_POINT = 128, exactly:
+#
+# - b <= 7 bits: q - zp lies in [-(2^b - 1), 2^b - 1] within [-128, 127], so c = q - zp + 128;
+# - b = 8 bits: q - zp spans up to 510 values and does not fit, so c = q, and the difference
+#   (c - 128) - (q - zp) = zp - 128 is taken back in the GEMM itself: ``zero_point_columns``
+#   extra columns hold zp (128 for the b <= 7 tokens), and the weight gets as many extra rows
+#   whose sum is -(column sum of the weight codes) (weights.zero_point_rows), so
+#   sum_k (c_k - 128) w_k = sum_k (q_k - zp) w_k for every token, in exact integer arithmetic.
+#
+# The codes are the quantizer's own: y = scale * sw * ((c - 128) @ W_ext) equals the fake-quant
+# product (q - zp) scale @ (w sw) up to float rounding.
+
+CODE_ZERO_POINT = 128
+FOLDED_MAX_BITS = 7  # widest tokens whose q - zp fits in int8 around the shared zero point
+
+
+def integer_codes_group(x: np.ndarray, bits: int, zero_point_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes uint8 (..., s, d + zero_point_columns), scale float32 (..., s, 1)) of tokens at ``bits``."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"integer codes take 2-8 bits, got {bits}")
+    qmax = float(2**bits - 1)
+    scale, zp = qparams(x, bits)
+    q = token_codes(x, scale, zp, qmax)
+    shape = (*x.shape[:-1], zero_point_columns)
+    if bits <= FOLDED_MAX_BITS:
+        codes, column = q - zp + CODE_ZERO_POINT, np.full(shape, CODE_ZERO_POINT, np.float32)
+    else:
+        codes, column = q, np.broadcast_to(zp, shape)
+    return np.concatenate([codes, column], axis=-1).astype(np.uint8), scale.astype(np.float32)
+
+
+def integer_codes(x: np.ndarray, hp_tokens: int, hp_bits: int, lp_bits: int,
+                  zero_point_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The codes of :func:`token_qdq`'s quantizer around the shared zero point, and the per-token scales."""
+    k = min(hp_tokens, int(x.shape[-2]))
+    hp = integer_codes_group(x[..., :k, :], hp_bits, zero_point_columns)
+    lp = integer_codes_group(x[..., k:, :], lp_bits, zero_point_columns)
+    return np.concatenate([hp[0], lp[0]], axis=-2), np.concatenate([hp[1], lp[1]], axis=-2)
+
+
+def integer_matmul(codes: np.ndarray, scale: np.ndarray, weight_codes: np.ndarray, weight_scale: np.ndarray) -> np.ndarray:
+    """What MatMulIntegerToFloat computes: scale * weight_scale * ((codes - 128) @ weight_codes), float64 sums."""
+    acc = (codes.astype(np.int64) - CODE_ZERO_POINT) @ weight_codes.astype(np.int64)
+    return (acc * scale.astype(np.float64) * weight_scale.astype(np.float64)).astype(np.float32)

@@ -121,3 +121,19 @@ def feature_rotation(d: int) -> np.ndarray:
     r = np.kron(dct.T, hadamard)  # the DCT as rows: transposed to act on the right
     r.setflags(write=False)
     return r
+
+
+def zero_point_rows(q: np.ndarray, limit: int = 127) -> np.ndarray:
+    """int8 rows (m, d_out) whose column sums are -(column sums of the codes ``q`` (d_in, d_out)),
+    each entry in [-limit, limit]; m = the fewest that hold the largest column sum (0 when all are 0).
+
+    Appended to an integer layer's weight, they take back the per-token zero points of 8-bit
+    activation tokens (:mod:`stamp_onnx.core.quant`, integer codes)."""
+    rest = -np.asarray(q, dtype=np.int64).sum(axis=0)
+    m = int(-(-np.abs(rest).max(initial=0) // limit))
+    rows = np.zeros((m, q.shape[1]), np.int8)
+    for j in range(m):
+        rows[j] = np.clip(rest, -limit, limit)
+        rest -= rows[j]
+    assert not rest.any()
+    return rows

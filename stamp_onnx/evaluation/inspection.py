@@ -30,6 +30,7 @@ class LayerSummary:
     weight_format: str = "float"
     activation_shape: str = ""  # as found by the rewrite, e.g. "(batch, seq, 576)"
     token_axis: str = ""  # e.g. "1 (inferred)", "0 (given)"
+    gemm: str = "float"  # "integer": the GEMM runs on integer codes (--target integer); "float": fake-quant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,19 +47,21 @@ class ModelSummary:
         return dataclasses.asdict(self)
 
     def to_text(self) -> str:
-        lines = [f"opset {self.opset}; {len(self.layers)} rewritten linear layers"]
+        integer = sum(layer.gemm == "integer" for layer in self.layers)
+        lines = [f"opset {self.opset}; {len(self.layers)} rewritten linear layers; "
+                 f"{integer} integer GEMMs (uint8 x int8), {len(self.layers) - integer} float GEMMs (fake-quant)"]
         if self.config is not None:
             lines.append("recorded config: " + StampConfig.from_dict(self.config).label())
         if self.layers:
             width = max(len(layer.name) for layer in self.layers)
             lines.append(f"{'layer':<{width}}  transform  levels  prefix  hp tokens  bits hp/lp  avg bits @ s={self.seq_len}"
-                         "  features  weights")
+                         "  features  gemm     weights")
             for layer in self.layers:
                 levels = str(layer.levels) if layer.transform in HAAR_TRANSFORMS else "-"
                 lines.append(
                     f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
                     f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}  "
-                    f"{layer.feature_transform:<8}  {layer.weight_format}"
+                    f"{layer.feature_transform:<8}  {layer.gemm:<7}  {layer.weight_format}"
                 )
             lines.append("activations and token axes:")
             lines.extend(f"  {layer.name:<{width}}  {layer.activation_shape}  token axis {layer.token_axis}" for layer in self.layers)
@@ -96,6 +99,7 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
                 weight_format=layer.weight_format,
                 activation_shape=layer.activation_shape,
                 token_axis=layer.token_axis,
+                gemm="integer" if layer.integer else "float",
             )
         )
     config = recorded_config(model)

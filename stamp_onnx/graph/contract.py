@@ -21,7 +21,10 @@ Node metadata:
 - :data:`TOKEN_AXIS_KEY`, :data:`ACTIVATION_SHAPE_KEY` on the layer's MatMul/Gemm: its token
   axis and how it was found ("1 (inferred)"), its activation shape as found;
 - :data:`SCALE_KEY` on the quantizer of a SmoothQuant layer: s, float32 little-endian, base64;
-- :data:`METHOD_KEY` on a weight's DequantizeLinear: the weight method that chose its codes.
+- :data:`METHOD_KEY` on a weight's DequantizeLinear: the weight method that chose its codes;
+- :data:`WEIGHT_FORMAT_KEY` on a layer's integer GEMM (``--target integer``: a
+  com.microsoft.MatMulIntegerToFloat fed by a TokenQuantize or TransformQuantize, which is the
+  layer's quantizer): the format of its weight codes, as :func:`weight_format` writes it.
 """
 
 from __future__ import annotations
@@ -53,8 +56,11 @@ VERSION_KEY = "stamp_onnx.version"
 SKIPPED_KEY = "stamp_onnx.skipped"
 SOURCE_KEY = "stamp_onnx.source_model"
 HTP_KEY = "stamp_onnx.htp"  # on a model written by --target htp: its settings (JSON)
+WEIGHT_FORMAT_KEY = "stamp_onnx.weight_format"  # on an integer GEMM: its weight codes' format, e.g. "int8 per channel"
 
 LINEAR_OPS = ("MatMul", "Gemm")
+# The integer GEMM of a layer rewritten by --target integer (onnxruntime's contrib op)
+INTEGER_GEMM, INTEGER_GEMM_DOMAIN = "MatMulIntegerToFloat", "com.microsoft"
 
 
 def encode_scale(scale: np.ndarray) -> str:
@@ -96,12 +102,19 @@ def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
     found = []
     for node in graph.all_nodes():
         layer = node.metadata_props.get(LAYER_KEY)
-        if node.op_type not in LINEAR_OPS or layer is None or node.inputs[0] is None:
+        integer = is_integer_gemm(node)
+        if (node.op_type not in LINEAR_OPS and not integer) or layer is None or not node.inputs or node.inputs[0] is None:
             continue
         quantizer = node.inputs[0].producer()
-        if quantizer is not None and quantizer.domain == ops.DOMAIN and quantizer.op_type in ops.QUANTIZERS:
+        if quantizer is not None and quantizer.domain == ops.DOMAIN and quantizer.op_type in (
+                ops.CODE_QUANTIZERS if integer else ops.QUANTIZERS):
             found.append((layer, node, quantizer))
     return found
+
+
+def is_integer_gemm(node: ir.Node) -> bool:
+    """True for a layer's GEMM on integer codes (``--target integer``)."""
+    return node.op_type == INTEGER_GEMM and node.domain == INTEGER_GEMM_DOMAIN
 
 
 def weight_dequantizer(node: ir.Node) -> ir.Node | None:
@@ -132,8 +145,22 @@ class RewrittenLayer:
         """The PyTorch module the layer belongs to (a module called twice has two layers)."""
         return module_of_layer(self.name)
 
+    @property
+    def integer(self) -> bool:
+        """True when the layer's GEMM runs on integer codes (``--target integer``)."""
+        return is_integer_gemm(self.node)
+
     def dequantized_weight(self) -> np.ndarray | None:
         """w_hat (d_in, d_out) float32 as the graph computes it; None for a float weight."""
+        if self.integer:  # codes (d_in + zero-point rows, d_out) and a per-column scale
+            codes, scales = (v.const_value.numpy() if v is not None and v.const_value is not None else None
+                             for v in (self.node.inputs[1], self.node.inputs[3]))
+            if codes is None or scales is None:
+                raise RewriteError(f"layer {self.name!r}: its weight codes or scales are not initializers")
+            spec = ops.spec_from_node(self.quantizer)
+            assert isinstance(spec, ops.TokenQuantizeSpec)
+            d_in = codes.shape[0] - spec.zero_point_columns
+            return (codes[:d_in].astype(np.float32) * scales.astype(np.float32)).astype(np.float32)
         dq = weight_dequantizer(self.node)
         if dq is None:
             return None
@@ -150,7 +177,7 @@ def read_layers(model: ir.Model) -> list[RewrittenLayer]:
     layers = []
     for name, node, quantizer in rewritten_layers(model.graph):
         spec = ops.spec_from_node(quantizer)
-        if isinstance(spec, ops.TransformQDQSpec):
+        if isinstance(spec, (ops.TransformQDQSpec, ops.TokenQuantizeSpec)):
             qdq, transform = spec.qdq, spec.transform
         else:
             assert isinstance(spec, ops.TokenQDQSpec)
@@ -159,7 +186,7 @@ def read_layers(model: ir.Model) -> list[RewrittenLayer]:
         layers.append(RewrittenLayer(
             name=name, node=node, quantizer=quantizer, qdq=qdq, transform=transform,
             feature_transform=_feature_transform(quantizer),
-            weight_format=_weight_format(node),
+            weight_format=weight_format_of(node),
             token_axis=node.metadata_props.get(TOKEN_AXIS_KEY, ""),
             activation_shape=node.metadata_props.get(ACTIVATION_SHAPE_KEY, ""),
             smooth_scale=None if scale_text is None else _decode(name, scale_text),
@@ -187,7 +214,10 @@ def _feature_transform(quantizer: ir.Node) -> str:
     return "none"
 
 
-def _weight_format(node: ir.Node) -> str:
+def weight_format_of(node: ir.Node) -> str:
+    """The format of a rewritten layer's weight: 'float', 'int4 per channel', ..."""
+    if is_integer_gemm(node):
+        return node.metadata_props.get(WEIGHT_FORMAT_KEY, "int8 per channel")
     dq = weight_dequantizer(node)
     if dq is None or dq.inputs[0] is None:
         return "float"

@@ -1,6 +1,7 @@
 """The project's custom ops, each declared once: schema, numpy/torch reference, ONNX function body.
 
-Domain ``ai.stamp`` (version 1). Four ops, all shape-preserving on (..., s, d), float32:
+Domain ``ai.stamp`` (version 1). Four ops shape-preserving on (..., s, d), float32, and two
+that write integer codes for ``--target integer``:
 
 ``SequenceTransform(X) -> Y``
     attributes: transform ("haar" | "haar2d" | "dct" | "wht"), levels (int, Haar only),
@@ -25,6 +26,12 @@ Domain ``ai.stamp`` (version 1). Four ops, all shape-preserving on (..., s, d), 
     R = C_m (x) H_p for d = p m, p a power of two, m odd). The body never forms R: X is viewed
     as (..., m, p) and Y = C (X H) (two MatMuls with a p x p and an m x m constant), which costs
     d (p + m) multiply-adds per token instead of d^2 (576: 8x fewer; 1536 = 3 x 512: 3x).
+
+``TokenQuantize(X) -> (C, S)`` and ``TransformQuantize(X) -> (C, S)``
+    TokenQDQ's quantizer (TransformQuantize: after the forward transform, attributes as
+    TransformQDQ), writing uint8 codes C (..., s, d + zero_point_columns) around the shared zero
+    point 128 and per-token scales S (..., s, 1) instead of the dequantized values: the input of
+    com.microsoft.MatMulIntegerToFloat (:func:`stamp_onnx.core.quant.integer_codes`, 2-8 bits).
 
 Each distinct attribute set is shipped as a model-local function *overload* (IR >= 10), so the
 function body can be specialised (Haar levels unrolled, bit-widths fixed) while the node still
@@ -62,7 +69,10 @@ SEQUENCE_TRANSFORM = "SequenceTransform"
 FEATURE_ROTATION = "FeatureRotation"
 TOKEN_QDQ = "TokenQDQ"
 TRANSFORM_QDQ = "TransformQDQ"
-QUANTIZERS = (TOKEN_QDQ, TRANSFORM_QDQ)  # the ops that quantize a layer's activation
+TOKEN_QUANTIZE = "TokenQuantize"
+TRANSFORM_QUANTIZE = "TransformQuantize"
+QUANTIZERS = (TOKEN_QDQ, TRANSFORM_QDQ)  # the ops that quantize a layer's activation (fake-quant)
+CODE_QUANTIZERS = (TOKEN_QUANTIZE, TRANSFORM_QUANTIZE)  # the same quantizers writing integer codes
 MIN_OPSET = 21  # QuantizeLinear/DequantizeLinear with uint4 and computed per-axis scales
 _INT64_MAX = np.iinfo(np.int64).max
 _WHT_BITS = 31  # WHT bodies support s < 2^31 tokens
@@ -206,6 +216,59 @@ class TransformQDQSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenQuantizeSpec:
+    """One attribute set of TokenQuantize: TokenQDQ's quantizer, writing the codes (``--target integer``).
+
+    Outputs C (uint8, (..., s, d + zero_point_columns)) and S (float32, (..., s, 1)) as
+    :func:`stamp_onnx.core.quant.integer_codes` defines them; with ``transform`` set, the op is
+    TransformQuantize, which quantizes L x (the forward transform first, as TransformQDQ).
+    """
+
+    qdq: TokenQDQSpec
+    zero_point_columns: int = 0
+    transform: SequenceTransformSpec | None = None
+
+    def __post_init__(self) -> None:
+        for bits in (self.qdq.hp_bits, self.qdq.lp_bits):
+            if not 2 <= bits <= 8:
+                raise ValueError(f"integer codes take 2-8 bits, got {bits}")
+        if self.zero_point_columns < 0:
+            raise ValueError(f"zero_point_columns must be >= 0, got {self.zero_point_columns}")
+        if self.transform is not None and self.transform.inverse:
+            raise ValueError("TransformQuantize applies the forward transform only")
+
+    @property
+    def overload(self) -> str:
+        head = f"{self.transform.overload}_" if self.transform is not None else ""
+        return f"{head}{self.qdq.overload}_z{self.zero_point_columns}"
+
+    def attributes(self) -> list[ir.Attr]:
+        head = [a for a in self.transform.attributes() if a.name != "inverse"] if self.transform is not None else []
+        return head + self.qdq.attributes() + [ir.AttrInt64("zero_point_columns", self.zero_point_columns)]
+
+    def reference(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.transform is not None:
+            x = self.transform.reference(x)
+        q = self.qdq
+        return quant.integer_codes(x, q.hp_tokens, q.hp_bits, q.lp_bits, self.zero_point_columns)
+
+    def function(self, opset: int) -> ir.Function:
+        body = _Body(f"{op_type(self)}_{self.overload}")
+        x = body.input("X")
+        if self.transform is not None:
+            x = self.transform.emit(body, x)
+        k = body.const(np.array([self.qdq.hp_tokens], np.int64))
+        axis = body.const(np.array([-2], np.int64))
+        hp = body.op("Slice", [x, body.const(np.array([0], np.int64)), k, axis])
+        lp = body.op("Slice", [x, k, body.const(np.array([_INT64_MAX], np.int64)), axis])
+        groups = [_codes_group(body, hp, self.qdq.hp_bits, self.zero_point_columns),
+                  _codes_group(body, lp, self.qdq.lp_bits, self.zero_point_columns)]
+        codes = body.op("Concat", [groups[0][0], groups[1][0]], axis=-2)
+        scales = body.op("Concat", [groups[0][1], groups[1][1]], axis=-2)
+        return body.function(op_type(self), self.overload, {"C": codes, "S": scales}, self.attributes(), opset)
+
+
+@dataclasses.dataclass(frozen=True)
 class FeatureRotationSpec:
     """FeatureRotation for one feature size d."""
 
@@ -248,13 +311,15 @@ def _torch_like(x: Any, array: np.ndarray) -> Any:
     return torch.from_numpy(array).to(x.dtype)
 
 
-Spec = SequenceTransformSpec | TokenQDQSpec | TransformQDQSpec | FeatureRotationSpec
+Spec = SequenceTransformSpec | TokenQDQSpec | TransformQDQSpec | FeatureRotationSpec | TokenQuantizeSpec
 _OP_TYPES = {SequenceTransformSpec: SEQUENCE_TRANSFORM, TokenQDQSpec: TOKEN_QDQ, TransformQDQSpec: TRANSFORM_QDQ,
              FeatureRotationSpec: FEATURE_ROTATION}
 
 
 def op_type(spec: Spec) -> str:
     """The op name of ``spec``'s nodes."""
+    if isinstance(spec, TokenQuantizeSpec):
+        return TOKEN_QUANTIZE if spec.transform is None else TRANSFORM_QUANTIZE
     return _OP_TYPES[type(spec)]
 
 
@@ -284,6 +349,9 @@ def spec_from_node(node: ir.Node) -> Spec | None:
         return TransformQDQSpec(transform(False), qdq())
     if node.op_type == FEATURE_ROTATION:
         return FeatureRotationSpec(int(attrs["features"]))
+    if node.op_type in CODE_QUANTIZERS:
+        columns = int(attrs.get("zero_point_columns", 0))
+        return TokenQuantizeSpec(qdq(), columns, transform(False) if node.op_type == TRANSFORM_QUANTIZE else None)
     return None
 
 
@@ -533,13 +601,33 @@ def _wht_matrix(body: _Body, x: ir.Value) -> ir.Value:
     return body.op("Gather", [blocks, order], axis=0)
 
 
-def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:
-    """Per-token QuantizeLinear/DequantizeLinear of x (..., t, d) with ``bits``-bit codes.
+def _codes_group(body: _Body, x: ir.Value, bits: int, zero_point_columns: int) -> tuple[ir.Value, ir.Value]:
+    """Integer codes (uint8, (..., t, d + zero_point_columns)) and scales ((..., t, 1)) of x (..., t, d)
+    at ``bits`` (quant.integer_codes_group). The parameters are _qdq_group's; tokens of up to 7 bits
+    are clipped as there and quantized around 128 (c = q - zp + 128), 8-bit tokens keep c = q
+    and copy zp into the extra columns."""
+    flat, scale, zp_float, fqmax = _token_params(body, x, bits)
+    rows = body.op("Shape", [scale])
+    if bits <= quant.FOLDED_MAX_BITS:
+        flat = _clip_to_codes(body, flat, scale, zp_float, fqmax)
+        zp = body.op("Expand", [body.const(np.array(quant.CODE_ZERO_POINT, np.uint8)), rows])
+        column = body.const(np.array([[quant.CODE_ZERO_POINT]], np.uint8))
+    else:
+        zp = body.op("Cast", [zp_float], to=ir.DataType.UINT8)
+        column = body.op("Unsqueeze", [zp, _i64(body, 1)])
+    codes = body.op("QuantizeLinear", [flat, scale, zp], axis=0)
+    if zero_point_columns:
+        extra = body.op("Expand", [column, body.op("Concat", [rows, _i64(body, zero_point_columns)], axis=0)])
+        codes = body.op("Concat", [codes, extra], axis=1)
+    lead = body.op("Shape", [x], end=-1)
+    width = body.op("Add", [body.op("Shape", [x], start=-1), _i64(body, zero_point_columns)])
+    codes = body.op("Reshape", [codes, body.op("Concat", [lead, width], axis=0)], allowzero=1)
+    scales = body.op("Reshape", [scale, body.op("Concat", [lead, _i64(body, 1)], axis=0)], allowzero=1)
+    return codes, scales
 
-    Tokens are flattened to rows of a 2-D tensor so one per-axis scale and zero point per
-    token can be used (axis 0). For widths below the storage type (2, 3, 5, 6, 7 bits) the
-    input is clipped to [-zp * scale, (qmax - zp) * scale] first, which equals clipping q.
-    """
+
+def _token_params(body: _Body, x: ir.Value, bits: int) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
+    """(x as rows (tokens, d), per-row scale, per-row zero point as float, qmax) of quant.qparams."""
     qmax = float(2**bits - 1)
     fzero, fone, fqmax = (body.const(np.array(v, np.float32)) for v in (0.0, 1.0, qmax))
     flat = body.op("Reshape", [x, body.op("Concat", [_i64(body, -1), body.op("Shape", [x], start=-1)], axis=0)])
@@ -548,14 +636,28 @@ def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:
     span = body.op("Sub", [rmax, rmin])
     scale = body.op("Where", [body.op("Equal", [span, fzero]), fone, body.op("Div", [span, fqmax])])
     zp_float = body.op("Clip", [body.op("Round", [body.op("Div", [body.op("Neg", [rmin]), scale])]), fzero, fqmax])
+    return flat, scale, zp_float, fqmax
+
+
+def _clip_to_codes(body: _Body, flat: ir.Value, scale: ir.Value, zp_float: ir.Value, fqmax: ir.Value) -> ir.Value:
+    """flat clipped to [-zp * scale, (qmax - zp) * scale] per row, which equals clipping q to [0, qmax]."""
+    low = body.op("Mul", [body.op("Neg", [zp_float]), scale])
+    high = body.op("Mul", [body.op("Sub", [fqmax, zp_float]), scale])
+    col = _i64(body, 1)
+    return body.op("Min", [body.op("Max", [flat, body.op("Unsqueeze", [low, col])]), body.op("Unsqueeze", [high, col])])
+
+
+def _qdq_group(body: _Body, x: ir.Value, bits: int) -> ir.Value:
+    """Per-token QuantizeLinear/DequantizeLinear of x (..., t, d) with ``bits``-bit codes.
+
+    Tokens are flattened to rows of a 2-D tensor so one per-axis scale and zero point per
+    token can be used (axis 0). For widths below the storage type (2, 3, 5, 6, 7 bits) the
+    input is clipped to [-zp * scale, (qmax - zp) * scale] first, which equals clipping q.
+    """
+    flat, scale, zp_float, fqmax = _token_params(body, x, bits)
     zp = body.op("Cast", [zp_float], to=quant_type(bits))
     if bits not in (4, 8, 16):
-        low = body.op("Mul", [body.op("Neg", [zp_float]), scale])
-        high = body.op("Mul", [body.op("Sub", [fqmax, zp_float]), scale])
-        col = _i64(body, 1)
-        flat = body.op(
-            "Min", [body.op("Max", [flat, body.op("Unsqueeze", [low, col])]), body.op("Unsqueeze", [high, col])]
-        )
+        flat = _clip_to_codes(body, flat, scale, zp_float, fqmax)
     q = body.op("QuantizeLinear", [flat, scale, zp], axis=0)
     dq = body.op("DequantizeLinear", [q, scale, zp], axis=0)
     return body.op("Reshape", [dq, body.op("Shape", [x])], allowzero=1)
