@@ -4,10 +4,10 @@ A genai folder holds ``genai_config.json``, the decoder it names (``model.decode
 with its external data if any) and the tokenizer files. ``quantize_folder`` rewrites the
 decoder into a new folder with every other file copied; the rewrite acts on the tokens of each
 call, so a prompt chunk is transformed and quantized as one sequence and a decode step of one
-token is the prefix token, kept at ``hp_bits``. When the native kernels are built they are
-copied into the folder and named in the config (``session_options.custom_ops_library``, a
-path relative to the folder), so ``onnxruntime_genai.Model(folder)`` runs them; without them
-the ai.stamp ops run as their function bodies.
+token is the prefix token, kept at ``hp_bits``. The folder runs in stock onnxruntime-genai
+(``onnxruntime_genai.Model(folder)``: the ai.stamp ops as their function bodies); :func:`load`
+also registers the native kernels, when built, through the config's
+``session_options.custom_ops_library`` (overlaid at load time: the folder stays portable).
 
 Running needs the optional package ``onnxruntime-genai`` (the extra ``genai``); nothing here
 imports PyTorch.
@@ -88,7 +88,6 @@ def quantize_folder(
     *,
     inline: bool = False,
     calibration_feeds: dict[str, np.ndarray] | None = None,
-    native: bool = True,
 ) -> RewriteReport:
     """Write ``out_dir``: ``in_dir`` with its decoder rewritten (atomically; the input untouched)."""
     source = read_folder(in_dir)
@@ -100,30 +99,23 @@ def quantize_folder(
     if not out.parent.is_dir():
         raise ConfigError(f"output folder {out.parent} does not exist; create it first")
     model_name = source.model_path.name
-    skip = {model_name, f"{model_name}.data", source.decoder.get("custom_ops_library")}
+    skip = {model_name, f"{model_name}.data"}
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         work = Path(tmp) / "genai"
         work.mkdir()
         report = quantize_file(source.model_path, work / model_name, config, inline=inline,
                                calibration_feeds=calibration_feeds)
         for item in source.path.iterdir():
-            if item.name in skip or item.name in source.decoder.get("session_options", {}).values():
-                continue
-            if item.is_file():
+            if item.is_file() and item.name not in skip:
                 shutil.copy2(item, work / item.name)
         genai = json.loads(json.dumps(source.config))
-        options = genai["model"]["decoder"].setdefault("session_options", {})
-        library = runtime.native_library() if native and not inline else None
-        if library is not None:
-            shutil.copy2(library, work / library.name)
-            options["custom_ops_library"] = library.name
-        else:
-            options.pop("custom_ops_library", None)
+        # a library the input named belongs to the input's runtime; load() registers ours
+        genai["model"]["decoder"].get("session_options", {}).pop("custom_ops_library", None)
         (work / CONFIG_FILE).write_text(json.dumps(genai, indent=4) + "\n")
         if out.exists():
             out.rmdir()
         shutil.move(str(work), out)
-    logger.info("wrote the genai folder %s (%s)", out, "native kernels" if library else "function bodies")
+    logger.info("wrote the genai folder %s", out)
     return report
 
 
@@ -141,14 +133,16 @@ def require_genai() -> Any:
 
 
 def load(path: str | Path, *, native: bool = True) -> Any:
-    """``onnxruntime_genai.Model`` of the folder; ``native=False`` drops a recorded kernel library
-    (the ai.stamp ops then run as their function bodies)."""
+    """``onnxruntime_genai.Model`` of the folder, with the native kernels registered when
+    ``native`` and they are built (else the ai.stamp ops run as their function bodies)."""
     og = require_genai()
     folder = read_folder(path)
+    library = runtime.native_library() if native else None
     try:
         config = og.Config(str(folder.path))
-        if not native and "custom_ops_library" in folder.decoder.get("session_options", {}):
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"custom_ops_library": ""}}}}))
+        if library is not None:
+            options = {"custom_ops_library": str(library)}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         return og.Model(config)
     except Exception as err:  # onnxruntime-genai raises RuntimeError with the runtime's message
         raise ModelLoadError(f"onnxruntime-genai cannot load {folder.path}: {first_line(err)}") from err

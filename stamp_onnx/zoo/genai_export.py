@@ -71,7 +71,7 @@ def cache_shape(config: Any) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _cached_forward(module: torch.nn.Module) -> Iterator[None]:
+def _cached_forward(module: Any) -> Iterator[None]:
     """Give ``module`` (for as long as the block runs) a forward over flat cache tensors.
 
     The module itself is exported, not a wrapper, so that the exporter's name scopes are the
@@ -79,7 +79,7 @@ def _cached_forward(module: torch.nn.Module) -> Iterator[None]:
     """
     from transformers import DynamicCache
 
-    config = module.config
+    config: Any = module.config
     layers = int(config.num_hidden_layers)
     cls_forward = type(module).forward
     cache_kwarg = "cache" if "cache" in inspect.signature(cls_forward).parameters else "past_key_values"
@@ -92,11 +92,12 @@ def _cached_forward(module: torch.nn.Module) -> Iterator[None]:
                           use_cache=True, **{cache_kwarg: cache})
         presents: list[torch.Tensor] = []
         for layer in cache.layers:
-            presents += [layer.keys, layer.values]
+            cached: Any = layer
+            presents += [cached.keys, cached.values]
         return (out.logits, *presents)
 
     had_config_cache = config.use_cache
-    module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
+    module.forward = types.MethodType(forward, module)
     config.use_cache = True
     try:
         yield
@@ -108,7 +109,7 @@ def _cached_forward(module: torch.nn.Module) -> Iterator[None]:
 def trace_inputs(loaded: LoadedModel, batch: int = TRACE_BATCH, seq: int = TRACE_SEQ,
                  past: int = TRACE_PAST, seed: int = 0) -> dict[str, Any]:
     """Keyword inputs of the cached forward: ``seq`` new tokens after ``past`` cached ones."""
-    config = loaded.module.config
+    config: Any = loaded.module.config
     kv_heads, head_size = cache_shape(config)
     rng = np.random.default_rng(seed)
     ids = torch.from_numpy(rng.integers(0, loaded.vocab_size, size=(batch, seq), dtype=np.int64))
@@ -124,7 +125,8 @@ def export_kv_decoder(loaded: LoadedModel, out_path: str | Path) -> Path:
     if loaded.kind != "causal-lm":
         raise ConfigError(f"--kv-cache is for causal language models; {loaded.name} is an {loaded.kind}")
     out = Path(out_path)
-    layers = int(loaded.module.config.num_hidden_layers)
+    config: Any = loaded.module.config
+    layers = int(config.num_hidden_layers)
     kwargs = trace_inputs(loaded)
     batch = torch.export.Dim("batch", min=1, max=4096)
     sequence = torch.export.Dim("sequence_length", min=1, max=loaded.max_length)
@@ -178,11 +180,16 @@ def byte_tokenizer() -> Any:
 
 def write_transformers_files(loaded: LoadedModel, directory: Path) -> None:
     """The config, generation config and tokenizer of ``loaded`` as a transformers folder (no weights)."""
-    module = loaded.module
+    module: Any = loaded.module
     config = module.config
     if not getattr(config, "architectures", None):
         config.architectures = [type(module).__name__]
     config.save_pretrained(directory)
+    # A model read from a GGUF file records it; its weights here are the de-quantized fp32 ones.
+    path = directory / "config.json"
+    saved = json.loads(path.read_text())
+    if saved.pop("quantization_config", None) is not None:
+        path.write_text(json.dumps(saved, indent=2) + "\n")
     if getattr(module, "generation_config", None) is not None:
         module.generation_config.save_pretrained(directory)
     tokenizer = loaded.tokenizer
@@ -214,6 +221,8 @@ def export_genai(loaded: LoadedModel, out_dir: str | Path) -> Path:
     if importlib.util.find_spec("onnxruntime_genai") is None:
         raise ExportError("--kv-cache writes genai_config.json with onnxruntime-genai's model builder: "
                           "pip install onnxruntime-genai")
+    if loaded.kind != "causal-lm":
+        raise ConfigError(f"--kv-cache is for causal language models; {loaded.name} is an {loaded.kind}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output {out} exists and is not an empty folder; choose a new folder for --kv-cache")

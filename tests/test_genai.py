@@ -1,0 +1,138 @@
+"""onnxruntime-genai folders on the tiny random LLaMA: export with a KV cache, quantize, generate.
+
+The float folder must give PyTorch's logits at every step of a teacher-forced continuation
+(prefill, then one token per call through the cache) and PyTorch's greedy tokens; the rewritten
+folder must run in onnxruntime-genai with the native kernels and with the function bodies, the
+same tokens either way. Skipped in one line where onnxruntime-genai is not installed (the
+optional extra ``genai``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stamp_onnx.cli.commands import main
+from stamp_onnx.config import StampConfig
+from stamp_onnx.errors import ConfigError, ModelLoadError
+from stamp_onnx.graph import runtime
+from stamp_onnx.graph.contract import read_model
+from stamp_onnx.targets import genai
+from stamp_onnx.zoo.genai_export import export_genai
+from stamp_onnx.zoo.models import load_model
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
+                                reason="onnxruntime-genai is not installed (optional extra `genai`)")
+
+PROMPT_LEN, CONTINUATION_LEN = 19, 9
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    return load_model("tiny-llama").module
+
+
+@pytest.fixture(scope="module")
+def float_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_genai(load_model("tiny-llama"), tmp_path_factory.mktemp("genai") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def stamp_dir(float_dir: Path) -> Path:
+    out = float_dir.parent / "tiny-stamp"
+    genai.quantize_folder(float_dir, out, StampConfig(hp_tokens=4, levels=2))
+    return out
+
+
+def token_ids(seed: int, n: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(3, 256, size=n)]
+
+
+def torch_nll(module: torch.nn.Module, prompt: list[int], continuation: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        logits = module(input_ids=torch.tensor([prompt + continuation])).logits[0].double()
+    logp = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
+    return -logp[torch.arange(len(continuation)), torch.tensor(continuation)].numpy()
+
+
+def torch_greedy(module: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(module(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_folder_layout(float_dir: Path) -> None:
+    folder = genai.read_folder(float_dir)
+    assert sorted(p.name for p in float_dir.iterdir()) == ["genai_config.json", "model.onnx", "tokenizer.json",
+                                                          "tokenizer_config.json"]
+    decoder = folder.decoder
+    assert decoder["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert decoder["outputs"]["present_value_names"] == "present.%d.value"
+    assert decoder["inputs"]["position_ids"] == "position_ids"
+    assert (decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]) == (2, 2, 16)
+    assert not list(float_dir.parent.glob(".tiny.*")), "the temporary build folder was left behind"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float_folder_matches_pytorch_step_by_step(float_dir: Path, tiny: torch.nn.Module, seed: int) -> None:
+    model = genai.load(float_dir)
+    prompt, continuation = token_ids(seed, PROMPT_LEN), token_ids(seed + 100, CONTINUATION_LEN)
+    nll = genai.continuation_nll(model, prompt, continuation)
+    np.testing.assert_allclose(nll, torch_nll(tiny, prompt, continuation), atol=2e-5)
+    assert genai.generate(model, prompt, 8).tokens == torch_greedy(tiny, prompt, 8)
+
+
+def test_rewritten_folder(float_dir: Path, stamp_dir: Path) -> None:
+    assert read_model(stamp_dir / "model.onnx").config.hp_tokens == 4
+    assert len(read_model(stamp_dir / "model.onnx").layers) == 15
+    assert (stamp_dir / "tokenizer.json").read_bytes() == (float_dir / "tokenizer.json").read_bytes()
+    assert "custom_ops_library" not in genai.read_folder(stamp_dir).decoder["session_options"]
+    prompt, continuation = token_ids(5, PROMPT_LEN), token_ids(6, CONTINUATION_LEN)
+    stamp_nll = genai.continuation_nll(genai.load(stamp_dir), prompt, continuation)
+    float_nll = genai.continuation_nll(genai.load(float_dir), prompt, continuation)
+    assert np.all(np.isfinite(stamp_nll))
+    assert not np.array_equal(stamp_nll, float_nll)  # quantized: not the float model
+    # the native kernels (when built) and the function bodies are bit-exact for the Haar and the QDQ
+    bodies = genai.continuation_nll(genai.load(stamp_dir, native=False), prompt, continuation)
+    np.testing.assert_array_equal(bodies, stamp_nll)
+
+
+def test_load_registers_the_native_library(stamp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load() hands the library to onnxruntime-genai: a file that is no library makes the load fail."""
+    monkeypatch.setattr(runtime, "native_library", lambda: stamp_dir / "tokenizer.json")
+    with pytest.raises(ModelLoadError, match="Failed to load library"):
+        genai.load(stamp_dir)
+    assert genai.load(stamp_dir, native=False) is not None
+
+
+def test_generate_cli(stamp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "generate", str(stamp_dir), "--prompt", "hello", "--max-new-tokens", "5"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("hello")
+    assert "prefill: 5 tokens" in captured.err and "tokens/s" in captured.err
+
+
+def test_bad_inputs(float_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", str(tmp_path), "--prompt", "x"]) == 1
+    assert "has no genai_config.json" in capsys.readouterr().err
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("x")
+    assert main(["-q", "quantize", str(float_dir), "-o", str(occupied)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied"]
+    with pytest.raises(ConfigError, match="causal language models"):
+        export_genai(load_model("tiny-vit"), tmp_path / "vit")
+    assert not (tmp_path / "vit").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": "model.onnx"}}}))
+    with pytest.raises(ModelLoadError, match=r"model\.onnx named in genai_config\.json is missing"):
+        genai.read_folder(broken)
