@@ -89,7 +89,7 @@ def _constant_shapes(model: ir.Model) -> None:
         tensor = value.as_tensor()
         output = node.outputs[0]
         if output.shape is not None and output.shape != tensor.shape:
-            output.shape = ir.Shape(tensor.shape)
+            output.shape = ir.Shape(list(tensor.shape.numpy()))
 
 
 _SAME_SHAPE = frozenset({

@@ -20,10 +20,11 @@ import torch
 from stamp_onnx.cli.commands import main
 from stamp_onnx.config import StampConfig
 from stamp_onnx.errors import ConfigError, ModelLoadError
+from stamp_onnx.evaluation import genai_eval
 from stamp_onnx.graph import runtime
 from stamp_onnx.graph.contract import read_model
 from stamp_onnx.targets import genai
-from stamp_onnx.zoo.genai_export import export_genai
+from stamp_onnx.zoo.genai_export import build_with_model_builder, export_genai
 from stamp_onnx.zoo.models import load_model
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
@@ -47,6 +48,12 @@ def stamp_dir(float_dir: Path) -> Path:
     out = float_dir.parent / "tiny-stamp"
     genai.quantize_folder(float_dir, out, StampConfig(hp_tokens=4, levels=2))
     return out
+
+
+@pytest.fixture(scope="module")
+def builder_dir(float_dir: Path) -> Path:
+    """The tiny LLaMA through onnxruntime-genai's own model builder (fp32, CPU): a foreign file."""
+    return build_with_model_builder(load_model("tiny-llama"), float_dir.parent / "tiny-builder")
 
 
 def token_ids(seed: int, n: int) -> list[int]:
@@ -136,3 +143,39 @@ def test_bad_inputs(float_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     (broken / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": "model.onnx"}}}))
     with pytest.raises(ModelLoadError, match=r"model\.onnx named in genai_config\.json is missing"):
         genai.read_folder(broken)
+
+
+def test_model_builder_folder(builder_dir: Path, tiny: torch.nn.Module) -> None:
+    """The builder's graph (GroupQueryAttention, SimplifiedLayerNormalization in the ONNX domain, packed
+    q/k/v) is the same model: same logits as PyTorch; quantize rewrites its linear layers and it runs."""
+    prompt, continuation = token_ids(7, PROMPT_LEN), token_ids(8, CONTINUATION_LEN)
+    reference = torch_nll(tiny, prompt, continuation)
+    np.testing.assert_allclose(genai.continuation_nll(genai.load(builder_dir), prompt, continuation), reference, atol=1e-4)
+    out = builder_dir.parent / "tiny-builder-stamp"
+    report = genai.quantize_folder(builder_dir, out, StampConfig(hp_tokens=4, levels=2, hp_bits=16, lp_bits=16))
+    # per layer: packed q/k/v, o_proj, gate, up, down; then lm_head
+    assert len(report.rewritten) == 2 * 5 + 1
+    assert {item.reason for item in report.skipped_linear} <= {"not rewritten: fused op com.microsoft.GroupQueryAttention"}
+    # at 16 bits everywhere the rewrite is nearly lossless: the graph around the layers is intact
+    nll = genai.continuation_nll(genai.load(out), prompt, continuation)
+    np.testing.assert_allclose(nll, reference, atol=2e-3)
+
+
+def test_quality_metric(float_dir: Path, stamp_dir: Path, tiny: torch.nn.Module) -> None:
+    windows = np.array([token_ids(seed, PROMPT_LEN + CONTINUATION_LEN) for seed in (11, 12)])
+    pairs = genai_eval.split_windows(windows, PROMPT_LEN)
+    rows = genai_eval.evaluate_quality({"float": float_dir, "stamp": stamp_dir}, pairs, generate=6)
+    reference = np.concatenate([torch_nll(tiny, prompt, rest) for prompt, rest in pairs])
+    assert rows[0].label == "float" and rows[0].agreement is None
+    assert rows[0].perplexity == pytest.approx(float(np.exp(reference.mean())), rel=1e-4)
+    assert rows[1].label == "stamp" and 0 <= (rows[1].agreement or 0) <= 6
+    assert rows[1].perplexity != rows[0].perplexity
+    assert "| stamp |" in genai_eval.quality_table(rows)
+    with pytest.raises(ConfigError, match="continuation"):
+        genai_eval.split_windows(windows, PROMPT_LEN + CONTINUATION_LEN)
+
+
+def test_first_divergence() -> None:
+    assert genai.first_divergence([1, 2, 3], [1, 2, 4]) == 2
+    assert genai.first_divergence([1, 2, 3], [1, 2, 3]) == 3
+    assert genai.first_divergence([5], [4, 5]) == 0

@@ -201,23 +201,40 @@ def write_transformers_files(loaded: LoadedModel, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def run_config_builder(hf_dir: Path, out_dir: Path) -> None:
-    """onnxruntime-genai's model builder, config only: genai_config.json and the tokenizer files."""
+def run_model_builder(hf_dir: Path, out_dir: Path, *, precision: str = "fp32", config_only: bool = False) -> None:
+    """onnxruntime-genai's model builder on the transformers folder ``hf_dir`` (CPU), into ``out_dir``.
+
+    ``config_only``: genai_config.json and the tokenizer files, no model.
+    """
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
-               "-p", "fp32", "-e", "cpu", "-c", str(hf_dir / "cache"), "--extra_options", "config_only=true"]
+               "-p", precision, "-e", "cpu", "-c", str(hf_dir / "cache")]
+    if config_only:
+        command += ["--extra_options", "config_only=true"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not (out_dir / CONFIG_FILE).is_file():
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        raise ExportError(f"onnxruntime-genai's model builder could not write {CONFIG_FILE}: "
-                          f"{lines[-1] if lines else 'no output'}")
+        raise ExportError(f"onnxruntime-genai's model builder failed: {lines[-1] if lines else 'no output'}")
 
 
-def export_genai(loaded: LoadedModel, out_dir: str | Path) -> Path:
-    """Write ``out_dir``: the KV-cache decoder, genai_config.json and the tokenizer files.
+def build_with_model_builder(loaded: LoadedModel, out_dir: str | Path, *, precision: str = "fp32") -> Path:
+    """``out_dir``: ``loaded`` converted by onnxruntime-genai's own model builder (its graphs, its
+    GroupQueryAttention), from the fp32 weights of the loaded model; a foreign model for ``quantize``
+    and the int4 reference of the speed table."""
+    from safetensors.torch import save_model
 
-    Built in a temporary folder beside ``out_dir`` and renamed into place, so a failure leaves
-    nothing behind. ``out_dir`` must not exist yet (or be an empty folder).
-    """
+    out = _new_folder(loaded, out_dir)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        work, hf_dir = Path(tmp) / "genai", Path(tmp) / "hf"
+        hf_dir.mkdir()
+        write_transformers_files(loaded, hf_dir)
+        save_model(loaded.module, str(hf_dir / "model.safetensors"))
+        run_model_builder(hf_dir, work, precision=precision)
+        _move_into(work, out)
+    return out
+
+
+def _new_folder(loaded: LoadedModel, out_dir: str | Path) -> Path:
+    """``out_dir`` checked: a causal LM, a folder that does not exist yet (or is empty), its parent present."""
     if importlib.util.find_spec("onnxruntime_genai") is None:
         raise ExportError("--kv-cache writes genai_config.json with onnxruntime-genai's model builder: "
                           "pip install onnxruntime-genai")
@@ -228,12 +245,28 @@ def export_genai(loaded: LoadedModel, out_dir: str | Path) -> Path:
         raise ConfigError(f"output {out} exists and is not an empty folder; choose a new folder for --kv-cache")
     if not out.parent.is_dir():
         raise ConfigError(f"output folder {out.parent} does not exist; create it first")
+    return out
+
+
+def _move_into(work: Path, out: Path) -> None:
+    if out.exists():
+        out.rmdir()
+    shutil.move(str(work), out)
+
+
+def export_genai(loaded: LoadedModel, out_dir: str | Path) -> Path:
+    """Write ``out_dir``: the KV-cache decoder, genai_config.json and the tokenizer files.
+
+    Built in a temporary folder beside ``out_dir`` and renamed into place, so a failure leaves
+    nothing behind. ``out_dir`` must not exist yet (or be an empty folder).
+    """
+    out = _new_folder(loaded, out_dir)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         work, hf_dir = Path(tmp) / "genai", Path(tmp) / "hf"
         work.mkdir()
         hf_dir.mkdir()
         write_transformers_files(loaded, hf_dir)
-        run_config_builder(hf_dir, work)
+        run_model_builder(hf_dir, work, config_only=True)
         export_kv_decoder(loaded, work / MODEL_FILE)
         path = work / CONFIG_FILE
         genai = json.loads(path.read_text())
@@ -241,9 +274,7 @@ def export_genai(loaded: LoadedModel, out_dir: str | Path) -> Path:
         decoder["filename"] = MODEL_FILE
         decoder["inputs"]["position_ids"] = "position_ids"
         path.write_text(json.dumps(genai, indent=4) + "\n")
-        if out.exists():
-            out.rmdir()
-        shutil.move(str(work), out)
+        _move_into(work, out)
     logger.info("wrote the onnxruntime-genai folder %s", out)
     return out
 
