@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is
                                 reason="onnxruntime-genai is not installed (optional extra `genai`)")
 
 PROMPT_LEN, CONTINUATION_LEN = 19, 9
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +41,24 @@ def tiny() -> torch.nn.Module:
     return load_model("tiny-llama").module
 
 
+def readme_commands() -> list[list[str]]:
+    """The README's genai commands, on the tiny LLaMA instead of SmolLM2."""
+    section = README.split("## Generating text", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, "README's generation section has no sh block"
+    return [["tiny-llama" if a == "smollm2-135m" else a for a in shlex.split(line, comments=True)[1:]]
+            for line in block.group(1).splitlines() if line.startswith("stamp-onnx ")]
+
+
 @pytest.fixture(scope="module")
 def float_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_genai(load_model("tiny-llama"), tmp_path_factory.mktemp("genai") / "tiny")
+    """The README's export command, run in a fresh folder."""
+    export = readme_commands()[0]
+    assert export[:3] == ["export", "tiny-llama", "--kv-cache"]
+    root = tmp_path_factory.mktemp("genai")
+    out = root / export[export.index("-o") + 1]
+    assert main(["-q", *export[:-1], str(out)]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +72,17 @@ def stamp_dir(float_dir: Path) -> Path:
 def builder_dir(float_dir: Path) -> Path:
     """The tiny LLaMA through onnxruntime-genai's own model builder (fp32, CPU): a foreign file."""
     return build_with_model_builder(load_model("tiny-llama"), float_dir.parent / "tiny-builder")
+
+
+def test_readme_commands(float_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's quantize and generate commands, as written, after its export (the fixture)."""
+    monkeypatch.chdir(float_dir.parent)
+    commands = readme_commands()
+    assert [c[0] for c in commands] == ["export", "quantize", "generate"]
+    for argv in commands[1:]:
+        assert main(["-q", *argv]) == 0, argv
+    out = capsys.readouterr()
+    assert "\nThe capital of France is" in out.out and "decode:" in out.err
 
 
 def token_ids(seed: int, n: int) -> list[int]:
@@ -84,7 +113,7 @@ def test_folder_layout(float_dir: Path) -> None:
     assert decoder["outputs"]["present_value_names"] == "present.%d.value"
     assert decoder["inputs"]["position_ids"] == "position_ids"
     assert (decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]) == (2, 2, 16)
-    assert not list(float_dir.parent.glob(".tiny.*")), "the temporary build folder was left behind"
+    assert not list(float_dir.parent.glob(f".{float_dir.name}.*")), "the temporary build folder was left behind"
 
 
 @pytest.mark.parametrize("seed", [0, 1])

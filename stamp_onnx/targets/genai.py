@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -134,18 +135,26 @@ def require_genai() -> Any:
 
 def load(path: str | Path, *, native: bool = True) -> Any:
     """``onnxruntime_genai.Model`` of the folder, with the native kernels registered when
-    ``native`` and they are built (else the ai.stamp ops run as their function bodies)."""
+    ``native`` and they are built (else the ai.stamp ops run as their function bodies).
+
+    onnxruntime-genai accepts a custom-op library only from inside the working directory (or the
+    model folder), so the working directory is the library's folder while the model loads.
+    """
     og = require_genai()
     folder = read_folder(path)
     library = runtime.native_library() if native else None
+    previous = Path.cwd()
     try:
-        config = og.Config(str(folder.path))
+        config = og.Config(str(folder.path.resolve()))
         if library is not None:
-            options = {"custom_ops_library": str(library)}
+            options = {"custom_ops_library": str(library.resolve())}
             config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+            os.chdir(library.resolve().parent)
         return og.Model(config)
     except Exception as err:  # onnxruntime-genai raises RuntimeError with the runtime's message
         raise ModelLoadError(f"onnxruntime-genai cannot load {folder.path}: {first_line(err)}") from err
+    finally:
+        os.chdir(previous)
 
 
 @dataclasses.dataclass(frozen=True)
