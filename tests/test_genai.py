@@ -208,3 +208,10 @@ def test_first_divergence() -> None:
     assert genai.first_divergence([1, 2, 3], [1, 2, 4]) == 2
     assert genai.first_divergence([1, 2, 3], [1, 2, 3]) == 3
     assert genai.first_divergence([5], [4, 5]) == 0
+
+
+def test_speed_rows(float_dir: Path, stamp_dir: Path) -> None:
+    rows = genai_eval.measure_speed({"float": float_dir, "stamp": stamp_dir}, token_ids(3, 12), new_tokens=4, rounds=2)
+    assert [r.label for r in rows] == ["float", "stamp"]
+    assert all(r.prefill_tokens_per_second > 0 and r.decode_tokens_per_second > 0 for r in rows)
+    assert "| stamp |" in genai_eval.speed_table(rows)

@@ -273,6 +273,8 @@ def export_genai(loaded: LoadedModel, out_dir: str | Path) -> Path:
         decoder = genai["model"]["decoder"]
         decoder["filename"] = MODEL_FILE
         decoder["inputs"]["position_ids"] = "position_ids"
+        # our decoder keeps every layer's whole cache (the mask applies the window)
+        decoder.pop("sliding_window", None)
         path.write_text(json.dumps(genai, indent=4) + "\n")
         _move_into(work, out)
     logger.info("wrote the onnxruntime-genai folder %s", out)
