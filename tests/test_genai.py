@@ -215,3 +215,12 @@ def test_speed_rows(float_dir: Path, stamp_dir: Path) -> None:
     assert [r.label for r in rows] == ["float", "stamp"]
     assert all(r.prefill_tokens_per_second > 0 and r.decode_tokens_per_second > 0 for r in rows)
     assert "| stamp |" in genai_eval.speed_table(rows)
+
+
+def test_generate_without_the_package(float_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime_genai" else find_spec(name, *a))
+    assert main(["generate", str(float_dir), "--prompt", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs onnxruntime-genai" in err
