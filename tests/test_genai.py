@@ -224,3 +224,38 @@ def test_generate_without_the_package(float_dir: Path, monkeypatch: pytest.Monke
     assert main(["generate", str(float_dir), "--prompt", "x"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs onnxruntime-genai" in err
+
+
+def test_sliding_window_decoder_matches_pytorch(tmp_path: Path) -> None:
+    """Gemma-3's attention (a sliding-window layer, window 4, and a global one) exported with a
+    KV cache: each layer keeps its whole past, the mask applies the window; prefill then one
+    token per call in onnxruntime gives PyTorch's logits on the whole sequence."""
+    import onnxruntime as ort
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from stamp_onnx.zoo.genai_export import export_kv_decoder, past_names
+    from stamp_onnx.zoo.models import LoadedModel
+
+    config = Gemma3TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+                              attn_implementation="eager", use_cache=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = Gemma3ForCausalLM(config).eval()
+    loaded = LoadedModel(name="tiny-gemma3", kind="causal-lm", module=module, tokenizer=None, max_length=512,
+                         vocab_size=256, input_names=("input_ids",))
+    session = ort.InferenceSession(str(export_kv_decoder(loaded, tmp_path / "gemma.onnx")))
+    ids = token_ids(21, 16)
+    with torch.no_grad():
+        reference = module(input_ids=torch.tensor([ids])).logits[0].numpy()
+    prompt = 9
+    cache = [np.zeros((1, 2, 0, 16), np.float32)] * 4
+    logits = []
+    for start, stop in [(0, prompt), *((t, t + 1) for t in range(prompt, len(ids)))]:
+        feeds = {"input_ids": np.array([ids[start:stop]]), "attention_mask": np.ones((1, stop), np.int64),
+                 "position_ids": np.arange(start, stop)[None], **dict(zip(past_names(2), cache, strict=True))}
+        first, *cache = session.run(None, feeds)
+        logits.append(first[0])
+    assert cache[0].shape == (1, 2, len(ids), 16)
+    np.testing.assert_allclose(np.concatenate(logits), reference, atol=1e-5)

@@ -213,7 +213,9 @@ def run_model_builder(hf_dir: Path, out_dir: Path, *, precision: str = "fp32", c
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not (out_dir / CONFIG_FILE).is_file():
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        raise ExportError(f"onnxruntime-genai's model builder failed: {lines[-1] if lines else 'no output'}")
+        what = "write genai_config.json for" if config_only else "convert"
+        raise ExportError(f"onnxruntime-genai's model builder could not {what} this model: "
+                          f"{lines[-1] if lines else 'no output'}")
 
 
 def build_with_model_builder(loaded: LoadedModel, out_dir: str | Path, *, precision: str = "fp32") -> Path:
