@@ -250,9 +250,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from stamp_onnx.graph.calibration import load_feeds
 
         feeds = load_feeds(args.calibration)
-    if args.input.is_dir():
-        from stamp_onnx.targets.genai import quantize_folder
+    from stamp_onnx.targets.genai import is_genai_folder, quantize_folder
 
+    if is_genai_folder(args.input):
         report = quantize_folder(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds)
     else:
         report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds)

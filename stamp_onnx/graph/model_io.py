@@ -39,7 +39,8 @@ def load_model(path: str | Path, error: type[StampError] = ModelLoadError) -> ir
     if not path.exists():
         raise error(f"{path}: no such file; pass the path of an .onnx model")
     if path.is_dir():
-        raise error(f"{path} is a directory; pass the path of an .onnx model file")
+        raise error(f"{path} is a directory; pass the path of an .onnx model file "
+                    "(or of an onnxruntime-genai folder, which holds genai_config.json)")
     if path.stat().st_size == 0:
         raise error(f"{path} is empty; pass a valid .onnx model")
     try:
