@@ -1,7 +1,8 @@
 """An LLM in onnxruntime-genai: float vs rewritten configs, quality and speed (docs/results.md).
 
 Builds what is missing in ``--out-dir`` (the float folder of ``export --kv-cache``, one
-rewritten folder per config, the model builder's int4 folder for the speed table), then:
+rewritten folder per config; with ``--builder`` the model builder's fp32 folder, its STaMP
+rewrite and its int4 folder), then:
 
 1. checks that the float folder's greedy tokens equal PyTorch's (transformers ``generate``,
    greedy, with its own cache) on each prompt;
@@ -11,7 +12,9 @@ rewritten folder per config, the model builder's int4 folder for the speed table
 
 Prompts are evenly spaced text windows of the model's corpus (the same windows on every run).
 
-    .venv/bin/python tools/genai_bench.py smollm2-135m --out-dir out/genai
+    .venv/bin/python tools/genai_bench.py smollm2-135m --out-dir out/genai --skip speed
+    .venv/bin/python tools/genai_bench.py smollm2-135m --out-dir out/genai --skip check speed --configs --builder
+    .venv/bin/python tools/genai_bench.py smollm2-135m --out-dir out/genai --skip check quality --builder
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ CONFIGS: dict[str, list[str]] = {
 LABELS = {
     "float": "float (fp32)", "stamp": "STaMP Haar (8/4 bits, K=64, P=1)", "none": "`none` (first 64 tokens 8 bits, rest 4)",
     "a8": "per-token A8", "stamp-h": "STaMP Haar + Hadamard", "none-h": "`none` + Hadamard", "a8-h": "per-token A8 + Hadamard",
+    "builder-fp32": "model builder fp32 (GroupQueryAttention)", "builder-fp32-stamp": "model builder fp32, STaMP Haar",
     "builder-int4": "model builder int4 (MatMulNBits)",
 }
 
 
-def folders(model: str, out_dir: Path, configs: list[str], *, int4: bool) -> dict[str, Path]:
+def folders(model: str, out_dir: Path, configs: list[str], *, builder: bool) -> dict[str, Path]:
     loaded = None
     base = out_dir / model.replace("/", "_")
     paths = {"float": base}
@@ -54,11 +58,17 @@ def folders(model: str, out_dir: Path, configs: list[str], *, int4: bool) -> dic
         if not path.exists() and cli(["-q", "quantize", str(base), "-o", str(path), *CONFIGS[name]]) != 0:
             raise SystemExit(f"quantize {name} failed")
         paths[name] = path
-    if int4:
-        path = Path(f"{base}-builder-int4")
-        if not path.exists():
-            build_with_model_builder(loaded or load_model(model), path, precision="int4")
-        paths["builder-int4"] = path
+    if builder:  # onnxruntime-genai's own graphs: fp32, its STaMP rewrite, and int4
+        for precision in ("fp32", "int4"):
+            path = Path(f"{base}-builder-{precision}")
+            if not path.exists():
+                loaded = loaded or load_model(model)
+                build_with_model_builder(loaded, path, precision=precision)
+            paths[f"builder-{precision}"] = path
+        path = Path(f"{base}-builder-fp32-stamp")
+        if not path.exists() and cli(["-q", "quantize", str(paths["builder-fp32"]), "-o", str(path)]) != 0:
+            raise SystemExit("quantize builder-fp32 failed")
+        paths["builder-fp32-stamp"] = path
     return paths
 
 
@@ -80,7 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default="smollm2-135m")
     parser.add_argument("--out-dir", type=Path, default=Path("out/genai"))
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--builder", action="store_true",
+                        help="also the model builder's folders: fp32, its STaMP rewrite, int4")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--continuation", type=int, default=64)
@@ -91,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    paths = folders(args.model, args.out_dir, args.configs, int4="speed" not in args.skip)
+    paths = folders(args.model, args.out_dir, args.configs, builder=args.builder)
     windows = evaluation_samples(load_model(args.model), args.prompts, args.prompt_len + args.continuation, 0)
     pairs = genai_eval.split_windows(windows.feeds["input_ids"], args.prompt_len)
     print(f"{args.model}: {len(pairs)} windows of {windows.description}, prompt {args.prompt_len} + continuation "
@@ -102,8 +114,7 @@ def main() -> None:
               f"difference {agree} ({sum(a == args.generate for a in agree)}/{len(agree)} identical)")
     if "quality" not in args.skip:
         start = time.perf_counter()
-        quality = {k: v for k, v in paths.items() if k != "builder-int4"}
-        rows = genai_eval.evaluate_quality(quality, pairs, generate=args.generate)
+        rows = genai_eval.evaluate_quality(paths, pairs, generate=args.generate)
         rows = [genai_eval.Quality(LABELS[r.label], r.perplexity, r.agreement, r.generated) for r in rows]
         print(genai_eval.quality_table(rows))
         print(f"({time.perf_counter() - start:.0f} s)")
