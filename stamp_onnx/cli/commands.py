@@ -1,4 +1,4 @@
-"""Command line: export, quantize, inspect, validate, demo.
+"""Command line: export, quantize, inspect, validate, compare, eval, generate, demo.
 
 Every user error (StampError) becomes one line on stderr and a non-zero exit (2 for usage and
 config errors, 1 otherwise); ``--debug`` shows the traceback instead. ``quantize`` and ``inspect``
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a PyTorch model to ONNX (dynamo exporter)")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or transformers dir (default {DEFAULT_MODEL})")
     p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--kv-cache", action="store_true",
+                   help="causal LMs: write a folder for onnxruntime-genai (decoder with past_key_values/present, "
+                   "genai_config.json, tokenizer files); -o is the new folder")
     p.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
                    help="also write calibration inputs from the model's own data (for quantize --calibration)")
     p.add_argument("--calibration-samples", type=int, help=f"samples in --calibration-data (default {CALIBRATION_SAMPLES})")
@@ -64,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per text sample in --calibration-data (default 256); the windows are held out from "
                    f"an evaluation of --windows {DEFAULT_WINDOWS} at that length")
 
-    p = sub.add_parser("quantize", help="rewrite every linear layer of an ONNX model with STaMP")
-    p.add_argument("input", type=Path)
+    p = sub.add_parser("quantize", help="rewrite every linear layer of an ONNX model (or a genai folder) with STaMP")
+    p.add_argument("input", type=Path, help="an .onnx file, or an onnxruntime-genai folder (then -o is a new folder)")
     p.add_argument("-o", "--output", required=True, type=Path)
     _add_config_flags(p)
     p.add_argument("--inline", action="store_true",
@@ -130,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                   "(the first --htp-samples)")
     p.add_argument("--fold-input", action="append", default=[], metavar="NAME",
                    help="--ep htp: make this input a constant, as quantize --target htp --fold-input does")
+
+    p = sub.add_parser("generate", help="generate text with an onnxruntime-genai folder (greedy), print tokens per second")
+    p.add_argument("model", type=Path, metavar="DIR", help="a folder with genai_config.json (export --kv-cache, quantize)")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate at most (default 32)")
+    p.add_argument("--no-native", dest="native", action="store_false",
+                   help="run the ai.stamp ops as their function bodies even when the folder names the native kernels")
 
     p = sub.add_parser("demo", help=f"export {DEFAULT_MODEL}, rewrite it (STaMP and the per-token baseline), validate")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -224,6 +234,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.calibration_data is None and (args.calibration_samples is not None or args.calibration_seq_len is not None):
         raise ConfigError("--calibration-samples and --calibration-seq-len describe --calibration-data; pass it too")
+    if args.kv_cache:
+        if args.calibration_data is not None:
+            raise ConfigError("--calibration-data writes inputs of the export without a KV cache; drop it with --kv-cache")
+        from stamp_onnx.zoo.genai_export import export_genai
+
+        export_genai(load_model(args.model), args.output)
+        print(f"wrote {args.output}: model.onnx (KV cache), genai_config.json, tokenizer files")
+        return 0
     loaded = load_model(args.model)
     if args.calibration_data is not None:
         from stamp_onnx.graph.calibration import save_feeds
@@ -255,8 +273,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from stamp_onnx.graph.calibration import load_feeds
 
         feeds = load_feeds(args.calibration)
-    report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds,
-                           target=args.target)
+    from stamp_onnx.targets.genai import is_genai_folder, quantize_folder
+
+    if is_genai_folder(args.input):
+        report = quantize_folder(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds,
+                                 target=args.target)
+    else:
+        report = quantize_file(args.input, args.output, config, inline=args.inline, calibration_feeds=feeds,
+                               target=args.target)
     skipped = report.skipped_linear
     if args.json:
         print(json.dumps({"config": json.loads(config.to_json()), **report.to_dict()}, indent=2))
@@ -400,6 +424,22 @@ def _eval_htp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from stamp_onnx.targets import genai
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    folder = genai.read_folder(args.model)
+    model = genai.load(folder.path, native=args.native)
+    tokenizer = genai.require_genai().Tokenizer(model)
+    prompt = [int(t) for t in tokenizer.encode(args.prompt)]
+    result = genai.generate(model, prompt, args.max_new_tokens, eos=genai.eos_ids(folder))
+    print(args.prompt + tokenizer.decode(result.tokens))
+    print(f"prefill: {result.prompt_tokens} tokens, {result.prefill_tokens_per_second:.1f} tokens/s; "
+          f"decode: {len(result.tokens)} tokens, {result.decode_tokens_per_second:.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stamp_onnx.cli.demo import run_demo
 
@@ -416,6 +456,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "htp-check": htp.check,
     "eval": cmd_eval,
+    "generate": cmd_generate,
     "demo": cmd_demo,
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -38,7 +39,8 @@ def load_model(path: str | Path, error: type[StampError] = ModelLoadError) -> ir
     if not path.exists():
         raise error(f"{path}: no such file; pass the path of an .onnx model")
     if path.is_dir():
-        raise error(f"{path} is a directory; pass the path of an .onnx model file")
+        raise error(f"{path} is a directory; pass the path of an .onnx model file "
+                    "(or of an onnxruntime-genai folder, which holds genai_config.json)")
     if path.stat().st_size == 0:
         raise error(f"{path} is empty; pass a valid .onnx model")
     try:
@@ -49,7 +51,7 @@ def load_model(path: str | Path, error: type[StampError] = ModelLoadError) -> ir
         raise error(f"{path} holds no graph nodes: it is not an ONNX model or it is empty")
     check_external_data(model, path)
     try:  # by path: the C++ checker reads the graph only, however large the weights
-        onnx.checker.check_model(str(path))
+        check_file(path)
     except onnx.checker.ValidationError as err:
         raise error(
             f"{path} fails onnx.checker ({first_line(err)}); fix or re-export the model"
@@ -116,6 +118,55 @@ def check_output_path(in_path: str | Path, out_path: str | Path) -> Path:
     return out
 
 
+# Ops that onnxruntime registers in the ONNX domain itself although ONNX does not define them;
+# onnxruntime-genai's model builder writes them (e.g. SmolLM2's RMSNorm).
+ORT_ONNX_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+_NO_OP = re.compile(r"No Op registered for (\w+) with domain_version")
+
+
+def check_file(path: str | Path, *, full_check: bool = False) -> None:
+    """onnx.checker on the file at ``path``; ValidationError (or InferenceError) when it fails.
+
+    A model whose only unknown ops are onnxruntime's ONNX-domain ones
+    (:data:`ORT_ONNX_DOMAIN_OPS`) is checked with those nodes moved to onnxruntime's own domain
+    for the check (the graph only, without its external data): the checker then treats them like
+    any contrib op instead of refusing the file.
+    """
+    try:
+        onnx.checker.check_model(str(path), full_check=full_check)
+        return
+    except onnx.checker.ValidationError as err:
+        found = _NO_OP.search(str(err))
+        if found is None or found.group(1) not in ORT_ONNX_DOMAIN_OPS:
+            raise
+    proto = onnx.load(str(path), load_external_data=False)
+    moved = 0
+    # the external weights become graph inputs of their type and shape: nothing is read
+    weights = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in weights:
+        proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        proto.graph.initializer.remove(tensor)
+    for graph in _graphs(proto.graph):
+        for node in graph.node:
+            if node.domain in ("", "ai.onnx") and node.op_type in ORT_ONNX_DOMAIN_OPS:
+                node.domain = "com.microsoft"
+                moved += 1
+    if not any(entry.domain == "com.microsoft" for entry in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    logger.debug("checking %s with %d onnxruntime ONNX-domain nodes as com.microsoft", path, moved)
+    onnx.checker.check_model(proto, full_check=full_check)
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+            for sub in attribute.graphs:
+                yield from _graphs(sub)
+
+
 def save_model(model: ir.Model, out_path: str | Path) -> Path:
     """Check and write ``model`` atomically.
 
@@ -144,7 +195,7 @@ def save_model(model: ir.Model, out_path: str | Path) -> Path:
         else:
             ir.save(model, tmp_model)
         try:
-            onnx.checker.check_model(str(tmp_model), full_check=True)
+            check_file(tmp_model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
             raise RewriteError(
                 f"the rewritten model fails onnx.checker (full check): {first_line(err)}; "
