@@ -286,8 +286,7 @@ def _levels(value: object) -> int | str:
         text = value.strip().lower()
         if text == AUTO_LEVELS:
             return AUTO_LEVELS
-        if text.isdigit():
-            value = int(text)
+        value = int(text) if text.lstrip("+-").isdigit() else text
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LEVELS:
         raise ConfigError(f"levels={value!r} is not allowed; use an integer in [0, {MAX_LEVELS}] or 'auto'")
     return value
