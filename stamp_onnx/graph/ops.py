@@ -395,8 +395,9 @@ def _tokens_slice(body: _Body, x: ir.Value, start: ir.Value, end: ir.Value, step
 
 class _Levels:
     """The Haar levels of a body: ``count`` levels unrolled and, for AUTO, ``active``: the levels
-    applied, an int64 [1] computed in the graph from the token count (MAX_LEVELS are unrolled;
-    a level at or past ``active`` is given a band of one token, on which it is the identity)."""
+    applied, an int64 [1] computed in the graph from the token count (MAX_LEVELS are unrolled by
+    :func:`_haar_forward_auto` / :func:`_haar_inverse_auto`; a level at or past ``active`` pairs
+    no tokens and only passes the low band on, which then holds at most low_band tokens)."""
 
     def __init__(self, count: int, active: ir.Value | None = None) -> None:
         self.count, self.active = count, active
@@ -415,11 +416,10 @@ class _Levels:
         above = body.op("Cast", [body.op("Greater", [band, _i64s(body, max(spec.low_band, 1))])], to=ir.DataType.INT64)
         return _Levels(MAX_LEVELS, body.op("ReduceSum", [above, _i64(body, 0)], keepdims=1))
 
-    def band(self, body: _Body, level: int, n: ir.Value) -> ir.Value:
-        """The band length ``n`` that level ``level`` (0-based) transforms, or 1 where it is not applied."""
-        if self.active is None:
-            return n
-        return body.op("Where", [body.op("Less", [_i64(body, level), self.active]), n, _i64(body, 1)])
+    def applied(self, body: _Body, level: int) -> ir.Value:
+        """bool [1]: whether level ``level`` (0-based) is applied (AUTO only)."""
+        assert self.active is not None
+        return body.op("Less", [_i64(body, level), self.active])
 
     def counts(self, body: _Body, level: int, above: ir.Value) -> ir.Value:
         """``above`` (bool), kept only where level ``level`` (1-based) is applied."""
@@ -429,25 +429,28 @@ class _Levels:
 
 
 def _haar_forward(body: _Body, x: ir.Value, levels: _Levels) -> ir.Value:
+    if levels.active is not None:
+        return _haar_forward_auto(body, x, levels)
     c = body.const(np.array(transforms.INV_SQRT2, np.float32))
     zero, one, two, end = _i64(body, 0), _i64(body, 1), _i64(body, 2), _i64(body, _INT64_MAX)
     n = body.op("Shape", [x], start=-2, end=-1)
-    for level in range(levels.count):
-        band = levels.band(body, level, n)
-        m = body.op("Div", [band, two])
+    for _ in range(levels.count):
+        m = body.op("Div", [n, two])
         two_m = body.op("Mul", [m, two])
         even = _tokens_slice(body, x, zero, two_m, 2)
         odd = _tokens_slice(body, x, one, two_m, 2)
         low = body.op("Mul", [body.op("Add", [even, odd]), c])
         high = body.op("Mul", [body.op("Sub", [even, odd]), c])
-        tail = _tokens_slice(body, x, two_m, band)
-        rest = _tokens_slice(body, x, band, end)
+        tail = _tokens_slice(body, x, two_m, n)
+        rest = _tokens_slice(body, x, n, end)
         x = body.op("Concat", [low, tail, high, rest], axis=-2)
         n = body.op("Div", [body.op("Add", [n, one]), two])
     return x
 
 
 def _haar_inverse(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
+    if levels.active is not None:
+        return _haar_inverse_auto(body, y, levels)
     c = body.const(np.array(transforms.INV_SQRT2, np.float32))
     zero, two, end = _i64(body, 0), _i64(body, 2), _i64(body, _INT64_MAX)
     s = body.op("Shape", [y], start=-2, end=-1)
@@ -456,7 +459,6 @@ def _haar_inverse(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
     for level in reversed(range(levels.count)):
         step = 1 << level
         n = body.op("Div", [body.op("Add", [s, _i64(body, step - 1)]), _i64(body, step)])
-        n = levels.band(body, level, n)
         m = body.op("Div", [n, two])
         low_len = body.op("Sub", [n, m])
         low = _tokens_slice(body, y, zero, m)
@@ -474,6 +476,61 @@ def _haar_inverse(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
         pairs = body.op("Reshape", [pairs, shape], allowzero=1)
         y = body.op("Concat", [pairs, tail, rest], axis=-2)
     return y
+
+
+def _haar_forward_auto(body: _Body, x: ir.Value, levels: _Levels) -> ir.Value:
+    """The forward Haar with its levels chosen in the graph: the butterflies of :func:`_haar_forward`
+    (the same float32 operations), each level on the low band only, its details set aside and
+    concatenated at the end as [a_L | d_L | ... | d_1]. A level that is not applied pairs no
+    tokens (m = 0) and passes on a low band of at most low_band tokens, so the levels past L cost
+    almost nothing (the fixed-level body copies the whole sequence at every level)."""
+    c = body.const(np.array(transforms.INV_SQRT2, np.float32))
+    zero, one, two, end = _i64(body, 0), _i64(body, 1), _i64(body, 2), _i64(body, _INT64_MAX)
+    details = []
+    for level in range(levels.count):
+        n = body.op("Shape", [x], start=-2, end=-1)
+        m = body.op("Where", [levels.applied(body, level), body.op("Div", [n, two]), zero])
+        two_m = body.op("Mul", [m, two])
+        even = _tokens_slice(body, x, zero, two_m, 2)
+        odd = _tokens_slice(body, x, one, two_m, 2)
+        details.append(body.op("Mul", [body.op("Sub", [even, odd]), c]))
+        low = body.op("Mul", [body.op("Add", [even, odd]), c])
+        x = body.op("Concat", [low, _tokens_slice(body, x, two_m, end)], axis=-2)
+    return body.op("Concat", [x, *reversed(details)], axis=-2)
+
+
+def _haar_inverse_auto(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
+    """The inverse of :func:`_haar_forward_auto` with the butterflies of :func:`_haar_inverse`:
+    from a_L = y[:ceil(s / 2^L)], each applied level l = L..1 interleaves its low band with d_l,
+    read from y at [ceil(s / 2^l), ceil(s / 2^(l-1))); a level not applied reads nothing."""
+    assert levels.active is not None
+    c = body.const(np.array(transforms.INV_SQRT2, np.float32))
+    zero, two = _i64(body, 0), _i64(body, 2)
+    s = body.op("Shape", [y], start=-2, end=-1)
+    lead = body.op("Shape", [y], end=-2)
+    feat = body.op("Shape", [y], start=-1)
+    steps = body.const(np.array([1 << level for level in range(levels.count + 1)], np.int64))
+    step = body.op("Gather", [steps, levels.active], axis=0)
+    a = _tokens_slice(body, y, zero, body.op("Div", [body.op("Sub", [body.op("Add", [s, step]), _i64(body, 1)]), step]))
+    for level in reversed(range(levels.count)):
+        size = 1 << level
+        n = body.op("Div", [body.op("Add", [s, _i64(body, size - 1)]), _i64(body, size)])  # band length before the level
+        applied = levels.applied(body, level)
+        m = body.op("Where", [applied, body.op("Div", [n, two]), zero])
+        stop = body.op("Where", [applied, n, zero])
+        high = _tokens_slice(body, y, body.op("Sub", [stop, m]), stop)
+        low = _tokens_slice(body, a, zero, m)
+        tail = _tokens_slice(body, a, m, _i64(body, _INT64_MAX))
+        even = body.op("Mul", [body.op("Add", [low, high]), c])
+        odd = body.op("Mul", [body.op("Sub", [low, high]), c])
+        pairs = body.op(
+            "Concat",
+            [body.op("Unsqueeze", [even, _i64(body, -2)]), body.op("Unsqueeze", [odd, _i64(body, -2)])],
+            axis=-2,
+        )
+        shape = body.op("Concat", [lead, body.op("Mul", [m, two]), feat], axis=0)
+        a = body.op("Concat", [body.op("Reshape", [pairs, shape], allowzero=1), tail], axis=-2)
+    return a
 
 
 def _haar2d(body: _Body, x: ir.Value, spec: SequenceTransformSpec, *, inverse: bool) -> ir.Value:
