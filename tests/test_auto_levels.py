@@ -15,6 +15,7 @@ from pathlib import Path
 import backends
 import models
 import numpy as np
+import onnx
 import onnx_ir as ir
 import oracles
 import pytest
@@ -206,3 +207,24 @@ def test_reference_and_layer_check_follow_auto_levels(tmp_path: Path, backend: s
         assert diffs and all(d.qdq_mismatches == 0 for d in diffs)
         assert max(d.transform_rel for d in diffs) < 1e-5
         assert max(d.output_rel for d in diffs) < 1e-4
+
+
+def test_cli_levels_auto_inline_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`quantize --levels auto` (functions and --inline: the same outputs bit for bit), `inspect` names it."""
+    import onnxruntime as ort
+
+    from stamp_onnx.cli.commands import main
+
+    source = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
+    functions, inlined = tmp_path / "f.onnx", tmp_path / "i.onnx"
+    flags = ["--levels", "auto", "--hp-tokens", "5"]
+    assert main(["-q", "quantize", str(source), "-o", str(functions), *flags]) == 0
+    assert main(["-q", "quantize", str(source), "-o", str(inlined), "--inline", *flags]) == 0
+    assert not any(node.domain == ops.DOMAIN for node in onnx.load(str(inlined)).graph.node)
+    x = np.random.default_rng(5).standard_normal((2, 70, models.D_IN)).astype(np.float32)
+    got = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0] for p in (functions, inlined)]
+    np.testing.assert_array_equal(got[0], got[1])
+    capsys.readouterr()
+    assert main(["inspect", str(functions), "--seq-len", "70"]) == 0
+    text = capsys.readouterr().out
+    assert "haar L=auto" in text and " auto 5 " in text  # 69 tokens: ceil(69 / 32) = 3 <= 4 < ceil(69 / 16)
