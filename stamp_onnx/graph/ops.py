@@ -494,8 +494,8 @@ def _haar_forward_auto(body: _Body, x: ir.Value, levels: _Levels) -> ir.Value:
         even = _tokens_slice(body, x, zero, two_m, 2)
         odd = _tokens_slice(body, x, one, two_m, 2)
         details.append(body.op("Mul", [body.op("Sub", [even, odd]), c]))
-        low = body.op("Mul", [body.op("Add", [even, odd]), c])
-        x = body.op("Concat", [low, _tokens_slice(body, x, two_m, end)], axis=-2)
+        approximation = body.op("Mul", [body.op("Add", [even, odd]), c])
+        x = body.op("Concat", [approximation, _tokens_slice(body, x, two_m, end)], axis=-2)
     return body.op("Concat", [x, *reversed(details)], axis=-2)
 
 
