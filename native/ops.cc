@@ -1,6 +1,7 @@
 // ONNX Runtime custom-op kernels for the ai.stamp domain (version 1), CPU execution provider:
 //
-//   SequenceTransform(X) -> Y        transform / levels / inverse / prefix_tokens / grid_width
+//   SequenceTransform(X) -> Y        transform / levels / inverse / prefix_tokens / grid_width / low_band
+//                                    (levels -1: chosen per call from the token count, auto_levels)
 //   TokenQDQ(X) -> Y                 hp_tokens / hp_bits / lp_bits
 //   TransformQDQ(X) -> (Y, T?)       forward transform then TokenQDQ; T (optional) = the transform
 //   FeatureRotation(X) -> Y          features: Y = X R along the last axis (rotation.h)
@@ -115,10 +116,16 @@ class Attributes {
 
 struct TransformAttrs {
   Kind kind = Kind::kHaar;
-  int64_t levels = 0;
+  int64_t levels = 0;    // kAutoLevels: auto_levels(n, low_band) for n tokens after the prefix
+  int64_t low_band = 0;
   int64_t prefix = 0;
   int64_t grid_width = 0;
   bool inverse = false;
+
+  int64_t levels_for(int64_t n) const {
+    return levels == kAutoLevels ? auto_levels(kind, n, grid_width, low_band) : levels;
+  }
+  static constexpr int64_t kAutoLevels = -1;
 };
 
 TransformAttrs read_transform(const Attributes& a, bool has_inverse) {
@@ -130,7 +137,9 @@ TransformAttrs read_transform(const Attributes& a, bool has_inverse) {
   else if (name == "wht") t.kind = Kind::kWht;
   else invalid(a.op(), "attribute transform must be one of haar, haar2d, dct, wht, got '" + name + "'");
   const bool haar = t.kind == Kind::kHaar || t.kind == Kind::kHaar2d;
-  t.levels = a.at_least("levels", a.integer("levels", haar ? std::nullopt : std::optional<int64_t>(0)), 0);
+  t.levels = a.at_least("levels", a.integer("levels", haar ? std::nullopt : std::optional<int64_t>(0)),
+                        haar ? TransformAttrs::kAutoLevels : 0);
+  if (t.levels == TransformAttrs::kAutoLevels) t.low_band = a.at_least("low_band", a.integer("low_band"), 0);
   t.prefix = a.at_least("prefix_tokens", a.integer("prefix_tokens", 0), 0);
   t.grid_width = a.at_least("grid_width", a.integer("grid_width", 0), 0);
   if (has_inverse) {
@@ -198,7 +207,7 @@ class PlanCache {
     std::lock_guard<std::mutex> lock(mutex_);
     for (const auto& [tokens, plan] : plans_)
       if (tokens == n) return plan;
-    auto plan = make_column_transform(t.kind, n, t.levels, t.grid_width, t.inverse);
+    auto plan = make_column_transform(t.kind, n, t.levels_for(n), t.grid_width, t.inverse);
     if (plans_.size() >= kMaxPlans) plans_.erase(plans_.begin());  // oldest first
     plans_.emplace_back(n, plan);
     return plan;
@@ -292,7 +301,7 @@ class SequenceTransformKernel {
       return;
     }
     // Haar: one chunked pass.
-    const HaarPlan plan(n, t_.levels);
+    const HaarPlan plan(n, t_.levels_for(n));
     const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
     const HaarPass pass{&plan, in.data, y, nullptr, in.s, in.d, p, t_.inverse, prefetch};
     haar_parallel(ctx, pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
@@ -358,7 +367,7 @@ class TransformQdqKernel {
       return;
     }
     // Haar (and any transform with no token after the prefix): the fused one-pass kernel.
-    const HaarPlan plan(n, t_.kind == Kind::kHaar ? t_.levels : 0);
+    const HaarPlan plan(n, t_.kind == Kind::kHaar ? t_.levels_for(n) : 0);
     const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
     const HaarPass pass{&plan, in.data, y, t, in.s, in.d, p, false, prefetch};
     haar_parallel(ctx, pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {
@@ -453,7 +462,7 @@ class TransformQuantizeKernel {
       quantize_codes(ctx, codes_, transformed.data(), out, in.s, in.d, in.batch * in.s);
       return;
     }
-    const HaarPlan plan(n, t_.kind == Kind::kHaar ? t_.levels : 0);
+    const HaarPlan plan(n, t_.kind == Kind::kHaar ? t_.levels_for(n) : 0);
     const bool prefetch = in.elements() * static_cast<int64_t>(sizeof(float)) >= kPrefetchBytes;
     const HaarPass pass{&plan, in.data, nullptr, nullptr, in.s, in.d, p, false, prefetch};
     haar_parallel(ctx, pass, in.batch, [&](int64_t begin, int64_t end, float* scratch) {

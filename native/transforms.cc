@@ -222,6 +222,18 @@ void grid_shape(int64_t n, int64_t grid_width, int64_t& height, int64_t& width) 
   height = n / width;
 }
 
+int64_t auto_levels(Kind kind, int64_t n, int64_t grid_width, int64_t low_band) {
+  if ((kind != Kind::kHaar && kind != Kind::kHaar2d) || n < 1) return 0;
+  int64_t height = 1, width = n;
+  if (kind == Kind::kHaar2d) grid_shape(n, grid_width, height, width);
+  const int64_t target = std::max<int64_t>(low_band, 1);
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  int64_t levels = 0;
+  while (levels < kMaxLevels && ceil_div(height, int64_t{1} << levels) * ceil_div(width, int64_t{1} << levels) > target)
+    ++levels;
+  return levels;
+}
+
 std::shared_ptr<const ColumnTransform> make_column_transform(Kind kind, int64_t n, int64_t levels, int64_t grid_width,
                                                              bool inverse) {
   switch (kind) {

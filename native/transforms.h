@@ -232,4 +232,9 @@ std::shared_ptr<const ColumnTransform> make_column_transform(Kind kind, int64_t 
 // transforms.grid_shape: (height, width) of the grid of n tokens; throws std::invalid_argument.
 void grid_shape(int64_t n, int64_t grid_width, int64_t& height, int64_t& width);
 
+// transforms.auto_levels: the fewest levels (at most kMaxLevels) after which the low band of n
+// transformed tokens (haar2d: the LL band of their grid) holds at most max(low_band, 1) tokens.
+constexpr int64_t kMaxLevels = 16;
+int64_t auto_levels(Kind kind, int64_t n, int64_t grid_width, int64_t low_band);
+
 }  // namespace stamp

@@ -11,6 +11,12 @@ the new output takes over its name, so graph inputs and outputs keep names, type
 
 Handles the layers InsertTokenQDQPass quantized (a precondition); the pipeline leaves this
 pass out for ``transform="none"``.
+
+``levels="auto"``: a layer whose token count is static (a ViT's 257 tokens, Whisper's 1500
+frames) gets the levels :func:`~stamp_onnx.core.transforms.auto_levels` gives for it, written as
+a plain count; a layer whose count is only known at run time (a text model's sequence axis) gets
+``levels=-1`` with ``low_band`` = its hp_tokens - prefix_tokens, and the ops choose the levels
+per call from the length they see (the forward and the inverse alike).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import dataclasses
 
 import onnx_ir as ir
 
+from stamp_onnx.config import AUTO_LEVELS
 from stamp_onnx.graph import ops
 from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY
 from stamp_onnx.passes.invariants import assert_invariants
@@ -27,19 +34,20 @@ from stamp_onnx.passes.report import TransformResult
 
 
 class InsertSequenceTransformPass(ir.passes.InPlacePass):
-    def __init__(self, transform: str, levels: int, prefix_tokens: int, grid_width: int) -> None:
+    def __init__(self, transform: str, levels: int | str, prefix_tokens: int, grid_width: int) -> None:
         super().__init__()
-        self.forward = ops.SequenceTransformSpec(transform, levels, False, prefix_tokens, grid_width)
+        self.levels = levels
+        self.forward = ops.SequenceTransformSpec(transform, 0 if levels == AUTO_LEVELS else int(levels), False,
+                                                 prefix_tokens, grid_width)
 
     def requires(self, model: ir.Model) -> None:
         if not any(node.domain == ops.DOMAIN and node.op_type == ops.TOKEN_QDQ for node in model.graph.all_nodes()):
             raise ir.passes.PreconditionError("no TokenQDQ node to wrap: run InsertTokenQDQPass first")
 
     def call(self, model: ir.Model) -> TransformResult:
-        forward = self.forward
-        inverse = dataclasses.replace(forward, inverse=True)
         done: dict[str, str] = {}
         fused_specs: set[ops.TransformQDQSpec] = set()
+        inverse_specs: set[ops.SequenceTransformSpec] = set()
         graph = model.graph
         fresh = unique_namer(graph)
         count = 0
@@ -51,6 +59,9 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
             provenance = {PASS_KEY: type(self).__name__, LAYER_KEY: layer}
             qdq_spec = ops.spec_from_node(qdq)
             assert isinstance(qdq_spec, ops.TokenQDQSpec)
+            forward = self._forward_for(qdq.inputs[0], qdq_spec)
+            inverse = dataclasses.replace(forward, inverse=True)
+            inverse_specs.add(inverse)
             fused = ops.TransformQDQSpec(forward, qdq_spec)
             fused_specs.add(fused)
             fwd = self._node(fused, list(qdq.inputs), fresh(f"{layer}/TransformQDQ"), provenance)
@@ -78,10 +89,23 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
             count += 1
         for spec in sorted(fused_specs, key=lambda f: f.overload):
             ops.add_function(model, spec)
-        if count:
+        for inverse in sorted(inverse_specs, key=lambda f: f.overload):
             ops.add_function(model, inverse)
         _drop_unused_qdq_functions(model)
         return TransformResult(model, modified=count > 0, values=done)
+
+    def _forward_for(self, x: ir.Value | None, qdq: ops.TokenQDQSpec) -> ops.SequenceTransformSpec:
+        """The forward transform of the layer reading ``x`` (tokens on axis -2) through ``qdq``."""
+        if self.levels != AUTO_LEVELS:
+            return self.forward
+        auto = dataclasses.replace(self.forward, levels=ops.AUTO, low_band=max(qdq.hp_tokens - self.forward.prefix_tokens, 0))
+        tokens = x.shape[-2] if x is not None and x.shape is not None and len(x.shape) >= 2 else None
+        if not isinstance(tokens, int):
+            return auto
+        try:
+            return dataclasses.replace(self.forward, levels=auto.levels_for(tokens))
+        except ValueError:  # haar2d on a count that is no grid: the ops report it when they run
+            return auto
 
     @staticmethod
     def _node(spec: ops.Spec, inputs: list[ir.Value | None], name: str, meta: dict[str, str]) -> ir.Node:

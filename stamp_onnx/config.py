@@ -45,6 +45,8 @@ class WeightMethod(enum.StrEnum):
 
 TRANSFORMS = tuple(Transform)
 HAAR_TRANSFORMS = (Transform.HAAR, Transform.HAAR2D)  # the transforms with levels
+AUTO_LEVELS = "auto"  # levels: the fewest whose low (LL) band fits in the hp tokens after the prefix
+MAX_LEVELS = 16
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
 FEATURE_TRANSFORMS = tuple(FeatureTransform)
@@ -57,7 +59,11 @@ class StampConfig:
     """How each selected linear layer's activation is transformed and quantized.
 
     transform: sequence transform along the token axis (``none`` keeps token order).
-    levels: Haar DWT levels, 1-D or 2-D (ignored by the other transforms).
+    levels: Haar DWT levels, 1-D or 2-D (ignored by the other transforms), or ``"auto"``: per
+        sequence length, the fewest levels whose low band (1-D) or LL band (2-D) holds at most
+        ``hp_tokens - prefix_tokens`` tokens, so that the whole approximation band is quantized
+        at hp_bits (:func:`stamp_onnx.core.transforms.auto_levels`). Resolved when the rewrite
+        knows the token count, else by the ops at run time.
     prefix_tokens: the first tokens kept out of the transform, in front and at hp_bits (an
         LLM's attention sink, a ViT's CLS token); they count toward ``hp_tokens``. Default 1:
         measured better on every model here (docs/results.md); 0 is the paper's plain method.
@@ -82,7 +88,7 @@ class StampConfig:
     """
 
     transform: str = "haar"
-    levels: int = 3
+    levels: int | str = 3
     prefix_tokens: int = 1
     grid_width: int = 0
     hp_tokens: int = 64
@@ -103,7 +109,7 @@ class StampConfig:
             raise ConfigError(
                 f"transform={self.transform!r} is not allowed; choose one of {', '.join(TRANSFORMS)}"
             )
-        _check_int("levels", self.levels, low=0, high=16)
+        object.__setattr__(self, "levels", _levels(self.levels))
         _check_int("hp_tokens", self.hp_tokens, low=0, high=1 << 30)
         _check_int("prefix_tokens", self.prefix_tokens, low=0, high=1 << 30)
         if self.transform == "none":
@@ -256,7 +262,7 @@ class StampConfig:
         (every field but token_axes, which only a JSON config holds)."""
         kinds: dict[str, type] = {}
         for field in dataclasses.fields(cls):
-            kind = str(field.type).split(" |")[0]
+            kind = "str" if field.name == "levels" else str(field.type).split(" |")[0]  # an integer or "auto"
             if kind in _TEXT_KINDS:
                 kinds[field.name] = _TEXT_KINDS[kind]
         return kinds
@@ -272,6 +278,18 @@ def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, tokens: int) -> flo
     """(k*hp + (s-k)*lp) / s with k = min(hp_tokens, s): the mean bits per activation value."""
     k = min(hp_tokens, tokens)
     return (k * hp_bits + (tokens - k) * lp_bits) / tokens
+
+
+def _levels(value: object) -> int | str:
+    """levels as given (an int, "auto") or as text ("3" from a flag or a spec) -> an int or "auto"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO_LEVELS:
+            return AUTO_LEVELS
+        value = int(text) if text.lstrip("+-").isdigit() else text
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LEVELS:
+        raise ConfigError(f"levels={value!r} is not allowed; use an integer in [0, {MAX_LEVELS}] or 'auto'")
+    return value
 
 
 def _check_int(name: str, value: object, *, low: int, high: int) -> None:

@@ -55,7 +55,7 @@ BAD_FLAGS = [
     (["--levels", "-2"], "levels=-2"),
     (["--transform", "fft"], "transform='fft'"),
     (["--include", "("], "not a valid regular expression"),
-    (["--levels", "three"], "invalid int value"),
+    (["--levels", "three"], "levels='three' is not allowed; use an integer in [0, 16] or 'auto'"),
     (["--weight-bits", "16"], "weight_bits=16"),
     (["--weight-block", "32"], "needs weight_bits"),
     (["--feature-transform", "quarot"], "feature_transform='quarot'"),

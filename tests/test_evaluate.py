@@ -14,6 +14,8 @@ def test_specs_parse_to_configs() -> None:
     assert parse_config_spec("haar,prefix_tokens=1") == StampConfig(prefix_tokens=1)
     assert parse_config_spec("none, hp-tokens=0") == StampConfig(transform="none", hp_tokens=0)
     assert parse_config_spec("dct,exclude=lm_head,lp_bits=3") == StampConfig(transform="dct", exclude="lm_head", lp_bits=3)
+    assert parse_config_spec("haar,levels=auto,hp_tokens=5") == StampConfig(levels="auto", hp_tokens=5)
+    assert parse_config_spec("haar,levels=4").levels == 4
     spec = "none,weight_bits=4,weight_block=32,feature_transform=hadamard"
     config = StampConfig(transform="none", weight_bits=4, weight_block=32, feature_transform="hadamard")
     assert parse_config_spec(spec) == config
@@ -26,7 +28,7 @@ def test_specs_parse_to_configs() -> None:
         ("fft", "transform='fft'"),
         ("haar,bits=3", "'bits=3' is not key=value"),
         ("haar,levels", "'levels' is not key=value"),
-        ("haar,levels=x", "levels='x' is not an integer"),
+        ("haar,levels=x", r"levels='x' is not allowed; use an integer in \[0, 16\] or 'auto'"),
         ("haar,prefix_tokens=99", "prefix_tokens=99 exceeds hp_tokens=64"),
     ],
 )

@@ -83,6 +83,9 @@ def specs(d: int) -> list[tuple[str, ops.Spec]]:
         forward = ops.SequenceTransformSpec(transform, levels, False, 1)
         rows.append((f"TransformQDQ {transform}", ops.TransformQDQSpec(forward, qdq)))
         rows.append((f"SequenceTransform {transform} inverse", ops.SequenceTransformSpec(transform, levels, True, 1)))
+    auto = ops.SequenceTransformSpec("haar", ops.AUTO, False, 1, 0, qdq.hp_tokens - 1)  # --levels auto, dynamic length
+    rows.append(("TransformQDQ haar auto", ops.TransformQDQSpec(auto, qdq)))
+    rows.append(("SequenceTransform haar auto inverse", ops.SequenceTransformSpec("haar", ops.AUTO, True, 1, 0, qdq.hp_tokens - 1)))
     rows.append(("FeatureRotation", ops.FeatureRotationSpec(d)))
     return rows
 

@@ -22,6 +22,7 @@ from stamp_onnx.cli import htp
 from stamp_onnx.config import (
     ALLOWED_BITS,
     FEATURE_TRANSFORMS,
+    MAX_LEVELS,
     TRANSFORMS,
     WEIGHT_BITS,
     WEIGHT_METHODS,
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     d = StampConfig()
     p.add_argument("--transform", help=f"{'|'.join(TRANSFORMS)} (default {d.transform})")
-    p.add_argument("--levels", type=int, help=f"Haar levels (default {d.levels})")
+    p.add_argument("--levels", help=f"Haar levels, 0-{MAX_LEVELS}, or auto: per sequence length, the fewest levels whose low band "
+                   f"(LL band for haar2d) fits in the hp tokens after the prefix (default {d.levels})")
     p.add_argument("--prefix-tokens", type=int, help=f"first tokens kept out of the transform, at hp bits (default {d.prefix_tokens})")
     p.add_argument("--grid-width", type=int, help="haar2d: width of the token grid after the prefix tokens (default 0: square)")
     p.add_argument("--hp-tokens", type=int, help=f"transformed tokens at high precision (default {d.hp_tokens})")

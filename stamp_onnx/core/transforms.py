@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from stamp_onnx.config import Transform
+from stamp_onnx.config import AUTO_LEVELS, MAX_LEVELS, Transform
 
 Array = TypeVar("Array", bound=Any)  # np.ndarray or torch.Tensor
 
@@ -104,6 +104,34 @@ def matrix(s: int, transform: str, levels: int = 3, prefix: int = 0, grid_width:
         raise ValueError(f"unknown transform {transform!r}")
     m.setflags(write=False)
     return m
+
+
+def auto_levels(n: int, low_band: int, transform: str, grid_width: int = 0) -> int:
+    """``levels="auto"`` for n transformed tokens: the fewest levels (at most MAX_LEVELS) after
+    which the low band (``haar``: ceil(n / 2^L) tokens) or the LL band (``haar2d``:
+    ceil(H / 2^L) ceil(W / 2^L) on the H x W grid) holds at most max(low_band, 1) tokens.
+
+    With low_band = K - P (the high-precision tokens after the prefix) the whole approximation
+    band is quantized at hp_bits and as few detail tokens as possible share it: DINOv2 with
+    K=5, P=1 (256 patches) gets 6 levels in 1-D (a_6 = 4 tokens) and 3 in 2-D (LL = 2 x 2).
+    Other transforms have no levels (0). A haar2d length that is no grid raises ValueError.
+    """
+    if transform not in (Transform.HAAR, Transform.HAAR2D) or n < 1:
+        return 0
+    target = max(low_band, 1)
+    height, width = grid_shape(n, grid_width) if transform == Transform.HAAR2D else (1, n)
+    levels = 0
+    while levels < MAX_LEVELS and -(-height // (1 << levels)) * -(-width // (1 << levels)) > target:
+        levels += 1
+    return levels
+
+
+def resolve_levels(levels: int | str, tokens: int, hp_tokens: int, prefix: int, transform: str, grid_width: int = 0) -> int:
+    """The Haar levels a layer of ``tokens`` tokens uses: ``levels`` itself, or :func:`auto_levels`
+    of the tokens after the prefix with the high-precision tokens after the prefix as its low band."""
+    if levels != AUTO_LEVELS:
+        return int(levels)
+    return auto_levels(max(tokens - prefix, 0), hp_tokens - prefix, transform, grid_width)
 
 
 def haar_band_lengths(s: int, levels: int) -> list[int]:

@@ -12,15 +12,16 @@ from typing import Any
 
 import onnx_ir as ir
 
-from stamp_onnx.config import HAAR_TRANSFORMS, StampConfig, average_bits
+from stamp_onnx.config import AUTO_LEVELS, HAAR_TRANSFORMS, StampConfig, average_bits
 from stamp_onnx.graph.contract import read_layers, recorded_config, recorded_skips
+from stamp_onnx.graph.ops import SequenceTransformSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerSummary:
     name: str
     transform: str
-    levels: int
+    levels: int | str  # "auto": chosen by the ops from the sequence length at run time
     prefix_tokens: int
     hp_tokens: int
     hp_bits: int
@@ -31,6 +32,7 @@ class LayerSummary:
     activation_shape: str = ""  # as found by the rewrite, e.g. "(batch, seq, 576)"
     token_axis: str = ""  # e.g. "1 (inferred)", "0 (given)"
     gemm: str = "float"  # "integer": the GEMM runs on integer codes (--target integer); "float": fake-quant
+    levels_at_seq_len: int = 0  # the levels applied at the summary's seq_len (== levels unless "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,8 @@ class ModelSummary:
                          "  features  gemm     weights")
             for layer in self.layers:
                 levels = str(layer.levels) if layer.transform in HAAR_TRANSFORMS else "-"
+                if layer.levels == AUTO_LEVELS:
+                    levels = f"auto {layer.levels_at_seq_len}"
                 lines.append(
                     f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
                     f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}  "
@@ -89,7 +93,8 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
             LayerSummary(
                 name=layer.name,
                 transform=t.transform if t else "none",
-                levels=t.levels if t else 0,
+                levels=(AUTO_LEVELS if t.auto else t.levels) if t else 0,
+                levels_at_seq_len=_levels_at(t, seq_len),
                 prefix_tokens=t.prefix_tokens if t else 0,
                 hp_tokens=q.hp_tokens,
                 hp_bits=q.hp_bits,
@@ -112,3 +117,11 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
         opset=model.opset_imports.get("", 0),
         skipped=recorded_skips(model),
     )
+
+
+def _levels_at(spec: SequenceTransformSpec | None, seq_len: int) -> int:
+    """The levels ``spec`` applies to ``seq_len`` tokens (0 when it has none, or haar2d finds no grid there)."""
+    try:
+        return spec.levels_for(seq_len) if spec is not None else 0
+    except ValueError:
+        return 0

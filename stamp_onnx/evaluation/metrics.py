@@ -29,7 +29,9 @@ def leak_free_mask(seq_len: int, config: StampConfig) -> np.ndarray:
     """
     if config.transform == Transform.NONE or seq_len < 2:
         return np.ones(seq_len, dtype=bool)
-    m = transforms.matrix(seq_len, config.transform, config.levels, config.prefix_tokens, config.grid_width)
+    levels = transforms.resolve_levels(config.levels, seq_len, config.hp_tokens, config.prefix_tokens, config.transform,
+                                       config.grid_width)
+    m = transforms.matrix(seq_len, config.transform, levels, config.prefix_tokens, config.grid_width)
     support = (np.abs(m) > 1e-12).astype(np.float32)
     depends = (support.T @ support) > 0  # depends[u, j]
     last = np.where(depends, np.arange(seq_len)[None, :], -1).max(axis=1)

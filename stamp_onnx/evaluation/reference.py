@@ -44,7 +44,9 @@ logger = logging.getLogger(__name__)
 def sequence_transform(x: torch.Tensor, config: StampConfig, *, inverse: bool = False) -> torch.Tensor:
     """L x (or L^-1 x) on the token axis (-2), with every transform setting of ``config``."""
     fn = transforms.inverse if inverse else transforms.forward
-    return fn(x, config.transform, config.levels, config.prefix_tokens, config.grid_width)
+    levels = transforms.resolve_levels(config.levels, int(x.shape[-2]), config.hp_tokens, config.prefix_tokens,
+                                       config.transform, config.grid_width)
+    return fn(x, config.transform, levels, config.prefix_tokens, config.grid_width)
 
 
 def transform_features(x: torch.Tensor, config: StampConfig, scale: np.ndarray | None = None) -> torch.Tensor:

@@ -7,6 +7,11 @@ that write integer codes for ``--target integer``:
     attributes: transform ("haar" | "haar2d" | "dct" | "wht"), levels (int, Haar only),
     inverse (0 | 1), prefix_tokens (int: the first tokens pass through untransformed),
     grid_width (int, haar2d only: width of the token grid, 0 for a square grid).
+    ``levels = -1`` (:data:`AUTO`) chooses the levels per call from the token count s, as
+    :func:`stamp_onnx.core.transforms.auto_levels` of s - prefix_tokens tokens with the
+    attribute low_band (int >= 0) as its low band: the rewrite writes it for layers whose token
+    count is only known at run time (``--levels auto`` on a text model). The forward and the
+    inverse of a layer see the same s, so they choose the same levels.
     Reference: :func:`stamp_onnx.core.transforms.forward` / :func:`~stamp_onnx.core.transforms.inverse`.
 
 ``TokenQDQ(X) -> Y``
@@ -60,7 +65,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.config import HAAR_TRANSFORMS, TRANSFORMS, Transform
+from stamp_onnx.config import HAAR_TRANSFORMS, MAX_LEVELS, TRANSFORMS, Transform
 from stamp_onnx.core import quant, transforms
 
 DOMAIN = "ai.stamp"
@@ -76,6 +81,7 @@ CODE_QUANTIZERS = (TOKEN_QUANTIZE, TRANSFORM_QUANTIZE)  # the same quantizers wr
 MIN_OPSET = 21  # QuantizeLinear/DequantizeLinear with uint4 and computed per-axis scales
 _INT64_MAX = np.iinfo(np.int64).max
 _WHT_BITS = 31  # WHT bodies support s < 2^31 tokens
+AUTO = -1  # the levels attribute of a transform whose levels are chosen from s at run time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,7 @@ class SequenceTransformSpec:
     inverse: bool = False
     prefix_tokens: int = 0
     grid_width: int = 0
+    low_band: int = 0  # levels == AUTO only: the most tokens the low (LL) band may hold
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS or self.transform == Transform.NONE:
@@ -95,10 +102,25 @@ class SequenceTransformSpec:
             object.__setattr__(self, "levels", 0)
         if self.transform != Transform.HAAR2D:
             object.__setattr__(self, "grid_width", 0)
+        if self.levels != AUTO:
+            object.__setattr__(self, "low_band", 0)
+        elif self.low_band < 0:
+            raise ValueError(f"SequenceTransform with automatic levels needs low_band >= 0, got {self.low_band}")
+
+    @property
+    def auto(self) -> bool:
+        return self.levels == AUTO
+
+    def levels_for(self, tokens: int) -> int:
+        """The levels applied to a sequence of ``tokens`` tokens (prefix included)."""
+        if not self.auto:
+            return self.levels
+        return transforms.auto_levels(max(tokens - self.prefix_tokens, 0), self.low_band, self.transform, self.grid_width)
 
     @property
     def overload(self) -> str:
-        name = f"{self.transform}{self.levels}" if self.transform in HAAR_TRANSFORMS else self.transform
+        levels = f"_auto{self.low_band}" if self.auto else str(self.levels)
+        name = f"{self.transform}{levels}" if self.transform in HAAR_TRANSFORMS else self.transform
         if self.grid_width:
             name += f"_w{self.grid_width}"
         if self.prefix_tokens:
@@ -114,11 +136,13 @@ class SequenceTransformSpec:
         ]
         if self.transform == Transform.HAAR2D:
             attrs.append(ir.AttrInt64("grid_width", self.grid_width))
+        if self.auto:
+            attrs.append(ir.AttrInt64("low_band", self.low_band))
         return attrs
 
     def reference(self, x: Any) -> Any:
         fn = transforms.inverse if self.inverse else transforms.forward
-        return fn(x, self.transform, self.levels, self.prefix_tokens, self.grid_width)
+        return fn(x, self.transform, self.levels_for(int(x.shape[-2])), self.prefix_tokens, self.grid_width)
 
     def function(self, opset: int) -> ir.Function:
         body = _Body(f"{SEQUENCE_TRANSFORM}_{self.overload}")
@@ -133,9 +157,10 @@ class SequenceTransformSpec:
             head = _tokens_slice(body, x, _i64(body, 0), split)
             x = _tokens_slice(body, x, split, end)
         if self.transform == Transform.HAAR:
-            y = (_haar_inverse if self.inverse else _haar_forward)(body, x, self.levels)
+            levels = _Levels.of(body, x, self)
+            y = (_haar_inverse if self.inverse else _haar_forward)(body, x, levels)
         elif self.transform == Transform.HAAR2D:
-            y = _haar2d(body, x, self.levels, self.grid_width, inverse=self.inverse)
+            y = _haar2d(body, x, self, inverse=self.inverse)
         else:
             m = _dct_matrix(body, x) if self.transform == Transform.DCT else _wht_matrix(body, x)
             if self.inverse:
@@ -336,6 +361,7 @@ def spec_from_node(node: ir.Node) -> Spec | None:
             inverse,
             int(attrs.get("prefix_tokens", 0)),
             int(attrs.get("grid_width", 0)),
+            int(attrs.get("low_band", 0)),
         )
 
     def qdq() -> TokenQDQSpec:
@@ -435,11 +461,48 @@ def _tokens_slice(body: _Body, x: ir.Value, start: ir.Value, end: ir.Value, step
     return body.op("Slice", [x, start, end, _i64(body, -2), _i64(body, step)])
 
 
-def _haar_forward(body: _Body, x: ir.Value, levels: int) -> ir.Value:
+class _Levels:
+    """The Haar levels of a body: ``count`` levels unrolled and, for AUTO, ``active``: the levels
+    applied, an int64 [1] computed in the graph from the token count (MAX_LEVELS are unrolled by
+    :func:`_haar_forward_auto` / :func:`_haar_inverse_auto`; a level at or past ``active`` pairs
+    no tokens and only passes the low band on, which then holds at most low_band tokens)."""
+
+    def __init__(self, count: int, active: ir.Value | None = None) -> None:
+        self.count, self.active = count, active
+
+    @staticmethod
+    def of(body: _Body, x: ir.Value, spec: SequenceTransformSpec,
+           grid: tuple[ir.Value, ir.Value] | None = None) -> _Levels:
+        """The levels of ``spec`` for the tokens of ``x`` (after the prefix), or of the (H, W) ``grid``."""
+        if not spec.auto:
+            return _Levels(spec.levels)
+        height, width = grid if grid is not None else (_i64(body, 1), body.op("Shape", [x], start=-2, end=-1))
+        steps = body.const(np.array([1 << level for level in range(MAX_LEVELS)], np.int64))
+        def ceil(length: ir.Value) -> ir.Value:
+            return body.op("Div", [body.op("Sub", [body.op("Add", [length, steps]), _i64s(body, 1)]), steps])
+        band = body.op("Mul", [ceil(height), ceil(width)])  # the low band's tokens after 0, 1, ... levels
+        above = body.op("Cast", [body.op("Greater", [band, _i64s(body, max(spec.low_band, 1))])], to=ir.DataType.INT64)
+        return _Levels(MAX_LEVELS, body.op("ReduceSum", [above, _i64(body, 0)], keepdims=1))
+
+    def applied(self, body: _Body, level: int) -> ir.Value:
+        """bool [1]: whether level ``level`` (0-based) is applied (AUTO only)."""
+        assert self.active is not None
+        return body.op("Less", [_i64(body, level), self.active])
+
+    def counts(self, body: _Body, level: int, above: ir.Value) -> ir.Value:
+        """``above`` (bool), kept only where level ``level`` (1-based) is applied."""
+        if self.active is None:
+            return above
+        return body.op("And", [above, body.op("LessOrEqual", [_i64(body, level), self.active])])
+
+
+def _haar_forward(body: _Body, x: ir.Value, levels: _Levels) -> ir.Value:
+    if levels.active is not None:
+        return _haar_forward_auto(body, x, levels)
     c = body.const(np.array(transforms.INV_SQRT2, np.float32))
     zero, one, two, end = _i64(body, 0), _i64(body, 1), _i64(body, 2), _i64(body, _INT64_MAX)
     n = body.op("Shape", [x], start=-2, end=-1)
-    for _ in range(levels):
+    for _ in range(levels.count):
         m = body.op("Div", [n, two])
         two_m = body.op("Mul", [m, two])
         even = _tokens_slice(body, x, zero, two_m, 2)
@@ -453,13 +516,15 @@ def _haar_forward(body: _Body, x: ir.Value, levels: int) -> ir.Value:
     return x
 
 
-def _haar_inverse(body: _Body, y: ir.Value, levels: int) -> ir.Value:
+def _haar_inverse(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
+    if levels.active is not None:
+        return _haar_inverse_auto(body, y, levels)
     c = body.const(np.array(transforms.INV_SQRT2, np.float32))
     zero, two, end = _i64(body, 0), _i64(body, 2), _i64(body, _INT64_MAX)
     s = body.op("Shape", [y], start=-2, end=-1)
     lead = body.op("Shape", [y], end=-2)
     feat = body.op("Shape", [y], start=-1)
-    for level in reversed(range(levels)):
+    for level in reversed(range(levels.count)):
         step = 1 << level
         n = body.op("Div", [body.op("Add", [s, _i64(body, step - 1)]), _i64(body, step)])
         m = body.op("Div", [n, two])
@@ -481,8 +546,64 @@ def _haar_inverse(body: _Body, y: ir.Value, levels: int) -> ir.Value:
     return y
 
 
-def _haar2d(body: _Body, x: ir.Value, levels: int, grid_width: int, *, inverse: bool) -> ir.Value:
+def _haar_forward_auto(body: _Body, x: ir.Value, levels: _Levels) -> ir.Value:
+    """The forward Haar with its levels chosen in the graph: the butterflies of :func:`_haar_forward`
+    (the same float32 operations), each level on the low band only, its details set aside and
+    concatenated at the end as [a_L | d_L | ... | d_1]. A level that is not applied pairs no
+    tokens (m = 0) and passes on a low band of at most low_band tokens, so the levels past L cost
+    almost nothing (the fixed-level body copies the whole sequence at every level)."""
+    c = body.const(np.array(transforms.INV_SQRT2, np.float32))
+    zero, one, two, end = _i64(body, 0), _i64(body, 1), _i64(body, 2), _i64(body, _INT64_MAX)
+    details = []
+    for level in range(levels.count):
+        n = body.op("Shape", [x], start=-2, end=-1)
+        m = body.op("Where", [levels.applied(body, level), body.op("Div", [n, two]), zero])
+        two_m = body.op("Mul", [m, two])
+        even = _tokens_slice(body, x, zero, two_m, 2)
+        odd = _tokens_slice(body, x, one, two_m, 2)
+        details.append(body.op("Mul", [body.op("Sub", [even, odd]), c]))
+        approximation = body.op("Mul", [body.op("Add", [even, odd]), c])
+        x = body.op("Concat", [approximation, _tokens_slice(body, x, two_m, end)], axis=-2)
+    return body.op("Concat", [x, *reversed(details)], axis=-2)
+
+
+def _haar_inverse_auto(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
+    """The inverse of :func:`_haar_forward_auto` with the butterflies of :func:`_haar_inverse`:
+    from a_L = y[:ceil(s / 2^L)], each applied level l = L..1 interleaves its low band with d_l,
+    read from y at [ceil(s / 2^l), ceil(s / 2^(l-1))); a level not applied reads nothing."""
+    assert levels.active is not None
+    c = body.const(np.array(transforms.INV_SQRT2, np.float32))
+    zero, two = _i64(body, 0), _i64(body, 2)
+    s = body.op("Shape", [y], start=-2, end=-1)
+    lead = body.op("Shape", [y], end=-2)
+    feat = body.op("Shape", [y], start=-1)
+    steps = body.const(np.array([1 << level for level in range(levels.count + 1)], np.int64))
+    step = body.op("Gather", [steps, levels.active], axis=0)
+    a = _tokens_slice(body, y, zero, body.op("Div", [body.op("Sub", [body.op("Add", [s, step]), _i64(body, 1)]), step]))
+    for level in reversed(range(levels.count)):
+        size = 1 << level
+        n = body.op("Div", [body.op("Add", [s, _i64(body, size - 1)]), _i64(body, size)])  # band length before the level
+        applied = levels.applied(body, level)
+        m = body.op("Where", [applied, body.op("Div", [n, two]), zero])
+        stop = body.op("Where", [applied, n, zero])
+        high = _tokens_slice(body, y, body.op("Sub", [stop, m]), stop)
+        low = _tokens_slice(body, a, zero, m)
+        tail = _tokens_slice(body, a, m, _i64(body, _INT64_MAX))
+        even = body.op("Mul", [body.op("Add", [low, high]), c])
+        odd = body.op("Mul", [body.op("Sub", [low, high]), c])
+        pairs = body.op(
+            "Concat",
+            [body.op("Unsqueeze", [even, _i64(body, -2)]), body.op("Unsqueeze", [odd, _i64(body, -2)])],
+            axis=-2,
+        )
+        shape = body.op("Concat", [lead, body.op("Mul", [m, two]), feat], axis=0)
+        a = body.op("Concat", [body.op("Reshape", [pairs, shape], allowzero=1), tail], axis=-2)
+    return a
+
+
+def _haar2d(body: _Body, x: ir.Value, spec: SequenceTransformSpec, *, inverse: bool) -> ir.Value:
     """2-D Haar on the (H, W) token grid: rows, then columns, then the group order (see module doc)."""
+    grid_width = spec.grid_width
     shape = body.op("Shape", [x])
     n = body.op("Shape", [x], start=-2, end=-1)
     if grid_width:
@@ -492,6 +613,7 @@ def _haar2d(body: _Body, x: ir.Value, levels: int, grid_width: int, *, inverse: 
         width = body.op("Cast", [body.op("Round", [root])], to=ir.DataType.INT64)
     width = body.op("Max", [width, _i64(body, 1)])  # no division by zero on an empty sequence
     height = body.op("Div", [n, width])
+    levels = _Levels.of(body, x, spec, (height, width))
     lead = body.op("ReduceProd", [body.op("Shape", [x], end=-2)], keepdims=1)
     grid_shape = body.op("Concat", [lead, height, width, body.op("Shape", [x], start=-1)], axis=0)
     # Group key of token t = i W + j: max(band_H(i), band_W(j)) * n + t, sorted ascending.
@@ -514,13 +636,14 @@ def _haar2d(body: _Body, x: ir.Value, levels: int, grid_width: int, *, inverse: 
     return body.op("Reshape", [_haar_inverse(body, grid, levels), shape], allowzero=1)
 
 
-def _haar_bands(body: _Body, index: ir.Value, length: ir.Value, levels: int) -> ir.Value:
+def _haar_bands(body: _Body, index: ir.Value, length: ir.Value, levels: _Levels) -> ir.Value:
     """transforms.haar_bands in the graph: #{l <= levels : index >= ceil(length / 2^l)}."""
     bands = body.op("Mul", [index, _i64s(body, 0)])
-    for level in range(1, levels + 1):
+    for level in range(1, levels.count + 1):
         step = 1 << level
         low = body.op("Div", [body.op("Add", [length, _i64(body, step - 1)]), _i64(body, step)])
-        above = body.op("Cast", [body.op("GreaterOrEqual", [index, low])], to=ir.DataType.INT64)
+        above = levels.counts(body, level, body.op("GreaterOrEqual", [index, low]))
+        above = body.op("Cast", [above], to=ir.DataType.INT64)
         bands = body.op("Add", [bands, above])
     return bands
 

@@ -35,6 +35,7 @@ import onnx
 from onnx import numpy_helper
 
 from stamp_onnx.config import StampConfig
+from stamp_onnx.core import transforms
 from stamp_onnx.core.naming import counter_namer, layer_name_from_metadata
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
 from stamp_onnx.graph.contract import HTP_KEY
@@ -394,7 +395,9 @@ def splice_units(model: onnx.ModelProto, float_path: str | Path, feeds: dict[str
         if x.ndim != 3:
             skipped.append(f"{region.name}: activation of rank {x.ndim}; the unit needs (batch, tokens, features)")
             continue
-        plan = BlockPlan(config.transform, x.shape[1], config.levels, config.prefix_tokens, config.hp_tokens,
+        levels = transforms.resolve_levels(config.levels, x.shape[1], config.hp_tokens, config.prefix_tokens,
+                                           config.transform, config.grid_width)  # the length is static here
+        plan = BlockPlan(config.transform, x.shape[1], levels, config.prefix_tokens, config.hp_tokens,
                          config.grid_width)
         codes, scales = g.array(region.weight.codes), g.array(region.weight.scales)
         w_real = (codes.astype(np.float32) * scales.reshape(1, -1)).astype(np.float32)
