@@ -228,3 +228,18 @@ def test_cli_levels_auto_inline_and_inspect(tmp_path: Path, capsys: pytest.Captu
     assert main(["inspect", str(functions), "--seq-len", "70"]) == 0
     text = capsys.readouterr().out
     assert "haar L=auto" in text and " auto 5 " in text  # 69 tokens: ceil(69 / 32) = 3 <= 4 < ceil(69 / 16)
+
+
+@pytest.mark.parametrize("tokens", [40, 9])
+def test_integer_target_takes_auto_levels(tmp_path: Path, backend: str, tokens: int) -> None:
+    """--target integer with levels chosen at run time: TransformQuantize (body and kernel) picks the
+    same levels as TransformQDQ, so the integer model equals its fake-quant twin to float rounding."""
+    source = models.save(models.mlp_model(), tmp_path / "mlp.onnx")
+    config = StampConfig(levels="auto", hp_tokens=8, hp_bits=8, lp_bits=8, weight_bits=8)
+    x = np.random.default_rng(tokens).standard_normal((2, tokens, models.D_IN)).astype(np.float32)
+    outs = []
+    for target in ("onnx", "integer"):
+        quantize_file(source, tmp_path / f"{target}.onnx", config, target=target)
+        session = runtime.session(tmp_path / f"{target}.onnx", backend == "native")
+        outs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+    assert np.abs(outs[1] - outs[0]).max() <= 1e-5 * np.abs(outs[0]).max(), np.abs(outs[1] - outs[0]).max()
