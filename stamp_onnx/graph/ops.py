@@ -533,17 +533,24 @@ def _haar_inverse(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
         tail = _tokens_slice(body, y, m, low_len)
         high = _tokens_slice(body, y, low_len, n)
         rest = _tokens_slice(body, y, n, end)
-        even = body.op("Mul", [body.op("Add", [low, high]), c])
-        odd = body.op("Mul", [body.op("Sub", [low, high]), c])
-        pairs = body.op(
-            "Concat",
-            [body.op("Unsqueeze", [even, _i64(body, -2)]), body.op("Unsqueeze", [odd, _i64(body, -2)])],
-            axis=-2,
-        )
-        shape = body.op("Concat", [lead, body.op("Mul", [m, two]), feat], axis=0)
-        pairs = body.op("Reshape", [pairs, shape], allowzero=1)
-        y = body.op("Concat", [pairs, tail, rest], axis=-2)
+        y = body.op("Concat", [_butterfly_interleave(body, low, high, c, (lead, m, feat)), tail, rest], axis=-2)
     return y
+
+
+def _butterfly_interleave(body: _Body, low: ir.Value, high: ir.Value, c: ir.Value,
+                          dims: tuple[ir.Value, ir.Value, ir.Value]) -> ir.Value:
+    """One inverse Haar level's tokens: (low + high) c and (low - high) c interleaved along the
+    tokens, as (lead..., 2 m, features) for ``dims`` = (lead shape, m, feature shape)."""
+    lead, m, feat = dims
+    even = body.op("Mul", [body.op("Add", [low, high]), c])
+    odd = body.op("Mul", [body.op("Sub", [low, high]), c])
+    pairs = body.op(
+        "Concat",
+        [body.op("Unsqueeze", [even, _i64(body, -2)]), body.op("Unsqueeze", [odd, _i64(body, -2)])],
+        axis=-2,
+    )
+    shape = body.op("Concat", [lead, body.op("Mul", [m, _i64(body, 2)]), feat], axis=0)
+    return body.op("Reshape", [pairs, shape], allowzero=1)
 
 
 def _haar_forward_auto(body: _Body, x: ir.Value, levels: _Levels) -> ir.Value:
@@ -589,15 +596,7 @@ def _haar_inverse_auto(body: _Body, y: ir.Value, levels: _Levels) -> ir.Value:
         high = _tokens_slice(body, y, body.op("Sub", [stop, m]), stop)
         low = _tokens_slice(body, a, zero, m)
         tail = _tokens_slice(body, a, m, _i64(body, _INT64_MAX))
-        even = body.op("Mul", [body.op("Add", [low, high]), c])
-        odd = body.op("Mul", [body.op("Sub", [low, high]), c])
-        pairs = body.op(
-            "Concat",
-            [body.op("Unsqueeze", [even, _i64(body, -2)]), body.op("Unsqueeze", [odd, _i64(body, -2)])],
-            axis=-2,
-        )
-        shape = body.op("Concat", [lead, body.op("Mul", [m, two]), feat], axis=0)
-        a = body.op("Concat", [body.op("Reshape", [pairs, shape], allowzero=1), tail], axis=-2)
+        a = body.op("Concat", [_butterfly_interleave(body, low, high, c, (lead, m, feat)), tail], axis=-2)
     return a
 
 
