@@ -107,10 +107,11 @@ def test_eval_and_validate_on_the_htp(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [row[-2] for row in rows] == ["1.00", "0.77"]  # (17 x 2 + 15 x 1) / (32 x 2) bytes per feature
     capsys.readouterr()
     spliced = tmp_path / "tiny-llama.htp.haar_hp_tokens-16.onnx"
-    assert main(["-q", "validate", "tiny-llama", str(spliced), "--ep", "htp", "--windows", "2",
+    assert main(["-q", "validate", "tiny-llama", str(spliced), "--ep", "htp", "--windows", "2", "--htp-samples", "2",
                  "--float-onnx", str(tmp_path / "tiny-llama.onnx"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["integer_only"] is True and result["htp_samples"] == 1 and result["samples"] == 2
+    assert result["integer_only"] is True and result["htp_samples"] == 2 and result["samples"] == 2
+    assert {"float", "CPU", "HTP, first 2", "CPU, first 2"} == set(result["perplexity"])
     assert result["sqnr_htp_vs_cpu_db"] > 25.0, result
     assert abs(result["perplexity"]["CPU"] / result["perplexity"]["float"] - 1) < 0.05, result["perplexity"]
     assert result["perplexity_leak_free"]["float"] != result["perplexity"]["float"]  # Haar blocks leak: fewer targets

@@ -71,7 +71,7 @@ class HtpEvaluation:
     integer_only: bool | None = None
     float_ops: list[str] = dataclasses.field(default_factory=list)
     qnn_ops: int | None = None
-    activation_mb: dict[str, float] = dataclasses.field(default_factory=dict)  # by QNN type, w/o graph I/O
+    activation_mb: dict[str, float] = dataclasses.field(default_factory=dict)  # by QNN type, graph I/O included
     hp_tokens: list[int] = dataclasses.field(default_factory=list)  # the K each unit uses (band-rounded)
     linear_input_ratio: float | None = None  # bytes of the rewritten layers' inputs as the units read them / at A16
     note: str = ""
@@ -93,7 +93,7 @@ def evaluate_file(path: str | Path, label: str, reference: np.ndarray, feeds: Se
     cpu_session = htp_runtime.cpu_reference_session(path)
     cpu = np.concatenate([cpu_session.run(None, f)[0] for f in feeds])
     result = HtpEvaluation(label=label, path=str(path), samples=len(feeds), sqnr_cpu_db=_db(reference, cpu))
-    outputs = {"float": reference, "CPU": cpu}
+    outputs = {"float": reference, "CPU": cpu}  # name -> logits or hidden states, one row per sample
     n = min(htp_samples, len(feeds))
     if not n:
         result.note = "HTP not run (--htp-samples 0): quality from the CPU provider only, integer-only not checked"
@@ -104,7 +104,7 @@ def evaluate_file(path: str | Path, label: str, reference: np.ndarray, feeds: Se
             session = htp_runtime.htp_session(path, dump_dir=dump)
             htp = np.concatenate([session.run(None, f)[0] for f in feeds[:n]])
             report = htp_runtime.integer_report(dump)
-        outputs["HTP"] = htp
+        outputs |= {f"HTP, first {n}": htp, f"CPU, first {n}": cpu[:n]}  # like with like
         result.htp_samples = n
         result.sqnr_cpu_first_db = _db(reference[:n], cpu[:n])
         result.sqnr_htp_db = _db(reference[:n], htp)
@@ -118,14 +118,8 @@ def evaluate_file(path: str | Path, label: str, reference: np.ndarray, feeds: Se
         for name, logits in outputs.items():
             nll = RunningNLL()
             nll.update(logits, input_ids[: len(logits)], mask)
-            key = name if len(logits) == len(feeds) else f"{name}, first {len(logits)}"
-            result.perplexity[key] = round(nll.perplexity(leak_free=False), 3)
-            result.perplexity_leak_free[key] = round(nll.perplexity(leak_free=True), 3)
-        if "HTP" in outputs:  # the CPU on the HTP's samples, to compare like with like
-            nll = RunningNLL()
-            nll.update(cpu[:n], input_ids[:n], mask)
-            result.perplexity[f"CPU, first {n}"] = round(nll.perplexity(leak_free=False), 3)
-            result.perplexity_leak_free[f"CPU, first {n}"] = round(nll.perplexity(leak_free=True), 3)
+            result.perplexity[name] = round(nll.perplexity(leak_free=False), 3)
+            result.perplexity_leak_free[name] = round(nll.perplexity(leak_free=True), 3)
     if loaded is not None and loaded.transcribe is not None and spoken:
         result.word_error_rates = {name: round(word_error_rate(spoken[: len(out)], loaded.transcribe(out)), 3)
                                    for name, out in outputs.items()}
