@@ -349,8 +349,8 @@ def _validate_htp(args: argparse.Namespace) -> int:
 
     if args.seq_len is not None:
         raise ConfigError("validate --ep htp reads the sequence length from the file's fixed shape; drop --seq-len")
-    args.seq_len = 1  # checked below with the other flags; unused
-    _check_eval_flags(args)
+    if args.windows < 1 or args.htp_samples < 0:
+        raise ConfigError(f"--windows ({args.windows}) must be positive and --htp-samples ({args.htp_samples}) 0 or more")
     result = validate_htp(args.model, args.rewritten, float_onnx_path=args.float_onnx, n_windows=args.windows,
                           htp_samples=args.htp_samples)
     print(json.dumps(result.to_dict(), indent=2) if args.json else markdown_table([result]))
