@@ -120,6 +120,8 @@ def test_eval_and_validate_on_the_htp(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(("argv", "message"), [
     (["eval", "tiny-llama", "--ep", "htp", "--configs", "dct"], "the HTP takes the transforms haar, haar2d and none"),
     (["eval", "tiny-llama", "--ep", "htp", "--configs", "baseline,levels=2"], "the baseline takes only"),
+    (["eval", "tiny-llama", "--ep", "htp", "--configs", "haar,percentile=high"], "percentile='high' is not a number"),
+    (["eval", "tiny-llama", "--ep", "htp", "--configs", "haar,lp_bits=8.5"], "lp_bits='8.5' is not an integer"),
     (["eval", "tiny-llama", "--ep", "htp", "--report", "r"], "--report and --fresh do not apply to --ep htp"),
     (["eval", "tiny-llama", "--fold-input", "attention_mask"], "--fold-input applies to --ep htp only"),
     (["validate", "tiny-llama", "x.onnx", "--ep", "htp", "--seq-len", "32"], "reads the sequence length from the file"),

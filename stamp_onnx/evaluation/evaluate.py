@@ -58,7 +58,7 @@ def parse_config_spec(spec: str) -> StampConfig:
                 f"config spec {spec!r}: {item!r} is not key=value with a key among {', '.join(sorted(fields))}"
             )
         kind = fields[key]
-        changes[key] = value if kind is str else _number(spec, key, value, kind)
+        changes[key] = value if kind is str else spec_number(spec, key, value, kind)
     return StampConfig().replace(**changes)
 
 
@@ -295,7 +295,8 @@ def _f(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.2f}"
 
 
-def _number(spec: str, key: str, value: str, kind: type[int] | type[float]) -> int | float:
+def spec_number(spec: str, key: str, value: str, kind: type[int] | type[float]) -> int | float:
+    """``value`` of ``key`` in a config spec as ``kind``; a one-line ConfigError naming the spec if it is not."""
     try:
         return kind(value)
     except ValueError as err:

@@ -31,7 +31,7 @@ import numpy as np
 from stamp_onnx.config import StampConfig
 from stamp_onnx.core.quant import sqnr_db
 from stamp_onnx.errors import ConfigError, ValidationError
-from stamp_onnx.evaluation.evaluate import parse_config_spec
+from stamp_onnx.evaluation.evaluate import parse_config_spec, spec_number
 from stamp_onnx.evaluation.metrics import RunningNLL, leak_free_mask, word_error_rate
 from stamp_onnx.graph import runtime
 from stamp_onnx.graph.contract import HTP_KEY
@@ -186,23 +186,26 @@ def _evaluate(path: str | Path, label: str, reference: np.ndarray, samples: Samp
 # --- eval --ep htp -----------------------------------------------------------------------------
 
 
+_OPTION_KINDS: dict[str, type] = {"hp_bits": int, "lp_bits": int, "weight_bits": int, "percentile": float, "calibrator": str}
+
+
 def parse_htp_spec(spec: str, seq_len: int, fold_inputs: Sequence[str]) -> tuple[StampConfig, htp_model.HtpOptions]:
     """``baseline`` (the QNN quantizer alone, A16W8) or a transform with ``key=value`` overrides of the
     StampConfig and of the HTP's options (hp_bits, lp_bits, weight_bits, calibrator, percentile), e.g.
     ``haar,hp_tokens=32``, ``none,lp_bits=16`` or ``haar,calibrator=mse``."""
     head, *pairs = [part.strip() for part in spec.split(",")]
-    option_keys = {"hp_bits", "lp_bits", "weight_bits", "percentile", "calibrator"}
     options: dict[str, Any] = {}
     rest = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
-        if sep and key in option_keys:
-            options[key] = float(value) if key == "percentile" else value if key == "calibrator" else _int(spec, key, value)
+        if sep and key in _OPTION_KINDS:
+            kind = _OPTION_KINDS[key]
+            options[key] = value if kind is str else spec_number(spec, key, value, kind)
         else:
             rest.append(pair)
     if head == BASELINE and rest:
-        raise ConfigError(f"config spec {spec!r}: the baseline takes only {', '.join(sorted(option_keys))}")
+        raise ConfigError(f"config spec {spec!r}: the baseline takes only {', '.join(sorted(_OPTION_KINDS))}")
     config = parse_config_spec(",".join(["haar" if head == BASELINE else head, *rest]))
     if config.transform not in ("haar", "haar2d", "none"):
         raise ConfigError(f"config spec {spec!r}: the HTP takes the transforms haar, haar2d and none")
@@ -210,12 +213,6 @@ def parse_htp_spec(spec: str, seq_len: int, fold_inputs: Sequence[str]) -> tuple
                                        **options)
     return config.replace(hp_bits=htp_options.hp_bits, lp_bits=htp_options.lp_bits, weight_bits=0), htp_options
 
-
-def _int(spec: str, key: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"config spec {spec!r}: {key}={value!r} is not an integer") from None
 
 
 def evaluate_htp_configs(model: str, out_dir: Path, specs: Sequence[str], *, seq_len: int, n_windows: int,
