@@ -154,7 +154,8 @@ def validate_htp(model: str | Path | LoadedModel, path: str | Path, *, float_onn
     baseline = bool(settings.get("baseline"))
     label = BASELINE_LABEL if baseline else _label(settings)
     config = None if baseline else StampConfig(transform=settings["transform"], levels=settings["levels"],
-                                                             prefix_tokens=settings["prefix_tokens"])
+                                               prefix_tokens=settings["prefix_tokens"],
+                                               grid_width=settings["grid_width"])  # the leak-free mask's transform
     return _evaluate(path, label, reference, samples, loaded, htp_samples, config)
 
 

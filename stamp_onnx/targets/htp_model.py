@@ -523,7 +523,7 @@ def _check_htp_takes_all(staged: Path, input_path: str | Path) -> None:
 def _describe(config: StampConfig, options: HtpOptions) -> str:
     import json
 
-    if options.baseline:
-        return json.dumps({"baseline": "A16W8", **dataclasses.asdict(options)}, sort_keys=True)
+    if options.baseline:  # its "baseline": true says the file is the QNN quantizer's A16W8 alone
+        return json.dumps(dataclasses.asdict(options), sort_keys=True)
     keys = ("transform", "levels", "prefix_tokens", "hp_tokens", "grid_width", "include", "exclude")
     return json.dumps({k: getattr(config, k) for k in keys} | dataclasses.asdict(options), sort_keys=True)
