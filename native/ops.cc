@@ -2,7 +2,7 @@
 //
 //   SequenceTransform(X) -> Y        transform / levels / inverse / prefix_tokens / grid_width / low_band
 //                                    (levels -1: chosen per call from the token count, auto_levels)
-//   TokenQDQ(X) -> Y                 hp_tokens / hp_bits / lp_bits
+//   TokenQDQ(X) -> Y                 hp_tokens / hp_bits / lp_bits (/ mid_tokens / mid_bits: middle tiers)
 //   TransformQDQ(X) -> (Y, T?)       forward transform then TokenQDQ; T (optional) = the transform
 //   FeatureRotation(X) -> Y          features: Y = X R along the last axis (rotation.h)
 //   TokenQuantize(X) -> (C, S)       TokenQDQ's quantizer writing uint8 codes and per-token scales
@@ -89,6 +89,19 @@ class Attributes {
     return value;
   }
 
+  // An ints attribute; empty when it is absent.
+  std::vector<int64_t> integers(const char* name) const {
+    size_t size = 0;
+    if (OrtStatus* status = Ort::GetApi().KernelInfoGetAttributeArray_int64(info_, name, nullptr, &size)) {
+      Ort::GetApi().ReleaseStatus(status);
+      if (present(name)) invalid(op_, std::string("attribute ") + name + " must be ints");
+      return {};
+    }
+    std::vector<int64_t> values(size);
+    if (size) Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttributeArray_int64(info_, name, values.data(), &size));
+    return values;
+  }
+
   int64_t at_least(const char* name, int64_t value, int64_t minimum) const {
     if (value < minimum) invalid(op_, std::string("attribute ") + name + " must be >= " + std::to_string(minimum) +
                                           ", got " + std::to_string(value));
@@ -150,15 +163,27 @@ TransformAttrs read_transform(const Attributes& a, bool has_inverse) {
   return t;
 }
 
+int checked_bits(const Attributes& a, const char* name, int64_t value) {
+  if (value < kMinBits || value > kMaxBits)
+    invalid(a.op(), std::string("attribute ") + name + " must be in " + std::to_string(kMinBits) + ".." +
+                        std::to_string(kMaxBits) + ", got " + std::to_string(value));
+  return static_cast<int>(value);
+}
+
 TokenQdq read_qdq(const Attributes& a) {
   TokenQdq q;
   q.hp_tokens = a.at_least("hp_tokens", a.integer("hp_tokens"), 0);
-  for (auto [name, bits] : {std::pair{"hp_bits", &q.hp_bits}, std::pair{"lp_bits", &q.lp_bits}}) {
-    const int64_t value = a.integer(name);
-    if (value < kMinBits || value > kMaxBits)
-      invalid(a.op(), std::string("attribute ") + name + " must be in " + std::to_string(kMinBits) + ".." +
-                          std::to_string(kMaxBits) + ", got " + std::to_string(value));
-    *bits = static_cast<int>(value);
+  q.hp_bits = checked_bits(a, "hp_bits", a.integer("hp_bits"));
+  q.lp_bits = checked_bits(a, "lp_bits", a.integer("lp_bits"));
+  const std::vector<int64_t> counts = a.integers("mid_tokens"), bits = a.integers("mid_bits");
+  if (counts.size() != bits.size())
+    invalid(a.op(), "attributes mid_tokens and mid_bits must have one length, got " + std::to_string(counts.size()) +
+                        " and " + std::to_string(bits.size()));
+  int64_t end = q.hp_tokens;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    end += a.at_least("mid_tokens", counts[i], 1);
+    q.mid_ends.push_back(end);
+    q.mid_bits.push_back(checked_bits(a, "mid_bits", bits[i]));
   }
   return q;
 }
@@ -387,7 +412,10 @@ class TransformQdqKernel {
 TokenCodes read_codes(const Attributes& a) {
   TokenCodes codes;
   codes.q = read_qdq(a);
-  for (int bits : {codes.q.hp_bits, codes.q.lp_bits})
+  std::vector<int> widths = codes.q.mid_bits;
+  widths.push_back(codes.q.hp_bits);
+  widths.push_back(codes.q.lp_bits);
+  for (int bits : widths)
     if (bits > 8) invalid(a.op(), "integer codes take 2-8 bits, got " + std::to_string(bits));
   codes.columns = a.at_least("zero_point_columns", a.integer("zero_point_columns", 0), 0);
   return codes;

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace stamp {
 
@@ -116,13 +117,22 @@ inline void codes_apply(const float* x, uint8_t* c, float* s, int64_t w, int64_t
 }
 
 // Mixed precision: token `pos` (its index on the token axis) is quantized with hp bits when
-// pos < hp_tokens, with lp bits otherwise.
+// pos < hp_tokens, then with mid_bits[i] while pos < mid_ends[i] (the middle tiers, ends
+// cumulative from 0), with lp bits otherwise.
 struct TokenQdq {
   int64_t hp_tokens = 0;
   int hp_bits = 8;
   int lp_bits = 4;
+  std::vector<int64_t> mid_ends;
+  std::vector<int> mid_bits;
 
-  float qmax(int64_t pos) const { return qmax_for_bits(pos < hp_tokens ? hp_bits : lp_bits); }
+  int bits(int64_t pos) const {
+    if (pos < hp_tokens) return hp_bits;
+    for (size_t i = 0; i < mid_ends.size(); ++i)
+      if (pos < mid_ends[i]) return mid_bits[i];
+    return lp_bits;
+  }
+  float qmax(int64_t pos) const { return qmax_for_bits(bits(pos)); }
   void row(int64_t pos, const float* x, float* y, int64_t w) const { qdq_row(x, y, w, qmax(pos)); }
   void row(int64_t pos, const float* x, float* y, int64_t w, const Range& r) const { qdq_apply(x, y, w, qmax(pos), r); }
 };

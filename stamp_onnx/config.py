@@ -36,6 +36,13 @@ class FeatureTransform(enum.StrEnum):
     SMOOTHQUANT = "smoothquant"
 
 
+class BitAllocation(enum.StrEnum):
+    """How the transformed tokens get their bit widths."""
+
+    TIERS = "tiers"  # two tiers: hp_tokens at hp_bits, the rest at lp_bits
+    ENERGY = "energy"  # per-layer widths from the calibrated energy of each transformed token
+
+
 class WeightMethod(enum.StrEnum):
     """How weight codes are chosen."""
 
@@ -52,6 +59,7 @@ WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0: weights stay float
 FEATURE_TRANSFORMS = tuple(FeatureTransform)
 CALIBRATED_FEATURE_TRANSFORMS = (FeatureTransform.SMOOTHQUANT,)  # need calibration data
 WEIGHT_METHODS = tuple(WeightMethod)
+BIT_ALLOCATIONS = tuple(BitAllocation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +80,11 @@ class StampConfig:
         prefix (0: a square grid, e.g. a ViT's 16 x 16 patches at 224 px).
     hp_tokens: the first ``hp_tokens`` transformed tokens are quantized with ``hp_bits``,
         the rest with ``lp_bits``.
+    bit_allocation: ``tiers`` (the two tiers above) or ``energy``: each layer's transformed
+        tokens get widths from 2 to ``hp_bits`` bits, chosen from their energy on calibration
+        data so that the layer averages ``avg_bits`` bits at the calibration length
+        (:mod:`stamp_onnx.core.allocation`); the prefix tokens keep ``hp_bits``. hp_tokens and
+        lp_bits are then not used (hp_tokens still sets ``levels="auto"``'s low band).
     include / exclude: regular expressions searched in layer names; a layer is rewritten
         when it matches ``include`` (if given) and does not match ``exclude`` (if given).
     weight_bits: round-to-nearest symmetric weight quantization of the rewritten layers
@@ -94,6 +107,8 @@ class StampConfig:
     hp_tokens: int = 64
     hp_bits: int = 8
     lp_bits: int = 4
+    bit_allocation: str = "tiers"
+    avg_bits: float = 0.0
     include: str | None = None
     exclude: str | None = None
     weight_bits: int = 0
@@ -129,6 +144,7 @@ class StampConfig:
                     f"{name}={value!r} is not allowed; choose one of "
                     f"{', '.join(map(str, ALLOWED_BITS))}"
                 )
+        self._check_allocation()
         if self.weight_bits not in WEIGHT_BITS or isinstance(self.weight_bits, bool):
             raise ConfigError(
                 f"weight_bits={self.weight_bits!r} is not allowed; choose one of {', '.join(map(str, WEIGHT_BITS))} "
@@ -170,6 +186,23 @@ class StampConfig:
             if pattern is not None:
                 _check_regex(name, pattern)
 
+    def _check_allocation(self) -> None:
+        if self.bit_allocation not in BIT_ALLOCATIONS:
+            raise ConfigError(f"bit_allocation={self.bit_allocation!r} is not allowed; choose one of {', '.join(BIT_ALLOCATIONS)}")
+        avg = self.avg_bits
+        if isinstance(avg, bool) or not isinstance(avg, (int, float)):
+            raise ConfigError(f"avg_bits={avg!r} is not allowed; use a number of bits")
+        object.__setattr__(self, "avg_bits", float(avg))
+        if self.bit_allocation == BitAllocation.TIERS:
+            if self.avg_bits:
+                raise ConfigError(f"avg_bits={self.avg_bits:g} only applies to bit_allocation energy "
+                                  "(two tiers take their budget from hp_tokens, hp_bits and lp_bits)")
+            return
+        low = min(ALLOWED_BITS)
+        if not low <= self.avg_bits <= self.hp_bits:
+            raise ConfigError(f"avg_bits={self.avg_bits:g} is not allowed with bit_allocation energy; use a number in "
+                              f"[{low}, {self.hp_bits}] (the widths run from {low} to hp_bits)")
+
     def selects(self, *names: str) -> str | None:
         """Return None if a layer known by ``names`` (layer name, node name) is selected, else why not.
 
@@ -189,9 +222,12 @@ class StampConfig:
         return self.token_axis
 
     def average_bits(self, tokens: int) -> float:
-        """Average activation bits over ``tokens`` tokens: (k*hp + (s-k)*lp) / s."""
+        """Average activation bits over ``tokens`` tokens: (k*hp + (s-k)*lp) / s; with energy
+        allocation, its budget ``avg_bits`` (each layer's, at the calibration length)."""
         if tokens <= 0:
             raise ConfigError(f"tokens={tokens} must be positive")
+        if self.bit_allocation == BitAllocation.ENERGY:
+            return self.avg_bits
         return average_bits(self.hp_tokens, self.hp_bits, self.lp_bits, tokens)
 
     def label(self) -> str:
@@ -202,7 +238,10 @@ class StampConfig:
             parts.append(f"W={self.grid_width}")
         if self.prefix_tokens:
             parts.append(f"P={self.prefix_tokens}")
-        parts += [f"K={self.hp_tokens}", f"{self.hp_bits}/{self.lp_bits}"]
+        if self.bit_allocation == BitAllocation.ENERGY:
+            parts.append(f"energy {self.avg_bits:g} bits, <= {self.hp_bits}")
+        else:
+            parts += [f"K={self.hp_tokens}", f"{self.hp_bits}/{self.lp_bits}"]
         if self.feature_transform == FeatureTransform.SMOOTHQUANT:
             parts.append(f"smoothquant a={self.smooth_alpha:g}")
         elif self.feature_transform != FeatureTransform.NONE:
@@ -219,7 +258,8 @@ class StampConfig:
     @property
     def needs_calibration(self) -> bool:
         """True when the rewrite needs statistics of the float model on calibration data."""
-        return self.feature_transform in CALIBRATED_FEATURE_TRANSFORMS or self.weight_method == "gptq"
+        return (self.feature_transform in CALIBRATED_FEATURE_TRANSFORMS or self.weight_method == "gptq"
+                or self.bit_allocation == BitAllocation.ENERGY)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -274,10 +314,26 @@ class StampConfig:
 _TEXT_KINDS: dict[str, type] = {"str": str, "int": int, "float": float}
 
 
-def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, tokens: int) -> float:
-    """(k*hp + (s-k)*lp) / s with k = min(hp_tokens, s): the mean bits per activation value."""
-    k = min(hp_tokens, tokens)
-    return (k * hp_bits + (tokens - k) * lp_bits) / tokens
+Tiers = tuple[tuple[int, int], ...]  # (token count, bits) of each middle tier, in token order
+
+
+def average_bits(hp_tokens: int, hp_bits: int, lp_bits: int, tokens: int, mid: Tiers = ()) -> float:
+    """The mean bits per activation value over ``tokens`` tokens, (k*hp + (s-k)*lp) / s with two
+    tiers (k = min(hp_tokens, s)); ``mid`` as :func:`tier_spans` takes it."""
+    return sum((end - start) * bits for start, end, bits in tier_spans(tokens, hp_tokens, hp_bits, lp_bits, mid)) / tokens
+
+
+def tier_spans(tokens: int, hp_tokens: int, hp_bits: int, lp_bits: int, mid: Tiers = ()) -> list[tuple[int, int, int]]:
+    """(start, end, bits) of each tier of a quantizer over ``tokens`` transformed tokens: the first
+    hp_tokens at hp_bits, then each middle tier's count at its bits, the rest at lp_bits; a tier
+    past the end is cut short or empty (kept, so tier i is always entry i)."""
+    spans, start = [], 0
+    for count, bits in ((hp_tokens, hp_bits), *mid):
+        end = min(start + count, tokens)
+        spans.append((start, end, bits))
+        start = end
+    spans.append((start, tokens, lp_bits))
+    return spans
 
 
 def _levels(value: object) -> int | str:

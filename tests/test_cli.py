@@ -43,7 +43,7 @@ def test_config_file_and_flags(mlp_path: Path, tmp_path: Path, capsys: pytest.Ca
     report = json.loads(capsys.readouterr().out)
     assert report["config"] == {
         "transform": "wht", "levels": 3, "prefix_tokens": 1, "grid_width": 0, "hp_tokens": 2, "hp_bits": 8, "lp_bits": 2,
-        "include": None, "exclude": None, "weight_bits": 0, "weight_block": 0, "feature_transform": "none",
+        "bit_allocation": "tiers", "avg_bits": 0.0, "include": None, "exclude": None, "weight_bits": 0, "weight_block": 0, "feature_transform": "none",
         "smooth_alpha": 0.5, "weight_method": "rtn", "token_axis": None, "token_axes": [],
     }
 

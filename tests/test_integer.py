@@ -88,6 +88,8 @@ SPECS = [
     ops.TokenQuantizeSpec(ops.TokenQDQSpec(4, 8, 4), 1, ops.SequenceTransformSpec("haar", 3, False, 1)),
     ops.TokenQuantizeSpec(ops.TokenQDQSpec(4, 8, 3), 2, ops.SequenceTransformSpec("haar2d", 1, False, 1, 3)),
     ops.TokenQuantizeSpec(ops.TokenQDQSpec(2, 5, 4), 0, ops.SequenceTransformSpec("haar", 2)),
+    ops.TokenQuantizeSpec(ops.TokenQDQSpec(1, 8, 2, ((2, 6), (3, 4))), 1, ops.SequenceTransformSpec("haar", 2, False, 1)),
+    ops.TokenQuantizeSpec(ops.TokenQDQSpec(2, 7, 3, ((1, 5),)), 0),
 ]
 
 

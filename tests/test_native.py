@@ -76,13 +76,14 @@ def test_haar2d(spec: ops.SequenceTransformSpec, height: int) -> None:
         np.testing.assert_array_equal(native_session(spec).run(None, {"x": x})[0], spec.reference(x))
 
 
-QDQ = [ops.TokenQDQSpec(k, hp, lp) for k in (0, 1, 8, 1000) for hp, lp in ((8, 4), (8, 2), (16, 8), (4, 4), (3, 5))]
+QDQ = [ops.TokenQDQSpec(k, hp, lp) for k in (0, 1, 8, 1000) for hp, lp in ((8, 4), (8, 2), (16, 8), (4, 4), (3, 5))] + [
+    ops.TokenQDQSpec(k, 8, 2, mid) for k in (0, 1, 5) for mid in (((3, 6), (7, 4)), ((1, 16), (2, 3), (1000, 5)))]
 
 
 @pytest.mark.parametrize("spec", QDQ, ids=lambda s: s.overload)
 def test_token_qdq_is_bit_exact(spec: ops.TokenQDQSpec) -> None:
     sess = native_session(spec)
-    rng = np.random.default_rng(spec.hp_tokens * 100 + spec.hp_bits * 10 + spec.lp_bits)
+    rng = np.random.default_rng(oracles.stable_seed(spec.overload))
     for s in LENGTHS:
         for x in _inputs(rng, s):
             np.testing.assert_array_equal(sess.run(None, {"x": x})[0], spec.reference(x))
@@ -93,7 +94,7 @@ FUSED = [
     for t, levels in (("haar", 3), ("haar", 1), ("dct", 0), ("wht", 0))
     for prefix in (0, 1)
     for k, lp in ((8, 4), (0, 2), (1000, 4))
-]
+] + [ops.TransformQDQSpec(ops.SequenceTransformSpec("haar", 3, False, 1), ops.TokenQDQSpec(1, 8, 2, ((3, 6), (9, 4))))]
 
 
 @pytest.mark.parametrize("spec", FUSED, ids=lambda s: s.overload)
@@ -136,13 +137,22 @@ def test_the_library_is_used_not_the_function_body() -> None:
     assert runtime.kernels(native=False) == runtime.FUNCTION_BODIES
 
 
-def test_bad_attribute_is_an_error_not_a_crash() -> None:
-    spec = ops.TokenQDQSpec(4, 8, 4)
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("lp_bits", 40, "lp_bits must be in 2..16"),
+    ("mid_bits", [6, 1], "mid_bits must be in 2..16"),
+    ("mid_tokens", [2, 0], "mid_tokens must be >= 1"),
+    ("mid_tokens", [2], "one length"),
+])
+def test_bad_attribute_is_an_error_not_a_crash(name: str, value: int | list[int], message: str) -> None:
+    spec = ops.TokenQDQSpec(4, 8, 4, ((2, 6), (3, 5)))
     proto = single_op_model(spec, function_body=False)
     for attribute in proto.graph.node[0].attribute:
-        if attribute.name == "lp_bits":
-            attribute.i = 40
-    with pytest.raises(Exception, match="bits"):
+        if attribute.name == name and isinstance(value, int):
+            attribute.i = value
+        elif attribute.name == name:
+            attribute.ClearField("ints")
+            attribute.ints.extend(value)
+    with pytest.raises(Exception, match=message):
         runtime.session(proto.SerializeToString(), native=True).run(
             None, {"x": np.ones((1, 4, 4), np.float32)}
         )

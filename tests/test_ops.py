@@ -99,13 +99,14 @@ def test_haar_body_is_bit_exact() -> None:
     np.testing.assert_array_equal(y, spec.reference(x))
 
 
-QDQ_SPECS = [ops.TokenQDQSpec(k, hp, lp) for k in (0, 3, 64) for hp, lp in ((8, 4), (16, 2), (3, 5), (7, 6), (6, 4))]
+QDQ_SPECS = [ops.TokenQDQSpec(k, hp, lp) for k in (0, 3, 64) for hp, lp in ((8, 4), (16, 2), (3, 5), (7, 6), (6, 4))] + [
+    ops.TokenQDQSpec(k, 8, 2, mid) for k in (0, 3) for mid in (((2, 7), (5, 4), (4, 3)), ((1, 16), (100, 5)))]
 
 
 @pytest.mark.parametrize("spec", QDQ_SPECS, ids=lambda s: s.overload)
 def test_token_qdq_is_bit_exact(spec: ops.TokenQDQSpec) -> None:
     sess = session(spec)
-    rng = np.random.default_rng(spec.hp_tokens * 100 + spec.hp_bits * 10 + spec.lp_bits)
+    rng = np.random.default_rng(oracles.stable_seed(spec.overload))
     for s in LENGTHS:
         x = (rng.standard_normal((2, s, 12)) * rng.uniform(0.1, 10)).astype(np.float32)
         x[:, ::5] = np.abs(x[:, ::5])  # some all-positive tokens: rmin = 0
@@ -128,7 +129,7 @@ FUSED_SPECS = [
     for t, levels, width in (("haar", 3, 0), ("haar", 1, 0), ("haar2d", 2, 4), ("dct", 0, 0), ("wht", 0, 0))
     for prefix in (0, 1)
     for k, hp, lp in ((4, 8, 4), (0, 8, 2), (100, 16, 8))
-]
+] + [ops.TransformQDQSpec(ops.SequenceTransformSpec("haar", 2, False, 1), ops.TokenQDQSpec(1, 8, 2, ((2, 6), (3, 4))))]
 
 
 @pytest.mark.parametrize("spec", FUSED_SPECS, ids=lambda s: s.overload)

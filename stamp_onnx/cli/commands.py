@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 from stamp_onnx.cli import htp
 from stamp_onnx.config import (
     ALLOWED_BITS,
+    BIT_ALLOCATIONS,
     FEATURE_TRANSFORMS,
     MAX_LEVELS,
     TRANSFORMS,
@@ -163,6 +164,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     bits = ",".join(map(str, ALLOWED_BITS))
     p.add_argument("--hp-bits", type=int, help=f"bits of the first K tokens: {bits} (default {d.hp_bits})")
     p.add_argument("--lp-bits", type=int, help=f"bits of the other tokens: {bits} (default {d.lp_bits})")
+    p.add_argument("--bit-allocation", help=f"{'|'.join(BIT_ALLOCATIONS)}: two tiers (K tokens at hp bits, the rest at lp bits), "
+                   "or per-layer widths from 2 to hp bits chosen from each transformed token's energy on --calibration "
+                   f"data (default {d.bit_allocation})")
+    p.add_argument("--avg-bits", type=float, help="--bit-allocation energy: each layer's average activation bits at the "
+                   "calibration length (e.g. 4.5)")
     p.add_argument("--weight-bits", type=int,
                    help=f"symmetric weight quantization: {','.join(map(str, WEIGHT_BITS[1:]))} (default 0: float weights; "
                    f"{INTEGER_WEIGHT_BITS} with --target integer)")

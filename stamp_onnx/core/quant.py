@@ -9,7 +9,8 @@ The formula is ONNX DynamicQuantizeLinear generalised to b bits (see docs/design
     x_hat = (q - zp) * scale
 
 One scale and zero point per token (axis -2), taken over the features (axis -1). In
-:func:`token_qdq` the first ``hp_tokens`` tokens use ``hp_bits``, the rest ``lp_bits``.
+:func:`token_qdq` the first ``hp_tokens`` tokens use ``hp_bits``, the rest ``lp_bits``, with
+optional middle tiers between them (:func:`stamp_onnx.config.tier_spans`).
 All arithmetic stays in the input's float dtype so ONNX Runtime can match it bit for bit.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stamp_onnx.config import Tiers, tier_spans
 from stamp_onnx.core.transforms import _cat, _is_torch
 
 
@@ -65,10 +67,11 @@ def token_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmax: float) -
     return q
 
 
-def token_qdq(x: Any, hp_tokens: int, hp_bits: int, lp_bits: int) -> Any:
-    """Mixed precision: tokens [0, hp_tokens) at hp_bits, the rest at lp_bits."""
-    k = min(hp_tokens, int(x.shape[-2]))
-    return _cat([qdq(x[..., :k, :], hp_bits), qdq(x[..., k:, :], lp_bits)])
+def token_qdq(x: Any, hp_tokens: int, hp_bits: int, lp_bits: int, mid: Tiers = ()) -> Any:
+    """Mixed precision: tokens [0, hp_tokens) at hp_bits, then each ``mid`` tier (count, bits),
+    the rest at lp_bits."""
+    spans = tier_spans(int(x.shape[-2]), hp_tokens, hp_bits, lp_bits, mid)
+    return _cat([qdq(x[..., start:end, :], bits) for start, end, bits in spans])
 
 
 def sqnr_db(reference: Any, approx: Any) -> float:
@@ -118,12 +121,11 @@ def integer_codes_group(x: np.ndarray, bits: int, zero_point_columns: int) -> tu
 
 
 def integer_codes(x: np.ndarray, hp_tokens: int, hp_bits: int, lp_bits: int,
-                  zero_point_columns: int) -> tuple[np.ndarray, np.ndarray]:
+                  zero_point_columns: int, mid: Tiers = ()) -> tuple[np.ndarray, np.ndarray]:
     """The codes of :func:`token_qdq`'s quantizer around the shared zero point, and the per-token scales."""
-    k = min(hp_tokens, int(x.shape[-2]))
-    hp = integer_codes_group(x[..., :k, :], hp_bits, zero_point_columns)
-    lp = integer_codes_group(x[..., k:, :], lp_bits, zero_point_columns)
-    return np.concatenate([hp[0], lp[0]], axis=-2), np.concatenate([hp[1], lp[1]], axis=-2)
+    spans = tier_spans(int(x.shape[-2]), hp_tokens, hp_bits, lp_bits, mid)
+    groups = [integer_codes_group(x[..., start:end, :], bits, zero_point_columns) for start, end, bits in spans]
+    return np.concatenate([g[0] for g in groups], axis=-2), np.concatenate([g[1] for g in groups], axis=-2)
 
 
 def integer_matmul(codes: np.ndarray, scale: np.ndarray, weight_codes: np.ndarray, weight_scale: np.ndarray) -> np.ndarray:

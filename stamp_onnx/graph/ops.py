@@ -15,8 +15,11 @@ that write integer codes for ``--target integer``:
     Reference: :func:`stamp_onnx.core.transforms.forward` / :func:`~stamp_onnx.core.transforms.inverse`.
 
 ``TokenQDQ(X) -> Y``
-    attributes: hp_tokens, hp_bits, lp_bits. Per-token QuantizeLinear/DequantizeLinear pairs:
-    tokens [0, hp_tokens) at hp_bits, the rest at lp_bits. Reference: :func:`quant.token_qdq`.
+    attributes: hp_tokens, hp_bits, lp_bits, and optionally mid_tokens and mid_bits (ints of
+    one length: the middle tiers). Per-token QuantizeLinear/DequantizeLinear pairs, one per
+    tier: tokens [0, hp_tokens) at hp_bits, then mid_tokens[i] tokens at mid_bits[i] in turn,
+    the rest at lp_bits (``--bit-allocation energy`` writes middle tiers; two tiers have none).
+    Reference: :func:`quant.token_qdq`.
 
 ``TransformQDQ(X) -> (Y, T?)``
     the two fused, as every rewritten layer uses them: Y = TokenQDQ(SequenceTransform(X)),
@@ -65,7 +68,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from stamp_onnx.config import HAAR_TRANSFORMS, MAX_LEVELS, TRANSFORMS, Transform
+from stamp_onnx.config import HAAR_TRANSFORMS, MAX_LEVELS, TRANSFORMS, Tiers, Transform, tier_spans
 from stamp_onnx.core import quant, transforms
 
 DOMAIN = "ai.stamp"
@@ -173,25 +176,45 @@ class SequenceTransformSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TokenQDQSpec:
-    """One attribute set of TokenQDQ."""
+    """One attribute set of TokenQDQ; ``mid``: the middle tiers, (token count, bits) each."""
 
     hp_tokens: int
     hp_bits: int
     lp_bits: int
+    mid: Tiers = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mid", tuple((int(count), int(bits)) for count, bits in self.mid))
+        if any(count < 1 for count, _ in self.mid):
+            raise ValueError(f"a middle tier holds at least one token, got {self.mid}")
 
     @property
     def overload(self) -> str:
-        return f"k{self.hp_tokens}_b{self.hp_bits}_b{self.lp_bits}"
+        mid = "".join(f"_m{count}b{bits}" for count, bits in self.mid)
+        return f"k{self.hp_tokens}_b{self.hp_bits}{mid}_b{self.lp_bits}"
+
+    @property
+    def bits(self) -> tuple[int, ...]:
+        """Every tier's width, in token order."""
+        return (self.hp_bits, *(bits for _, bits in self.mid), self.lp_bits)
+
+    def spans(self, tokens: int) -> list[tuple[int, int, int]]:
+        """(start, end, bits) of each tier over ``tokens`` tokens (:func:`stamp_onnx.config.tier_spans`)."""
+        return tier_spans(tokens, self.hp_tokens, self.hp_bits, self.lp_bits, self.mid)
 
     def attributes(self) -> list[ir.Attr]:
-        return [
+        attrs = [
             ir.AttrInt64("hp_tokens", self.hp_tokens),
             ir.AttrInt64("hp_bits", self.hp_bits),
             ir.AttrInt64("lp_bits", self.lp_bits),
         ]
+        if self.mid:
+            attrs += [ir.AttrInt64s("mid_tokens", [count for count, _ in self.mid]),
+                      ir.AttrInt64s("mid_bits", [bits for _, bits in self.mid])]
+        return attrs
 
     def reference(self, x: Any) -> Any:
-        return quant.token_qdq(x, self.hp_tokens, self.hp_bits, self.lp_bits)
+        return quant.token_qdq(x, self.hp_tokens, self.hp_bits, self.lp_bits, self.mid)
 
     def function(self, opset: int) -> ir.Function:
         body = _Body(f"{TOKEN_QDQ}_{self.overload}")
@@ -200,11 +223,21 @@ class TokenQDQSpec:
 
     def emit(self, body: _Body, x: ir.Value) -> ir.Value:
         """Append the mixed-precision QDQ of ``x`` to ``body``; return its output."""
-        k = body.const(np.array([self.hp_tokens], np.int64))
+        groups = [_qdq_group(body, part, bits) for part, bits in self.tiers(body, x)]
+        return body.op("Concat", groups, axis=-2)
+
+    def tiers(self, body: _Body, x: ir.Value) -> list[tuple[ir.Value, int]]:
+        """Each tier's tokens of ``x`` (a Slice along axis -2, empty past the end) and its bits."""
+        ends = [*np.cumsum([self.hp_tokens, *(count for count, _ in self.mid)]).tolist(), _INT64_MAX]
+        end = body.const(np.array([ends[0]], np.int64))
         axis = body.const(np.array([-2], np.int64))
-        hp = body.op("Slice", [x, body.const(np.array([0], np.int64)), k, axis])
-        lp = body.op("Slice", [x, k, body.const(np.array([_INT64_MAX], np.int64)), axis])
-        return body.op("Concat", [_qdq_group(body, hp, self.hp_bits), _qdq_group(body, lp, self.lp_bits)], axis=-2)
+        start = body.const(np.array([0], np.int64))
+        parts = []
+        for i, bits in enumerate(self.bits):  # the constants in the order two-tier bodies have always had
+            if i:
+                start, end = end, body.const(np.array([ends[i]], np.int64))
+            parts.append((body.op("Slice", [x, start, end, axis]), bits))
+        return parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +287,7 @@ class TokenQuantizeSpec:
     transform: SequenceTransformSpec | None = None
 
     def __post_init__(self) -> None:
-        for bits in (self.qdq.hp_bits, self.qdq.lp_bits):
+        for bits in self.qdq.bits:
             if not 2 <= bits <= 8:
                 raise ValueError(f"integer codes take 2-8 bits, got {bits}")
         if self.zero_point_columns < 0:
@@ -275,21 +308,16 @@ class TokenQuantizeSpec:
         if self.transform is not None:
             x = self.transform.reference(x)
         q = self.qdq
-        return quant.integer_codes(x, q.hp_tokens, q.hp_bits, q.lp_bits, self.zero_point_columns)
+        return quant.integer_codes(x, q.hp_tokens, q.hp_bits, q.lp_bits, self.zero_point_columns, q.mid)
 
     def function(self, opset: int) -> ir.Function:
         body = _Body(f"{op_type(self)}_{self.overload}")
         x = body.input("X")
         if self.transform is not None:
             x = self.transform.emit(body, x)
-        k = body.const(np.array([self.qdq.hp_tokens], np.int64))
-        axis = body.const(np.array([-2], np.int64))
-        hp = body.op("Slice", [x, body.const(np.array([0], np.int64)), k, axis])
-        lp = body.op("Slice", [x, k, body.const(np.array([_INT64_MAX], np.int64)), axis])
-        groups = [_codes_group(body, hp, self.qdq.hp_bits, self.zero_point_columns),
-                  _codes_group(body, lp, self.qdq.lp_bits, self.zero_point_columns)]
-        codes = body.op("Concat", [groups[0][0], groups[1][0]], axis=-2)
-        scales = body.op("Concat", [groups[0][1], groups[1][1]], axis=-2)
+        groups = [_codes_group(body, part, bits, self.zero_point_columns) for part, bits in self.qdq.tiers(body, x)]
+        codes = body.op("Concat", [g[0] for g in groups], axis=-2)
+        scales = body.op("Concat", [g[1] for g in groups], axis=-2)
         return body.function(op_type(self), self.overload, {"C": codes, "S": scales}, self.attributes(), opset)
 
 
@@ -365,7 +393,8 @@ def spec_from_node(node: ir.Node) -> Spec | None:
         )
 
     def qdq() -> TokenQDQSpec:
-        return TokenQDQSpec(int(attrs["hp_tokens"]), int(attrs["hp_bits"]), int(attrs["lp_bits"]))
+        mid = tuple(zip(attrs.get("mid_tokens", ()), attrs.get("mid_bits", ()), strict=True))
+        return TokenQDQSpec(int(attrs["hp_tokens"]), int(attrs["hp_bits"]), int(attrs["lp_bits"]), mid)
 
     if node.op_type == SEQUENCE_TRANSFORM:
         return transform(bool(attrs.get("inverse", 0)))
