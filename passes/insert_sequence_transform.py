@@ -91,7 +91,7 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
             ops.add_function(model, spec)
         for inverse in sorted(inverse_specs, key=lambda f: f.overload):
             ops.add_function(model, inverse)
-        _drop_unused_qdq_functions(model)
+        ops.drop_unused_functions(model, (ops.TOKEN_QDQ,))  # all were fused
         return TransformResult(model, modified=count > 0, values=done)
 
     def _forward_for(self, x: ir.Value | None, qdq: ops.TokenQDQSpec) -> ops.SequenceTransformSpec:
@@ -116,16 +116,6 @@ class InsertSequenceTransformPass(ir.passes.InPlacePass):
 
     def ensures(self, model: ir.Model) -> None:
         assert_invariants(model)
-
-
-def _drop_unused_qdq_functions(model: ir.Model) -> None:
-    """Remove the TokenQDQ bodies that no node calls any more (all were fused).
-
-    Not onnx-ir's RemoveUnusedFunctionsPass: it removes every function no node calls, also
-    those the input model brought, which the rewrite leaves as they are."""
-    used = {(node.domain, node.op_type, node.overload) for node in model.graph.all_nodes()}
-    for key in [k for k in model.functions if k[1] == ops.TOKEN_QDQ and k not in used]:
-        del model.functions[key]
 
 
 def _like(value: ir.Value, model_value: ir.Value, name: str) -> None:

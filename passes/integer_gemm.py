@@ -55,10 +55,8 @@ class IntegerGemmPass(ir.passes.InPlacePass):
             if dq is None or "block_size" in dq.attributes or dq.inputs[0] is None or dq.inputs[0].const_value is None:
                 raise ir.passes.PreconditionError(f"layer {layer!r}: the integer GEMM needs per-channel weight codes "
                                                   "(run QuantizeWeightsPass with weight_block 0 first)")
-            spec = ops.spec_from_node(quantizer)
-            qdq = spec.qdq if isinstance(spec, ops.TransformQDQSpec) else spec
-            assert isinstance(qdq, ops.TokenQDQSpec)
-            if max(qdq.hp_bits, qdq.lp_bits) > 8:
+            qdq = ops.token_qdq_of(ops.spec_from_node(quantizer))
+            if max(qdq.bits) > 8:
                 raise ir.passes.PreconditionError(f"layer {layer!r}: integer codes take 2-8 activation bits, not {qdq}")
 
     def call(self, model: ir.Model) -> WeightResult:
@@ -78,12 +76,9 @@ class IntegerGemmPass(ir.passes.InPlacePass):
             if is_transposed(node):
                 codes = codes.T
             old = ops.spec_from_node(quantizer)
-            if isinstance(old, ops.TransformQDQSpec):
-                qdq, transform = old.qdq, old.transform
-            else:
-                assert isinstance(old, ops.TokenQDQSpec)
-                qdq, transform = old, None
-            eight_bit = max(qdq.hp_bits, qdq.lp_bits) > quant.FOLDED_MAX_BITS
+            qdq = ops.token_qdq_of(old)
+            transform = old.transform if isinstance(old, ops.TransformQDQSpec) else None
+            eight_bit = max(qdq.bits) > quant.FOLDED_MAX_BITS
             extra = zero_point_rows(codes) if eight_bit else np.zeros((0, codes.shape[1]), np.int8)
             spec = ops.TokenQuantizeSpec(qdq, extra.shape[0], transform)
             specs.add(spec)
@@ -129,15 +124,8 @@ class IntegerGemmPass(ir.passes.InPlacePass):
         for spec in sorted(specs, key=lambda item: (ops.op_type(item), item.overload)):
             ops.add_function(model, spec)
         model.opset_imports[INTEGER_GEMM_DOMAIN] = 1
-        _drop_unused_functions(model)
+        ops.drop_unused_functions(model)  # the fake-quant bodies
         return WeightResult(model, modified=bool(done), values=done)
 
     def ensures(self, model: ir.Model) -> None:
         assert_invariants(model)
-
-
-def _drop_unused_functions(model: ir.Model) -> None:
-    """Remove the fake-quant bodies no node calls any more (the rewrite's own, never the input model's)."""
-    used = {(node.domain, node.op_type, node.overload) for node in model.graph.all_nodes()}
-    for key in [k for k in model.functions if k[0] == ops.DOMAIN and k[1] in ops.QUANTIZERS and k not in used]:
-        del model.functions[key]

@@ -9,15 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 import stamp_onnx
-from stamp_onnx.config import FeatureTransform, StampConfig, Transform, WeightMethod
+from stamp_onnx.config import BitAllocation, FeatureTransform, StampConfig, Transform, WeightMethod
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
 from stamp_onnx.graph import ops
 from stamp_onnx.graph.calibration import Calibration, calibrate
-from stamp_onnx.graph.contract import LINEAR_OPS, rewritten_layers
+from stamp_onnx.graph.contract import LAYER_KEY, LINEAR_OPS, rewritten_layers
 from stamp_onnx.graph.model_io import check_output_path, load_model, save_model
+from stamp_onnx.passes.allocate_token_bits import AllocateTokenBitsPass
 from stamp_onnx.passes.constants import is_constant
 from stamp_onnx.passes.convert_opset import ConvertOpsetPass
 from stamp_onnx.passes.infer_shapes import InferShapesPass
@@ -98,6 +100,9 @@ def rewrite_passes(config: StampConfig, calibration: Calibration | None = None,
     passes: list[ir.passes.PassBase] = [InsertTokenQDQPass(config.hp_tokens, config.hp_bits, config.lp_bits)]
     if config.transform != Transform.NONE:
         passes.append(InsertSequenceTransformPass(config.transform, config.levels, config.prefix_tokens, config.grid_width))
+    if config.bit_allocation == BitAllocation.ENERGY:
+        energy = _calibrated(calibration, f"bit allocation {BitAllocation.ENERGY}").energy
+        passes.append(AllocateTokenBitsPass(config.avg_bits, config.hp_bits, energy))
     feature = FEATURE_TRANSFORMS[FeatureTransform(config.feature_transform)]
     if feature is not None:
         passes.append(feature(config, calibration))
@@ -188,12 +193,14 @@ def quantize_file(
     out = check_output_path(in_path, out_path)
     check_target(config, target, inline=inline)
     if config.needs_calibration and calibration_feeds is None:
-        what = "weight method gptq" if config.weight_method == WeightMethod.GPTQ else f"feature transform {config.feature_transform}"
+        what = ("weight method gptq" if config.weight_method == WeightMethod.GPTQ
+                else "bit allocation energy" if config.bit_allocation == BitAllocation.ENERGY
+                else f"feature transform {config.feature_transform}")
         raise ConfigError(f"{what} needs calibration data: pass --calibration FILE.npz "
                           "(arrays named after the model inputs; `stamp-onnx export MODEL --calibration-data FILE.npz` writes one)")
     if calibration_feeds is not None and not config.needs_calibration:
-        raise ConfigError("calibration data is only used by --feature-transform smoothquant and --weight-method gptq; "
-                          "drop --calibration")
+        raise ConfigError("calibration data is only used by --feature-transform smoothquant, --weight-method gptq and "
+                          "--bit-allocation energy; drop --calibration")
     logger.info("loading %s", in_path)
     model = load_model(in_path)
     calibration = None if calibration_feeds is None else calibrate_for(in_path, model, config, calibration_feeds)
@@ -211,12 +218,17 @@ def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, fee
     MatMul reads, in the model rewritten with ``config`` but round-to-nearest weights: the
     inputs a layer gets with every earlier layer quantized, as GPTQ quantizes block by block
     (Hessians of the float model's activations made SmolLM2 worse than RTN, docs/results.md).
-    The layers' value names are the same in both rewrites (the weight pass runs last).
+    The layers' value names are the same in both rewrites (the weight pass runs last). Energy
+    allocation: each layer's mean energy per transformed token (:func:`token_energies`).
     """
     logger.info("calibrating %s", in_path)
     calibration = None
     if config.feature_transform == FeatureTransform.SMOOTHQUANT:
         calibration = calibrate(in_path, feeds, _linear_inputs(model))
+    if config.bit_allocation == BitAllocation.ENERGY:
+        energy = token_energies(in_path, config, feeds, calibration)
+        calibration = (dataclasses.replace(calibration, energy=energy) if calibration is not None
+                       else Calibration(amax={}, samples=len(next(iter(feeds.values()))), tokens=0, energy=energy))
     if config.weight_method != WeightMethod.GPTQ:
         assert calibration is not None
         return calibration
@@ -238,6 +250,34 @@ def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, fee
     if calibration is None:
         return dataclasses.replace(measured, amax={}, hessian=hessian)
     return dataclasses.replace(calibration, hessian=hessian)
+
+
+def token_energies(in_path: str | Path, config: StampConfig, feeds: dict[str, np.ndarray],
+                   calibration: Calibration | None) -> dict[str, np.ndarray]:
+    """Each rewritten layer's mean energy per transformed token, E ||(L x)_i||^2 over ``feeds``, by layer name.
+
+    Measured where the quantizer reads it: the model is rewritten with ``config``'s transform and
+    feature transform (``calibration``: what those need) but two tiers and float weights, each
+    TransformQDQ exposes its output T = L x (TokenQDQ: its input), and T is calibrated. The layers
+    before a layer are then quantized with two tiers, which moves its energy profile very little.
+    """
+    first = load_model(in_path)
+    rewrite(first, config.replace(bit_allocation=BitAllocation.TIERS, avg_bits=0.0, weight_bits=0, weight_block=0,
+                                  weight_method=WeightMethod.RTN), source=str(in_path), calibration=calibration)
+    with tempfile.TemporaryDirectory(prefix="stamp-onnx-") as tmp:
+        path = Path(tmp) / "tiers.onnx"
+        save_model(first, path)
+        proto = onnx.load(str(path), load_external_data=False)  # its weights stay in the file next to it
+        ops.expose_transformed(proto)
+        onnx.save(proto, str(path))
+        taps = {}
+        for node in proto.graph.node:
+            layer = next((p.value for p in node.metadata_props if p.key == LAYER_KEY), None)
+            if node.domain == ops.DOMAIN and node.op_type in ops.QUANTIZERS and layer is not None:
+                taps[layer] = node.output[1] if node.op_type == ops.TRANSFORM_QDQ else node.input[0]
+        logger.info("measuring the token energies of %d layers", len(taps))
+        measured = calibrate(path, feeds, list(dict.fromkeys(taps.values())), energies=True)
+    return {layer: measured.energy[name] for layer, name in taps.items()}
 
 
 def _linear_inputs(model: ir.Model) -> list[str]:

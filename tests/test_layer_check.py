@@ -15,7 +15,8 @@ import pytest
 from torch_models import tiny_llama, tiny_llama_onnx
 
 from stamp_onnx.config import StampConfig
-from stamp_onnx.evaluation.layer_check import expose_transformed, find_taps, per_layer_diffs
+from stamp_onnx.evaluation.layer_check import find_taps, per_layer_diffs
+from stamp_onnx.graph import ops
 from stamp_onnx.pipeline import quantize_file
 from stamp_onnx.zoo.models import linear_layer_names, sample_inputs
 
@@ -26,7 +27,7 @@ def test_every_layer_is_found_and_matches(backend: str, transform: str, tmp_path
     out = tmp_path / "q.onnx"
     quantize_file(tiny_llama_onnx(), out, config)
     proto = onnx.load(str(out), load_external_data=False)
-    expose_transformed(proto)
+    ops.expose_transformed(proto)
     taps = find_taps(proto.graph)
     assert sorted(t.module for t in taps) == sorted(linear_layer_names(tiny_llama().module))
     feeds = sample_inputs(tiny_llama(), 2, 37, seed=7)

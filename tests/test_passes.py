@@ -15,7 +15,7 @@ import pytest
 from stamp_onnx.config import StampConfig
 from stamp_onnx.core import quant, transforms
 from stamp_onnx.errors import ModelLoadError, RewriteError
-from stamp_onnx.evaluation.layer_check import expose_transformed, find_taps
+from stamp_onnx.evaluation.layer_check import find_taps
 from stamp_onnx.graph import ops
 from stamp_onnx.graph.contract import LAYER_KEY, PASS_KEY, recorded_config
 from stamp_onnx.graph.model_io import load_model
@@ -156,7 +156,7 @@ def test_each_stage_matches_math_module(transform: str, prefix: int, mlp_path: P
     out = tmp_path / "q.onnx"
     quantize_file(mlp_path, out, config)
     proto = onnx.load(str(out))
-    expose_transformed(proto)
+    ops.expose_transformed(proto)
     taps = find_taps(proto.graph)
     assert [tap.layer for tap in taps] == ["fc1", "fc2"]
     names = [name for tap in taps for name in (tap.x, tap.t, tap.q, tap.y)]

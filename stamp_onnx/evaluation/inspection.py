@@ -33,6 +33,17 @@ class LayerSummary:
     token_axis: str = ""  # e.g. "1 (inferred)", "0 (given)"
     gemm: str = "float"  # "integer": the GEMM runs on integer codes (--target integer); "float": fake-quant
     levels_at_seq_len: int = 0  # the levels applied at the summary's seq_len (== levels unless "auto")
+    mid: tuple[tuple[int, int], ...] = ()  # middle tiers (tokens, bits) between hp and lp (--bit-allocation energy)
+
+    @property
+    def bits_text(self) -> str:
+        """The tiers' widths, hp first: '8/4', or '8/7/6/5/3' with middle tiers."""
+        return "/".join(map(str, (self.hp_bits, *(bits for _, bits in self.mid), self.lp_bits)))
+
+    @property
+    def tiers_text(self) -> str:
+        """Every tier as tokens x bits: '1x8 30x7 90x6 rest x3'."""
+        return " ".join([f"{count}x{bits}" for count, bits in ((self.hp_tokens, self.hp_bits), *self.mid)] + [f"rest x{self.lp_bits}"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +75,13 @@ class ModelSummary:
                     levels = f"auto {layer.levels_at_seq_len}"
                 lines.append(
                     f"{layer.name:<{width}}  {layer.transform:<9}  {levels:>6}  {layer.prefix_tokens:>6}  {layer.hp_tokens:>9}  "
-                    f"{layer.hp_bits:>4}/{layer.lp_bits:<4}  {layer.average_bits:>8.3f}  "
+                    f"{layer.bits_text:>9}  {layer.average_bits:>8.3f}  "
                     f"{layer.feature_transform:<8}  {layer.gemm:<7}  {layer.weight_format}"
                 )
+            tiered = [layer for layer in self.layers if layer.mid]
+            if tiered:
+                lines.append("tiers (tokens x bits, in transformed-token order):")
+                lines.extend(f"  {layer.name:<{width}}  {layer.tiers_text}" for layer in tiered)
             lines.append("activations and token axes:")
             lines.extend(f"  {layer.name:<{width}}  {layer.activation_shape}  token axis {layer.token_axis}" for layer in self.layers)
         linear = [item for item in self.skipped if item.get("linear", True)]
@@ -99,7 +114,8 @@ def summarize(model: ir.Model, *, seq_len: int = 512) -> ModelSummary:
                 hp_tokens=q.hp_tokens,
                 hp_bits=q.hp_bits,
                 lp_bits=q.lp_bits,
-                average_bits=average_bits(q.hp_tokens, q.hp_bits, q.lp_bits, seq_len),
+                average_bits=average_bits(q.hp_tokens, q.hp_bits, q.lp_bits, seq_len, q.mid),
+                mid=q.mid,
                 feature_transform=layer.feature_transform,
                 weight_format=layer.weight_format,
                 activation_shape=layer.activation_shape,

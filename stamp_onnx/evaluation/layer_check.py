@@ -26,14 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import torch
 
 from stamp_onnx.config import StampConfig, WeightMethod
 from stamp_onnx.core import quant
 from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.errors import ValidationError
-from stamp_onnx.evaluation.reference import layer_weight, sequence_transform, stamp_activation
+from stamp_onnx.evaluation.reference import (
+    layer_weight,
+    quantizer,
+    sequence_transform,
+    stamp_activation,
+)
 from stamp_onnx.graph import ops, runtime
 from stamp_onnx.graph.contract import LAYER_KEY, SCALE_KEY, RewrittenModel, decode_scale, read_model
 
@@ -51,6 +55,7 @@ class LayerTap:
     y: str  # the layer's output (after the inverse transform)
     has_bias: bool
     scale: np.ndarray | None = None  # SmoothQuant's s, as the quantizer records it
+    qdq: ops.TokenQDQSpec | None = None  # the quantizer's tiers, as the node records them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,27 +75,10 @@ class LayerDiff:
     token_energy: tuple[float, ...] = ()
 
 
-def expose_transformed(proto: onnx.ModelProto) -> None:
-    """Give every TransformQDQ node its optional output T (= L x), with the two-output body."""
-    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    bodies = {}
-    for node in proto.graph.node:
-        if node.domain != ops.DOMAIN or node.op_type != ops.TRANSFORM_QDQ or len(node.output) > 1:
-            continue
-        node.output.append(f"{node.output[0]}/transformed")
-        spec = ops.spec_from_node(ir.serde.deserialize_node(node))
-        assert isinstance(spec, ops.TransformQDQSpec)
-        bodies[(ops.DOMAIN, ops.TRANSFORM_QDQ, spec.overload)] = spec.function(opset, with_transformed=True)
-    for i, function in enumerate(proto.functions):
-        body = bodies.get((function.domain, function.name, function.overload))
-        if body is not None:
-            proto.functions[i].CopyFrom(ir.serde.serialize_function(body))
-
-
 def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
     """One tap per TokenQDQ or TransformQDQ node that carries a layer name, in graph order.
 
-    A TransformQDQ node must expose its output T (see :func:`expose_transformed`).
+    A TransformQDQ node must expose its output T (see :func:`ops.expose_transformed`).
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -119,7 +107,8 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
             scale = None if recorded is None else decode_scale(recorded)
         except ValueError as err:
             raise ValidationError(f"layer {layer!r}: {err}") from err
-        taps.append(LayerTap(layer, module_of_layer(layer), x, t, node.output[0], y, has_bias, scale))
+        qdq = ops.token_qdq_of(ops.spec_from_proto(node))
+        taps.append(LayerTap(layer, module_of_layer(layer), x, t, node.output[0], y, has_bias, scale, qdq))
     return taps
 
 
@@ -137,7 +126,7 @@ def per_layer_diffs(
     ``recorded``: :func:`recorded_weights` of the model when the caller has read them already.
     """
     proto = onnx.load(str(onnx_path))
-    expose_transformed(proto)
+    ops.expose_transformed(proto)
     taps = find_taps(proto.graph)
     if not taps:
         return []
@@ -180,11 +169,12 @@ def _compare_layer(
         weight = torch.from_numpy(np.ascontiguousarray(recorded.T))
     else:
         weight = layer_weight(linear.weight, config, scale=tap.scale)
-    whole = torch.nn.functional.linear(stamp_activation(x, config), weight, bias)
+    tiers = quantizer(config, tap.qdq)
+    whole = torch.nn.functional.linear(stamp_activation(x, config, tiers), weight, bias)
     if whole.shape != y.shape:
         raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")
     t_ref = sequence_transform(x, config)
-    q_ref = quant.token_qdq(t, config.hp_tokens, config.hp_bits, config.lp_bits)
+    q_ref = tiers.reference(t)
     y_ref = sequence_transform(torch.nn.functional.linear(q, weight), config, inverse=True)
     if bias is not None:
         y_ref = y_ref + bias
@@ -199,7 +189,7 @@ def _compare_layer(
         float_sqnr_db=quant.sqnr_db(
             torch.nn.functional.linear(x, layer_weight(linear.weight, config, scale=tap.scale, quantized=False), bias).numpy(), y.numpy()
         ),
-        hp_energy=float(shares[: config.hp_tokens].sum()),
+        hp_energy=float(shares[: tiers.hp_tokens].sum()),
         token_energy=tuple(shares.tolist()),
     )
 

@@ -13,7 +13,8 @@ With a feature transform the input is first rotated, x -> x R, and the layer's w
 R^T W (``hadamard``), or divided per channel, x -> x / s, with the weight diag(s) W
 (``smoothquant``; s per module, as the rewritten model records it); with weight quantization
 that weight is fake-quantized (:mod:`stamp_onnx.core.weights`). The hooked layers' weights are
-swapped for those while the context is open.
+swapped for those while the context is open. With ``bit_allocation="energy"`` each layer's tiers
+come from calibration data, so the reference takes them as the rewritten model records them.
 
 Example::
 
@@ -33,9 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from stamp_onnx.config import FeatureTransform, StampConfig, WeightMethod
-from stamp_onnx.core import quant, smoothing, transforms, weights
+from stamp_onnx.config import BitAllocation, FeatureTransform, StampConfig, WeightMethod
+from stamp_onnx.core import smoothing, transforms, weights
 from stamp_onnx.errors import ValidationError
+from stamp_onnx.graph import ops
 from stamp_onnx.graph.contract import SCALE_KEY
 
 logger = logging.getLogger(__name__)
@@ -89,9 +91,21 @@ def changes_weights(config: StampConfig) -> bool:
     return bool(config.weight_bits) or config.feature_transform != FeatureTransform.NONE
 
 
-def stamp_activation(x: torch.Tensor, config: StampConfig) -> torch.Tensor:
-    """L^-1 Q(L x) on the token axis (-2) of ``x`` (..., s, d), as the rewritten graph does."""
-    y = quant.token_qdq(sequence_transform(x, config), config.hp_tokens, config.hp_bits, config.lp_bits)
+def quantizer(config: StampConfig, recorded: ops.TokenQDQSpec | None = None) -> ops.TokenQDQSpec:
+    """The tiers a layer quantizes with: the config's two, or with energy allocation, the layer's
+    ``recorded`` ones (ValidationError without them: they come from calibration data)."""
+    if config.bit_allocation != BitAllocation.ENERGY:
+        return ops.TokenQDQSpec(config.hp_tokens, config.hp_bits, config.lp_bits)
+    if recorded is None:
+        raise ValidationError("an energy-allocated layer needs its tiers: read them from the rewritten model "
+                              "(the TokenQDQ/TransformQDQ attributes)")
+    return recorded
+
+
+def stamp_activation(x: torch.Tensor, config: StampConfig, tiers: ops.TokenQDQSpec | None = None) -> torch.Tensor:
+    """L^-1 Q(L x) on the token axis (-2) of ``x`` (..., s, d), as the rewritten graph does
+    (``tiers``: the layer's recorded quantizer, see :func:`quantizer`)."""
+    y = quantizer(config, tiers).reference(sequence_transform(x, config))
     return sequence_transform(y, config, inverse=True)
 
 
@@ -103,6 +117,7 @@ def stamp_reference(
     layers: Collection[str] | None = None,
     scales: Mapping[str, np.ndarray] | None = None,
     recorded_weights: Mapping[str, np.ndarray] | None = None,
+    tiers: Mapping[str, ops.TokenQDQSpec] | None = None,
 ) -> Iterator[list[str]]:
     """Hook every nn.Linear selected by ``config.selects(name)``; yields the hooked names.
 
@@ -112,6 +127,8 @@ def stamp_reference(
     ``recorded_weights``: the quantized weights (d_in, d_out) a rewritten model holds, by module
     name, used as they are (needed by ``weight_method="gptq"``: its codes depend on calibration
     data; the GPTQ math itself is tested on its own, tests/test_gptq.py).
+    ``tiers``: each layer's quantizer as the rewritten model records it, by module name (needed by
+    ``bit_allocation="energy"``).
     The hooks are removed on exit, also when the body raises.
     """
     linears = {name: sub for name, sub in module.named_modules() if isinstance(sub, torch.nn.Linear)}
@@ -128,9 +145,10 @@ def stamp_reference(
     if not names:
         logger.warning("no linear layer selected: the STaMP reference equals the float model")
 
-    scales, recorded_weights = scales or {}, recorded_weights or {}
+    scales, recorded_weights, tiers = scales or {}, recorded_weights or {}, tiers or {}
     for needed, given, what in ((config.feature_transform == FeatureTransform.SMOOTHQUANT, scales, "smoothquant layer(s) have no scale s"),
-                                (config.weight_method == WeightMethod.GPTQ, recorded_weights, "gptq layer(s) have no recorded weight")):
+                                (config.weight_method == WeightMethod.GPTQ, recorded_weights, "gptq layer(s) have no recorded weight"),
+                                (config.bit_allocation == BitAllocation.ENERGY, tiers, "energy-allocated layer(s) have no tiers")):
         missing = [name for name in names if name not in given] if needed else []
         if missing:
             raise ValidationError(f"{len(missing)} {what} (e.g. {missing[0]!r}); pass what the rewritten model records")
@@ -139,7 +157,7 @@ def stamp_reference(
         x = args[0]
         if x.dim() < 2:
             return args
-        return (stamp_activation(transform_features(x, config, scales.get(name)), config), *args[1:])
+        return (stamp_activation(transform_features(x, config, scales.get(name)), config, tiers.get(name)), *args[1:])
 
     # Each hooked layer gets a Parameter of its own (not new data in the old one): a weight tied
     # to an embedding (an LM head) must not change the embedding, as the ONNX rewrite does not.

@@ -237,11 +237,13 @@ def validate(
         floated = _session(float_onnx_path)
     by_layer = recorded_weights(recorded, config)
     held = {module_of_layer(layer): w for layer, w in by_layer.items()}
-    with stamp_reference(loaded.module, config, layers=layers or None, scales=scales, recorded_weights=held) as hooked:
+    tiers = recorded.tiers_by_module()
+    with stamp_reference(loaded.module, config, layers=layers or None, scales=scales, recorded_weights=held,
+                         tiers=tiers) as hooked:
         pass  # resolve and check the layer names once, before the long loop
 
     reference = functools.partial(stamp_reference, loaded.module, config, layers=hooked, scales=scales,
-                                  recorded_weights=held)
+                                  recorded_weights=held, tiers=tiers)
     diffs, nll, texts = _compare(loaded, samples, batch, (floated, rewritten), config, reference)
     layer_diffs = []
     if per_layer:

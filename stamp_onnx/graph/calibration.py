@@ -4,7 +4,8 @@ A calibrated rewrite needs, for every activation that feeds a rewritten layer, t
 of each feature channel over all calibration tokens (``--feature-transform smoothquant``, on
 the float model), or H = sum x^T x over the tokens (``--weight-method gptq``, on each layer's
 MatMul input in the model rewritten with round-to-nearest weights:
-:func:`stamp_onnx.pipeline.calibrate_for`). Every wanted activation is made a graph output and
+:func:`stamp_onnx.pipeline.calibrate_for`), or the mean energy of each token, E ||x_i||^2
+(``--bit-allocation energy``, on each quantizer's input after the sequence transform). Every wanted activation is made a graph output and
 the model runs one sample at a time, so memory stays at one sample's activations; any ONNX
 file can be calibrated, with or without its PyTorch source.
 
@@ -36,12 +37,14 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(in
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """Per activation (value name in the float graph): max |x| per feature channel, shape (d,),
-    and (when asked for) H = sum over tokens of x^T x, float64 (d, d)."""
+    and (when asked for) H = sum over tokens of x^T x, float64 (d, d), and the mean over
+    sequences of each token's energy sum_j x_ij^2, float64 (s,) (tokens on axis -2)."""
 
     amax: dict[str, np.ndarray]
     samples: int
     tokens: int  # calibration tokens per activation (samples x tokens per sample)
     hessian: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    energy: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def load_feeds(path: str | Path) -> dict[str, np.ndarray]:
@@ -58,10 +61,12 @@ def save_feeds(path: str | Path, feeds: dict[str, np.ndarray]) -> None:
 
 
 def calibrate(
-    model_path: str | Path, feeds: dict[str, np.ndarray], activations: Iterable[str], *, hessians: bool = False
+    model_path: str | Path, feeds: dict[str, np.ndarray], activations: Iterable[str], *, hessians: bool = False,
+    energies: bool = False,
 ) -> Calibration:
     """Run the model at ``model_path`` on ``feeds`` (one row at a time); max |x| per channel of
-    each activation, and its x^T x when ``hessians``."""
+    each activation, its x^T x when ``hessians``, its mean energy per token when ``energies``
+    (ConfigError when an activation's token count changes between samples)."""
     names = list(dict.fromkeys(activations))
     proto = onnx.load(str(model_path))  # with its external data: the session is built from bytes
     # native: a rewritten model (GPTQ's Hessians) runs faster
@@ -70,6 +75,7 @@ def calibrate(
     n = len(next(iter(feeds.values())))
     amax: dict[str, np.ndarray] = {}
     hessian: dict[str, np.ndarray] = {}
+    energy: dict[str, np.ndarray] = {}
     tokens = 0
     for row in range(n):
         try:
@@ -84,9 +90,24 @@ def calibrate(
                 x = value.reshape(-1, value.shape[-1]).astype(np.float32)
                 product = (x.T @ x).astype(np.float64)
                 hessian[name] = product if name not in hessian else hessian[name] + product
+            if energies:
+                _add_energy(energy, name, value)
         tokens += int(np.prod(values[0].shape[:-1])) if values else 0
     logger.info("calibrated %d activations on %d samples (%d tokens each activation)", len(names), n, tokens)
-    return Calibration(amax=amax, samples=n, tokens=tokens, hessian=hessian)
+    sequences = {name: n * int(np.prod(value.shape[:-2])) for name, value in zip(names, values, strict=True)} if n else {}
+    return Calibration(amax=amax, samples=n, tokens=tokens, hessian=hessian,
+                       energy={name: total / max(sequences[name], 1) for name, total in energy.items()})
+
+
+def _add_energy(energy: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
+    """Add each token's sum_j x_ij^2 of ``value`` (..., s, d), summed over the leading axes, to energy[name]."""
+    if value.ndim < 2:
+        raise ConfigError(f"activation {name!r} has shape {value.shape}: token energies need tokens on axis -2")
+    per_token = np.square(value, dtype=np.float64).sum(axis=-1).reshape(-1, value.shape[-2]).sum(axis=0)
+    if name in energy and energy[name].shape != per_token.shape:
+        raise ConfigError(f"activation {name!r} has {per_token.size} tokens in one calibration sample and "
+                          f"{energy[name].size} in another; token energies need one sequence length (pad or cut the samples)")
+    energy[name] = per_token if name not in energy else energy[name] + per_token
 
 
 def _check_feeds(session: object, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

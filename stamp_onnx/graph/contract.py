@@ -177,11 +177,8 @@ def read_layers(model: ir.Model) -> list[RewrittenLayer]:
     layers = []
     for name, node, quantizer in rewritten_layers(model.graph):
         spec = ops.spec_from_node(quantizer)
-        if isinstance(spec, (ops.TransformQDQSpec, ops.TokenQuantizeSpec)):
-            qdq, transform = spec.qdq, spec.transform
-        else:
-            assert isinstance(spec, ops.TokenQDQSpec)
-            qdq, transform = spec, None
+        qdq = ops.token_qdq_of(spec)
+        transform = spec.transform if isinstance(spec, (ops.TransformQDQSpec, ops.TokenQuantizeSpec)) else None
         scale_text = quantizer.metadata_props.get(SCALE_KEY)
         layers.append(RewrittenLayer(
             name=name, node=node, quantizer=quantizer, qdq=qdq, transform=transform,
@@ -275,6 +272,13 @@ class RewrittenModel:
         for layer in self.layers:
             if layer.smooth_scale is not None:
                 out.setdefault(layer.module, layer.smooth_scale)
+        return out
+
+    def tiers_by_module(self) -> dict[str, ops.TokenQDQSpec]:
+        """Each module's quantizer settings as recorded (a module called twice: its first layer's)."""
+        out: dict[str, ops.TokenQDQSpec] = {}
+        for layer in self.layers:
+            out.setdefault(layer.module, layer.qdq)
         return out
 
     def dequantized_weights(self) -> dict[str, np.ndarray]:

@@ -66,6 +66,7 @@ import math
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from stamp_onnx.config import HAAR_TRANSFORMS, MAX_LEVELS, TRANSFORMS, Tiers, Transform, tier_spans
@@ -410,12 +411,53 @@ def spec_from_node(node: ir.Node) -> Spec | None:
     return None
 
 
+def spec_from_proto(node: onnx.NodeProto) -> Spec | None:
+    """:func:`spec_from_node` of a NodeProto (its attributes only: no inputs to look up)."""
+    return spec_from_node(ir.serde.deserialize_node(onnx.NodeProto(domain=node.domain, op_type=node.op_type,
+                                                                   attribute=node.attribute)))
+
+
+def token_qdq_of(spec: Spec | None) -> TokenQDQSpec:
+    """The tiers of a quantizer's spec (TokenQDQ, TransformQDQ, TokenQuantize, TransformQuantize)."""
+    qdq = spec.qdq if isinstance(spec, (TransformQDQSpec, TokenQuantizeSpec)) else spec
+    if not isinstance(qdq, TokenQDQSpec):
+        raise ValueError(f"{spec!r} is not a quantizer's spec")
+    return qdq
+
+
 def add_function(model: ir.Model, spec: Spec) -> None:
     """Ship the function body of ``spec`` in ``model`` (idempotent) and import the domain."""
     key = (DOMAIN, op_type(spec), spec.overload)
     if key not in model.functions:
         model.functions[key] = spec.function(model.opset_imports[""])
     model.opset_imports[DOMAIN] = DOMAIN_VERSION
+
+
+def expose_transformed(proto: onnx.ModelProto) -> None:
+    """Give every TransformQDQ node its optional output T (= L x), with the two-output body."""
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    bodies = {}
+    for node in proto.graph.node:
+        if node.domain != DOMAIN or node.op_type != TRANSFORM_QDQ or len(node.output) > 1:
+            continue
+        node.output.append(f"{node.output[0]}/transformed")
+        spec = spec_from_proto(node)
+        assert isinstance(spec, TransformQDQSpec)
+        bodies[(DOMAIN, TRANSFORM_QDQ, spec.overload)] = spec.function(opset, with_transformed=True)
+    for i, function in enumerate(proto.functions):
+        body = bodies.get((function.domain, function.name, function.overload))
+        if body is not None:
+            proto.functions[i].CopyFrom(ir.serde.serialize_function(body))
+
+
+
+def drop_unused_functions(model: ir.Model, op_types: tuple[str, ...] = QUANTIZERS) -> None:
+    """Remove the ai.stamp bodies of ``op_types`` that no node calls any more (after a pass swapped
+    the nodes' specs). Not onnx-ir's RemoveUnusedFunctionsPass: it removes every function no node
+    calls, also those the input model brought, which the rewrite leaves as they are."""
+    used = {(node.domain, node.op_type, node.overload) for node in model.graph.all_nodes()}
+    for key in [k for k in model.functions if k[0] == DOMAIN and k[1] in op_types and k not in used]:
+        del model.functions[key]
 
 
 def quant_type(bits: int) -> ir.DataType:

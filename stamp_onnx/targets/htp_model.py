@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import BitAllocation, StampConfig
 from stamp_onnx.core import transforms
 from stamp_onnx.core.naming import counter_namer, layer_name_from_metadata
 from stamp_onnx.errors import ConfigError, ModelLoadError, RewriteError, first_line
@@ -485,6 +485,9 @@ def quantize_for_htp(input_path: str | Path, output_path: str | Path, feeds: dic
     The output is written to a temporary file, checked (``onnx.checker``; with ``check_htp``, every
     node taken by the HTP when onnxruntime-qnn is there) and renamed into place."""
     output_path = check_output_path(input_path, output_path)
+    if config.bit_allocation != BitAllocation.TIERS:
+        raise ConfigError(f"--target htp does not take --bit-allocation {config.bit_allocation}: its STaMP units have two "
+                          "tiers (hp and lp encodings); use --bit-allocation tiers")
     with tempfile.TemporaryDirectory(dir=output_path.parent) as tmp:
         prepared, base = Path(tmp) / "float.onnx", Path(tmp) / "qnn.onnx"
         layer_names = prepare_float(input_path, prepared, options, feeds)
