@@ -43,6 +43,7 @@ NUMPY = (HARD, "tests/test_quant.py")
 BODY = (HARD, "tests/test_ops.py")
 NATIVE = (HARD, "tests/test_native.py", "-k", "not feature_rotation")  # FeatureRotation has no mutant here
 INTEGER = ("tests/test_integer.py",)  # --target integer: the codes, their ops and the integer layers
+ALLOCATION = ("tests/test_bit_allocation.py", "-k", "not rewrite and not integer and not cli")  # the allocation's math
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +82,22 @@ MUTANTS = [
            'rmin = body.op("ReduceMin", [flat, _i64(body, 1)], keepdims=0)',
            BODY, "ONNX body: rmin no longer includes 0"),
     Mutant("body-split", "stamp_onnx/graph/ops.py",
-           "k = body.const(np.array([self.hp_tokens], np.int64))",
-           "k = body.const(np.array([self.hp_tokens + 1], np.int64))",
+           "end = body.const(np.array([ends[0]], np.int64))",
+           "end = body.const(np.array([ends[0] + 1], np.int64))",
            BODY, "ONNX body: one token too many at hp_bits"),
+    Mutant("body-mid-split", "stamp_onnx/graph/ops.py",
+           "start, end = end, body.const(np.array([ends[i]], np.int64))",
+           "start, end = end, body.const(np.array([ends[i] - (i < len(ends) - 1)], np.int64))",
+           BODY, "ONNX body: a middle tier one token short"),
+    Mutant("native-mid-tier", "native/qdq.h",
+           "if (pos < mid_ends[i]) return mid_bits[i];", "if (pos <= mid_ends[i]) return mid_bits[i];",
+           NATIVE, "native TokenQDQ: a middle tier one token too long"),
+    Mutant("allocation-pool", "stamp_onnx/core/allocation.py",
+           "while len(means) > 1 and means[-2] < means[-1]:", "while len(means) > 1 and means[-2] < 0.5 * means[-1]:",
+           ALLOCATION, "energy allocation: the non-increasing fit pools too little"),
+    Mutant("allocation-backtrack", "stamp_onnx/core/allocation.py",
+           "        r -= int(extra[picked[i]])\n", "",
+           ALLOCATION, "energy allocation: the backtracking forgets the bits a token took"),
     Mutant("native-row-range", "native/qdq.h",
            "  float lo = 0.0f, hi = 0.0f;\n  int nan = 0;", "  float lo = x[0], hi = x[0];\n  int nan = 0;",
            NATIVE, "native TokenQDQ: per-row range no longer includes 0"),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stamp_onnx.config import FeatureTransform, StampConfig, WeightMethod
+from stamp_onnx.config import BitAllocation, FeatureTransform, StampConfig, WeightMethod
 from stamp_onnx.errors import ConfigError
 from stamp_onnx.evaluation.validate import (
     ONNX_VS_FLOAT,
@@ -144,6 +144,9 @@ def _cache_key(
         fields.pop("smooth_alpha")
     if config.weight_method == WeightMethod.RTN:
         fields.pop("weight_method")
+    if config.bit_allocation == BitAllocation.TIERS:
+        fields.pop("bit_allocation")
+        fields.pop("avg_bits")
     key = {"model": name, "config": fields, "seq_len": seq_len, "n_windows": n_windows,
            "float_onnx": [stat.st_size, stat.st_mtime_ns], "kernels": kernels}
     if calibration is not None:

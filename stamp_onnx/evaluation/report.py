@@ -30,9 +30,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from stamp_onnx.config import StampConfig
+from stamp_onnx.config import BitAllocation, StampConfig, tier_spans
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.evaluation.validate import ONNX_VS_FLOAT, ValidationReport
+from stamp_onnx.graph.contract import read_model
 
 logger = logging.getLogger(__name__)
 
@@ -174,23 +175,17 @@ def _layer_sqnr_figure(reports: list[ValidationReport], labels: list[str], out_d
 
 def _bits_figure(reports: list[ValidationReport], labels: list[str], out_dir: Path) -> Section:
     heading = "Bits per transformed token"
-    groups: dict[tuple[int, int, int, int], list[str]] = {}
+    groups: dict[tuple[float, ...], list[str]] = {}
     for report, label in zip(reports, labels, strict=True):
-        c = report.config
-        groups.setdefault((report.seq_len, c.hp_tokens, c.hp_bits, c.lp_bits), []).append(label)
+        groups.setdefault(tuple(_token_widths(report).tolist()), []).append(label)
     fig = Figure(figsize=(8.5, 3.6 + 0.35 * len(groups)), layout="constrained")
     ax = fig.add_subplot()
-    top = 0
-    for j, ((s, k, hp, lp), names) in enumerate(groups.items()):
-        k = min(k, s)
-        average = (k * hp + (s - k) * lp) / s
-        xs, ys = ([0, k, k, s], [hp, hp, lp, lp]) if 0 < k < s else ([0, s], [hp, hp] if k else [lp, lp])
-        text = "; ".join(names) + f" (average {average:.2f} bits)"
+    for j, (widths, names) in enumerate(groups.items()):
+        text = "; ".join(names) + f" (average {np.mean(widths):.2f} bits)"
         # earlier lines wider, so a later line drawn on top leaves them visible where they coincide
-        ax.plot(xs, ys, color=_color(j), linewidth=max(1.2, 4.5 - 1.1 * j), label=textwrap.fill(text, 70))
-        top = max(top, hp, lp)
-    ax.set_ylim(0, top + 1)
-    ax.set_xlim(0, max(s for s, *_ in groups))
+        ax.stairs(widths, color=_color(j), linewidth=max(1.2, 4.5 - 1.1 * j), label=textwrap.fill(text, 70), baseline=None)
+    ax.set_ylim(0, max(max(w) for w in groups) + 1)
+    ax.set_xlim(0, max(len(w) for w in groups))
     ax.set_xlabel("transformed token index")
     ax.set_ylabel("activation bits")
     ax.grid(True, alpha=0.3)
@@ -200,9 +195,29 @@ def _bits_figure(reports: list[ValidationReport], labels: list[str], out_dir: Pa
         f"![bits per transformed token]({name})",
         "",
         "_Bit-width of every transformed token index at the evaluated sequence length: the first K "
-        "tokens (kept prefix tokens included) at high precision, the rest at low. Configs with the same "
-        "allocation share a line; the area under a line is the activation bit budget._",
+        "tokens (kept prefix tokens included) at high precision, the rest at low; with energy allocation, "
+        "the mean over the rewritten layers of each one's width (the widths differ per layer). Configs with "
+        "the same allocation share a line; the area under a line is the activation bit budget._",
     ]
+
+
+def _token_widths(report: ValidationReport) -> np.ndarray:
+    """The width of each transformed token at the report's length: the config's two tiers, or with
+    energy allocation the mean over the layers of the tiers the rewritten model records."""
+    c = report.config
+    if c.bit_allocation != BitAllocation.ENERGY:
+        spans = tier_spans(report.seq_len, c.hp_tokens, c.hp_bits, c.lp_bits)
+    else:
+        tiers = read_model(report.onnx_path, ValidationError).tiers_by_module().values()
+        return np.mean([_widths_of(q.spans(report.seq_len), report.seq_len) for q in tiers], axis=0)
+    return _widths_of(spans, report.seq_len)
+
+
+def _widths_of(spans: list[tuple[int, int, int]], tokens: int) -> np.ndarray:
+    widths = np.zeros(tokens)
+    for start, end, bits in spans:
+        widths[start:end] = bits
+    return widths
 
 
 def _quality_figure(reports: list[ValidationReport], labels: list[str], out_dir: Path) -> Section:
