@@ -82,6 +82,10 @@ def test_beats_every_two_tier_split_of_the_same_budget() -> None:
 def test_non_increasing_fit_and_tiers() -> None:
     fit = non_increasing_fit(np.array([3.0, 1.0, 2.0, 5.0, 0.0]))
     np.testing.assert_allclose(fit, [3.0, 8 / 3, 8 / 3, 8 / 3, 0.0])  # 1, 2 pooled, then 5 with them
+    np.testing.assert_allclose(non_increasing_fit(np.array([2.0, 1.0, 1.5])), [2.0, 1.25, 1.25])  # a small rise pooled too
+    values = np.random.default_rng(0).lognormal(0, 1, 200)
+    fit = non_increasing_fit(values)
+    assert np.all(np.diff(fit) <= 0) and fit.sum() == pytest.approx(values.sum())  # pooling keeps each block's sum
     assert tiers_of(np.array([8, 8, 6, 5, 5, 3])) == (2, 8, ((1, 6), (2, 5)), 3)
     assert tiers_of(np.array([4, 4])) == (2, 4, (), 4)
     with pytest.raises(ValueError, match="non-increasing"):
