@@ -226,9 +226,8 @@ def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, fee
     if config.feature_transform == FeatureTransform.SMOOTHQUANT:
         calibration = calibrate(in_path, feeds, _linear_inputs(model))
     if config.bit_allocation == BitAllocation.ENERGY:
-        energy = token_energies(in_path, config, feeds, calibration)
-        calibration = (dataclasses.replace(calibration, energy=energy) if calibration is not None
-                       else Calibration(amax={}, samples=len(next(iter(feeds.values()))), tokens=0, energy=energy))
+        measured = token_energies(in_path, config, feeds, calibration)
+        calibration = measured if calibration is None else dataclasses.replace(calibration, energy=measured.energy)
     if config.weight_method != WeightMethod.GPTQ:
         assert calibration is not None
         return calibration
@@ -253,8 +252,9 @@ def calibrate_for(in_path: str | Path, model: ir.Model, config: StampConfig, fee
 
 
 def token_energies(in_path: str | Path, config: StampConfig, feeds: dict[str, np.ndarray],
-                   calibration: Calibration | None) -> dict[str, np.ndarray]:
-    """Each rewritten layer's mean energy per transformed token, E ||(L x)_i||^2 over ``feeds``, by layer name.
+                   calibration: Calibration | None) -> Calibration:
+    """Each rewritten layer's mean energy per transformed token, E ||(L x)_i||^2 over ``feeds``
+    (``energy``, by layer name; no other statistic).
 
     Measured where the quantizer reads it: the model is rewritten with ``config``'s transform and
     feature transform (``calibration``: what those need) but two tiers and float weights, each
@@ -277,7 +277,7 @@ def token_energies(in_path: str | Path, config: StampConfig, feeds: dict[str, np
                 taps[layer] = node.output[1] if node.op_type == ops.TRANSFORM_QDQ else node.input[0]
         logger.info("measuring the token energies of %d layers", len(taps))
         measured = calibrate(path, feeds, list(dict.fromkeys(taps.values())), energies=True)
-    return {layer: measured.energy[name] for layer, name in taps.items()}
+    return dataclasses.replace(measured, amax={}, energy={layer: measured.energy[name] for layer, name in taps.items()})
 
 
 def _linear_inputs(model: ir.Model) -> list[str]:
