@@ -33,8 +33,8 @@ from stamp_onnx.core import quant
 from stamp_onnx.core.naming import module_of_layer
 from stamp_onnx.errors import ValidationError
 from stamp_onnx.evaluation.reference import (
+    layer_tiers,
     layer_weight,
-    quantizer,
     sequence_transform,
     stamp_activation,
 )
@@ -169,7 +169,7 @@ def _compare_layer(
         weight = torch.from_numpy(np.ascontiguousarray(recorded.T))
     else:
         weight = layer_weight(linear.weight, config, scale=tap.scale)
-    tiers = quantizer(config, tap.qdq)
+    tiers = layer_tiers(config, tap.qdq)
     whole = torch.nn.functional.linear(stamp_activation(x, config, tiers), weight, bias)
     if whole.shape != y.shape:
         raise ValidationError(f"layer {tap.layer!r}: ONNX output {tuple(y.shape)} vs PyTorch {tuple(whole.shape)}")

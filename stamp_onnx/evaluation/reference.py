@@ -91,7 +91,7 @@ def changes_weights(config: StampConfig) -> bool:
     return bool(config.weight_bits) or config.feature_transform != FeatureTransform.NONE
 
 
-def quantizer(config: StampConfig, recorded: ops.TokenQDQSpec | None = None) -> ops.TokenQDQSpec:
+def layer_tiers(config: StampConfig, recorded: ops.TokenQDQSpec | None = None) -> ops.TokenQDQSpec:
     """The tiers a layer quantizes with: the config's two, or with energy allocation, the layer's
     ``recorded`` ones (ValidationError without them: they come from calibration data)."""
     if config.bit_allocation != BitAllocation.ENERGY:
@@ -104,8 +104,8 @@ def quantizer(config: StampConfig, recorded: ops.TokenQDQSpec | None = None) -> 
 
 def stamp_activation(x: torch.Tensor, config: StampConfig, tiers: ops.TokenQDQSpec | None = None) -> torch.Tensor:
     """L^-1 Q(L x) on the token axis (-2) of ``x`` (..., s, d), as the rewritten graph does
-    (``tiers``: the layer's recorded quantizer, see :func:`quantizer`)."""
-    y = quantizer(config, tiers).reference(sequence_transform(x, config))
+    (``tiers``: the layer's recorded quantizer, see :func:`layer_tiers`)."""
+    y = layer_tiers(config, tiers).reference(sequence_transform(x, config))
     return sequence_transform(y, config, inverse=True)
 
 
