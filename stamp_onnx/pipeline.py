@@ -17,7 +17,7 @@ from stamp_onnx.config import BitAllocation, FeatureTransform, StampConfig, Tran
 from stamp_onnx.errors import ConfigError, RewriteError, StampError, first_line
 from stamp_onnx.graph import ops
 from stamp_onnx.graph.calibration import Calibration, calibrate
-from stamp_onnx.graph.contract import LAYER_KEY, LINEAR_OPS, rewritten_layers
+from stamp_onnx.graph.contract import LINEAR_OPS, layer_of_proto, rewritten_layers
 from stamp_onnx.graph.model_io import check_output_path, load_model, save_model
 from stamp_onnx.passes.allocate_token_bits import AllocateTokenBitsPass
 from stamp_onnx.passes.constants import is_constant
@@ -272,7 +272,7 @@ def token_energies(in_path: str | Path, config: StampConfig, feeds: dict[str, np
         onnx.save(proto, str(path))
         taps = {}
         for node in proto.graph.node:
-            layer = next((p.value for p in node.metadata_props if p.key == LAYER_KEY), None)
+            layer = layer_of_proto(node)
             if node.domain == ops.DOMAIN and node.op_type in ops.QUANTIZERS and layer is not None:
                 taps[layer] = node.output[1] if node.op_type == ops.TRANSFORM_QDQ else node.input[0]
         logger.info("measuring the token energies of %d layers", len(taps))

@@ -74,6 +74,11 @@ def token_qdq(x: Any, hp_tokens: int, hp_bits: int, lp_bits: int, mid: Tiers = (
     return _cat([qdq(x[..., start:end, :], bits) for start, end, bits in spans])
 
 
+def token_energy(x: np.ndarray) -> np.ndarray:
+    """Each token's energy sum_j x_ij^2 of x (..., s, d), summed over the leading axes: float64 (s,)."""
+    return np.square(x, dtype=np.float64).sum(axis=-1).reshape(-1, x.shape[-2]).sum(axis=0)
+
+
 def sqnr_db(reference: Any, approx: Any) -> float:
     """Signal-to-quantization-noise ratio 10 log10(|ref|^2 / |ref - approx|^2), in dB."""
     ref = np.asarray(reference, dtype=np.float64)

@@ -39,7 +39,13 @@ from stamp_onnx.evaluation.reference import (
     stamp_activation,
 )
 from stamp_onnx.graph import ops, runtime
-from stamp_onnx.graph.contract import LAYER_KEY, SCALE_KEY, RewrittenModel, decode_scale, read_model
+from stamp_onnx.graph.contract import (
+    SCALE_KEY,
+    RewrittenModel,
+    decode_scale,
+    layer_of_proto,
+    read_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +92,7 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
             consumers.setdefault(name, []).append(node)
     taps = []
     for node in graph.node:
-        layer = _layer(node)
+        layer = layer_of_proto(node)
         if node.domain != ops.DOMAIN or node.op_type not in ops.QUANTIZERS or layer is None:
             continue
         x = t = node.input[0]
@@ -99,7 +105,7 @@ def find_taps(graph: onnx.GraphProto) -> list[LayerTap]:
             raise ValidationError(f"TokenQDQ node {node.name!r} of layer {layer!r} feeds {len(linear)} MatMul/Gemm nodes, expected 1")
         y = linear[0].output[0]
         has_bias = linear[0].op_type == "Gemm" and len(linear[0].input) > 2 and bool(linear[0].input[2])
-        after = [n for n in consumers.get(y, []) if _is_transform(n, inverse=True) and _layer(n) == layer]
+        after = [n for n in consumers.get(y, []) if _is_transform(n, inverse=True) and layer_of_proto(n) == layer]
         if after:
             y = after[0].output[0]
         recorded = next((p.value for p in node.metadata_props if p.key == SCALE_KEY), None)
@@ -201,7 +207,7 @@ def _token_energy(t: torch.Tensor) -> np.ndarray:
     per-sample shares), so the first k entries add up to the share the first k tokens hold.
     All zeros when t is all zeros.
     """
-    energy = t.double().pow(2).sum(dim=-1).reshape(-1, t.shape[-2]).sum(dim=0).numpy()  # (s,)
+    energy = quant.token_energy(t.numpy())
     total = float(energy.sum())
     return energy / total if total else np.zeros_like(energy)
 
@@ -210,10 +216,6 @@ def _rel(ref: torch.Tensor, got: torch.Tensor) -> float:
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     err = float((ref.double() - got.double()).abs().max()) if ref.numel() else 0.0
     return err / scale if scale else err
-
-
-def _layer(node: onnx.NodeProto) -> str | None:
-    return next((p.value for p in node.metadata_props if p.key == LAYER_KEY), None)
 
 
 def _is_transform(node: onnx.NodeProto, *, inverse: bool) -> bool:

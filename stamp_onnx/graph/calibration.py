@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from stamp_onnx.core import quant
 from stamp_onnx.errors import ConfigError, first_line
 from stamp_onnx.graph import runtime
 from stamp_onnx.graph.model_io import load_arrays
@@ -103,7 +104,7 @@ def _add_energy(energy: dict[str, np.ndarray], name: str, value: np.ndarray) -> 
     """Add each token's sum_j x_ij^2 of ``value`` (..., s, d), summed over the leading axes, to energy[name]."""
     if value.ndim < 2:
         raise ConfigError(f"activation {name!r} has shape {value.shape}: token energies need tokens on axis -2")
-    per_token = np.square(value, dtype=np.float64).sum(axis=-1).reshape(-1, value.shape[-2]).sum(axis=0)
+    per_token = quant.token_energy(value)
     if name in energy and energy[name].shape != per_token.shape:
         raise ConfigError(f"activation {name!r} has {per_token.size} tokens in one calibration sample and "
                           f"{energy[name].size} in another; token energies need one sequence length (pad or cut the samples)")

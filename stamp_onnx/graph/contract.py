@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from stamp_onnx.config import StampConfig, WeightMethod
@@ -94,6 +95,11 @@ def is_transposed(node: ir.Node) -> bool:
     """True for a Gemm that stores its weight as W^T (transB=1)."""
     attr = node.attributes.get("transB")
     return node.op_type == "Gemm" and attr is not None and attr.as_int() != 0
+
+
+def layer_of_proto(node: onnx.NodeProto) -> str | None:
+    """The layer a node of a serialized model belongs to (its LAYER_KEY provenance), if any."""
+    return next((p.value for p in node.metadata_props if p.key == LAYER_KEY), None)
 
 
 def rewritten_layers(graph: ir.Graph) -> list[tuple[str, ir.Node, ir.Node]]:
